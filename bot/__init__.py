@@ -1,0 +1,1 @@
+"""wflogs: Slack alerts, search and daily digests for Dify workflow runs."""

@@ -1,0 +1,173 @@
+"""The ``wflogs`` command line: ``run``, ``poll --once``, ``check``, ``search``, ``digest``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TextIO
+
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.config import Settings, alert_channel_for, load_settings
+from bot.errors import DifyError, WflogsError
+from bot.logs import setup_logging
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _secrets(settings: Settings) -> list[str | None]:
+    return [
+        settings.slack_bot_token,
+        settings.slack_app_token,
+        settings.slack_signing_secret,
+        *(app.api_key for app in settings.apps),
+    ]
+
+
+def cmd_poll(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """One full cycle for every app, then exit (0 only if everything was polled and delivered)."""
+    runtime = Runtime.build(settings, stream=out)
+    try:
+        report = runtime.cycle()
+    finally:
+        runtime.close()
+    for problem in report.problems:
+        err.write(f"wflogs: {problem}\n")
+    waiting = runtime.store.outbox_size()
+    if waiting:
+        err.write(f"wflogs: {waiting} alerts are waiting for Slack and will be retried\n")
+    return 0 if report.ok and not waiting else 1
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Validate configuration and reach every Dify app and Slack."""
+    failures = 0
+    source = settings.config_path or "environment variables"
+    out.write(f"config: {source}, {len(settings.apps)} app(s), database {settings.db_path}\n")
+    for warning in settings.warnings:
+        out.write(f"! {warning}\n")
+    runtime = Runtime.build(settings, stream=out, dify_backoff=0.2)
+    try:
+        for app in settings.apps:
+            client = runtime.clients[app.id]
+            try:
+                info = client.info()
+            except DifyError as exc:
+                failures += 1
+                out.write(f"✗ {app.label} at {app.api_url}: {exc}\n")
+                continue
+            version = info.dify_version or "unknown version"
+            name = app.name or info.name
+            if info.mode != "workflow":
+                out.write(
+                    f"! {name}: Dify {version}, but the app's mode is {info.mode!r}, not a workflow "
+                    "app: it writes no workflow logs, so there is nothing to alert on\n"
+                )
+            else:
+                out.write(f"✓ {name}: Dify {version}, workflow app at {app.api_url}\n")
+            try:
+                page = client.logs(limit=1)
+                out.write(f"  {page.total:,} workflow runs logged\n")
+            except DifyError as exc:
+                failures += 1
+                out.write(f"✗ {name}: cannot read workflow logs: {exc}\n")
+        if runtime.web is None:
+            out.write("! Slack: SLACK_BOT_TOKEN is not set; alerts are printed to the terminal\n")
+        else:
+            try:
+                auth = runtime.web.auth_test()
+                out.write(f"✓ Slack: signed in as {auth.get('user')} in {auth.get('team')}\n")
+                channels = sorted({c for a in settings.apps if (c := alert_channel_for(settings, a))})
+                for channel in channels:
+                    failures += _check_channel(runtime, channel, out)
+            except SlackApiError as exc:
+                failures += 1
+                out.write(f"✗ Slack: {exc.response.get('error')}: check SLACK_BOT_TOKEN\n")
+            except (SlackClientError, OSError) as exc:
+                failures += 1
+                out.write(f"✗ Slack: cannot reach {settings.slack_api_url} ({type(exc).__name__})\n")
+    finally:
+        runtime.close()
+    return 1 if failures else 0
+
+
+def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
+    assert runtime.web is not None
+    try:
+        info = runtime.web.conversations_info(channel=channel)
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        if error == "missing_scope":
+            out.write(f"! channel {channel}: cannot check without channels:read; assuming it is fine\n")
+            return 0
+        out.write(f"✗ channel {channel}: {error}: check the ID and invite the bot (/invite @wflogs)\n")
+        return 1
+    data = info.get("channel") or {}
+    if not data.get("is_member") and not data.get("is_im"):
+        out.write(f"! channel {channel}: the bot is not a member; invite it with /invite @wflogs\n")
+        return 0
+    out.write(f"✓ channel {channel} (#{data.get('name', '?')})\n")
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run the bot until interrupted: poller on a schedule, plus whatever Slack serving is set up."""
+    from bot.service import serve
+
+    return serve(settings, out=out)
+
+
+COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``wflogs``."""
+    parser = argparse.ArgumentParser(
+        prog="wflogs", description="Slack alerts, search and digests for Dify workflow runs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("run", help="run the bot (poller, slash command, digest) until stopped")
+    poll = sub.add_parser("poll", help="poll every app once and deliver alerts")
+    poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
+    sub.add_parser("check", help="check the configuration, Dify and Slack")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Entry point of the ``wflogs`` console script."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except WflogsError as exc:
+        err.write(f"wflogs: configuration: {exc}\n")
+        return 2
+    setup_logging(_secrets(settings), level=logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return COMMANDS[args.command](settings, args, out, err)
+    except WflogsError as exc:
+        err.write(f"wflogs: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

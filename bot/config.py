@@ -1,0 +1,358 @@
+"""Configuration: the only module that reads the environment.
+
+One app comes from environment variables; many apps come from a TOML file
+(``WFLOGS_CONFIG``, or ``wflogs.toml`` when present). Everything else in wflogs
+is handed a :class:`Settings` and never looks at ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bot.errors import ConfigError
+
+DEFAULT_DIFY_API_URL = "https://api.dify.ai/v1"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+# Dify's WORKFLOW_MAX_EXECUTION_TIME defaults to 1200 s; half as much again is margin
+# for slow commits, clock skew and rows that become visible after the second they carry.
+DEFAULT_LOOKBACK = 1800
+DEFAULT_BACKFILL = 3600
+DEFAULT_POLL_INTERVAL = 60
+
+_APP_FIELDS = {
+    "name",
+    "api_key",
+    "api_key_env",
+    "api_url",
+    "channel",
+    "console_url",
+    "digest_channel",
+    "digest",
+    "channels",
+    "alert_partial",
+}
+_SLACK_FIELDS = {"allowed_users", "allowed_channels"}
+_TOP_FIELDS = {"apps", "slack"}
+_CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+_TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One Dify workflow app the bot watches."""
+
+    api_key: str = field(repr=False)
+    api_url: str = DEFAULT_DIFY_API_URL
+    name: str | None = None
+    channel: str | None = None
+    console_url: str | None = None
+    digest_channel: str | None = None
+    digest: bool = True
+    channels: tuple[str, ...] | None = None
+    alert_partial: bool = False
+    source: str = "environment"
+
+    @property
+    def id(self) -> str:
+        """A stable identifier for state, derived from URL and key without revealing the key."""
+        digest = hashlib.sha256(f"{self.api_url}\n{self.api_key}".encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def label(self) -> str:
+        """What to call the app before its name is known, never containing the key."""
+        return self.name or f"app {self.key_hint}"
+
+    @property
+    def key_hint(self) -> str:
+        """The key's last four characters, enough to tell keys apart in messages."""
+        return f"…{self.api_key[-4:]}" if len(self.api_key) >= 8 else "…"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything wflogs needs to run, resolved and validated."""
+
+    apps: tuple[AppConfig, ...]
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    port: int = 3000
+    alert_channel: str | None = None
+    db_path: str = "wflogs.db"
+    poll_interval: int = DEFAULT_POLL_INTERVAL
+    backfill: int = DEFAULT_BACKFILL
+    lookback: int = DEFAULT_LOOKBACK
+    concurrency: int = 16
+    digest_channel: str | None = None
+    digest_time: str = "09:00"
+    timezone: str = "UTC"
+    allowed_users: tuple[str, ...] | None = None
+    allowed_channels: tuple[str, ...] | None = None
+    config_path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Whether alerts go to Slack (otherwise they are printed)."""
+        return bool(self.slack_bot_token)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The configured time zone."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def digest_hour_minute(self) -> tuple[int, int]:
+        """The digest time as (hour, minute)."""
+        hour, minute = self.digest_time.split(":")
+        return int(hour), int(minute)
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number of seconds; e.g. {name}={default}")
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is too small; use {minimum} or more")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"", "0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{where} must be true or false, not {value!r}")
+
+
+def _channel(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _CHANNEL_RE.match(value.strip()):
+        raise ConfigError(
+            f"{where} = {value!r} is not a Slack channel ID; use the ID (like C0123ABCD) "
+            "from the channel's details, not its name"
+        )
+    return value.strip()
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'{where} must be a list of strings, like ["C0123ABCD"]')
+    return tuple(v.strip() for v in value)
+
+
+def _url(value: str, where: str) -> str:
+    value = value.strip()
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ConfigError(f"{where}={value!r} is not an http(s) URL, e.g. https://api.dify.ai/v1")
+    return value.rstrip("/")
+
+
+def _check_key(key: str, where: str) -> str:
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"{where} is empty; copy the app's API key from Dify (API Access)")
+    if any(c.isspace() for c in key):
+        raise ConfigError(f"{where} contains white space; copy the key again without it")
+    return key
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; create it or unset WFLOGS_CONFIG")
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its permissions")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}")
+
+
+def _apps_from_toml(
+    data: dict[str, Any], path: Path, env: Mapping[str, str], default_url: str
+) -> list[AppConfig]:
+    unknown = set(data) - _TOP_FIELDS
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {sorted(unknown)[0]!r}; allowed: [[apps]] and [slack]")
+    apps_raw = data.get("apps")
+    if not isinstance(apps_raw, list) or not apps_raw:
+        raise ConfigError(f"{path}: no [[apps]] entries; add one with api_key or api_key_env")
+    apps: list[AppConfig] = []
+    for number, raw in enumerate(apps_raw, start=1):
+        where = f"{path}: [[apps]] #{number}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(raw) - _APP_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_APP_FIELDS))}"
+            )
+        if "api_key" in raw and "api_key_env" in raw:
+            raise ConfigError(f"{where}: give api_key or api_key_env, not both")
+        if "api_key_env" in raw:
+            var = raw["api_key_env"]
+            if not isinstance(var, str) or not env.get(var, "").strip():
+                raise ConfigError(f"{where}: api_key_env names {var!r}, which is not set; export it")
+            key = _check_key(env[var], f"{where}: ${var}")
+        elif "api_key" in raw:
+            if not isinstance(raw["api_key"], str):
+                raise ConfigError(f"{where}: api_key must be a string")
+            key = _check_key(raw["api_key"], f"{where}: api_key")
+        else:
+            raise ConfigError(f"{where}: missing api_key (or api_key_env naming a variable)")
+        for text_field in ("name", "console_url", "api_url"):
+            if text_field in raw and not isinstance(raw[text_field], str):
+                raise ConfigError(f"{where}: {text_field} must be a string")
+        apps.append(
+            AppConfig(
+                api_key=key,
+                api_url=_url(raw.get("api_url", default_url), f"{where}: api_url"),
+                name=(raw.get("name") or "").strip() or None,
+                channel=_channel(raw.get("channel"), f"{where}: channel"),
+                console_url=(raw.get("console_url") or "").strip() or None,
+                digest_channel=_channel(raw.get("digest_channel"), f"{where}: digest_channel"),
+                digest=_bool(raw.get("digest", True), f"{where}: digest"),
+                channels=_str_list(raw["channels"], f"{where}: channels") if "channels" in raw else None,
+                alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
+                source=f"{path} #{number}",
+            )
+        )
+    ids = [a.id for a in apps]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: the same api_key appears in two [[apps]] entries; keep one")
+    return apps
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> Settings:
+    """Build validated :class:`Settings` from the environment and the optional TOML file."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    warnings: list[str] = []
+    default_url = _url(env.get("DIFY_API_URL") or DEFAULT_DIFY_API_URL, "DIFY_API_URL")
+    alert_channel = _channel(env.get("WFLOGS_ALERT_CHANNEL"), "WFLOGS_ALERT_CHANNEL")
+    digest_channel = _channel(env.get("WFLOGS_DIGEST_CHANNEL"), "WFLOGS_DIGEST_CHANNEL")
+    alert_partial = _bool(env.get("WFLOGS_ALERT_PARTIAL", ""), "WFLOGS_ALERT_PARTIAL")
+
+    config_path: Path | None = None
+    if env.get("WFLOGS_CONFIG", "").strip():
+        config_path = Path(env["WFLOGS_CONFIG"].strip())
+        if not config_path.is_absolute():
+            config_path = cwd / config_path
+    elif (cwd / "wflogs.toml").exists():
+        config_path = cwd / "wflogs.toml"
+
+    allowed_users: tuple[str, ...] | None = None
+    allowed_channels: tuple[str, ...] | None = None
+    if config_path is not None:
+        data = _read_toml(config_path)
+        apps = _apps_from_toml(data, config_path, env, default_url)
+        if env.get("DIFY_API_KEY", "").strip():
+            warnings.append(f"DIFY_API_KEY is set but ignored: the apps come from {config_path}")
+        slack = data.get("slack", {})
+        if not isinstance(slack, dict):
+            raise ConfigError(f"{config_path}: [slack] must be a table")
+        unknown = set(slack) - _SLACK_FIELDS
+        if unknown:
+            raise ConfigError(
+                f"{config_path}: [slack] has unknown field {sorted(unknown)[0]!r}; "
+                f"allowed: {', '.join(sorted(_SLACK_FIELDS))}"
+            )
+        if "allowed_users" in slack:
+            allowed_users = _str_list(slack["allowed_users"], f"{config_path}: [slack] allowed_users")
+        if "allowed_channels" in slack:
+            allowed_channels = _str_list(
+                slack["allowed_channels"], f"{config_path}: [slack] allowed_channels"
+            )
+        if alert_partial:
+            apps = [replace(a, alert_partial=True) for a in apps]
+    else:
+        key = env.get("DIFY_API_KEY", "")
+        if not key.strip():
+            raise ConfigError(
+                "no Dify app configured: export DIFY_API_KEY=app-... (the app's API key), "
+                "or list apps in wflogs.toml (see README)"
+            )
+        apps = [
+            AppConfig(
+                api_key=_check_key(key, "DIFY_API_KEY"),
+                api_url=default_url,
+                alert_partial=alert_partial,
+            )
+        ]
+
+    token = env.get("SLACK_BOT_TOKEN", "").strip() or None
+    if token and not token.startswith("xox"):
+        raise ConfigError("SLACK_BOT_TOKEN does not look like a bot token; it starts with xoxb-")
+    app_token = env.get("SLACK_APP_TOKEN", "").strip() or None
+    if app_token and not app_token.startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+    if token:
+        for app in apps:
+            if not (app.channel or alert_channel):
+                raise ConfigError(
+                    f"{app.label} ({app.source}) has no alert channel: set WFLOGS_ALERT_CHANNEL "
+                    'or channel = "C..." for the app'
+                )
+
+    timezone = env.get("WFLOGS_TIMEZONE", "").strip() or "UTC"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"WFLOGS_TIMEZONE={timezone!r} is not a known time zone; use an IANA name like Europe/Berlin"
+        )
+    digest_time = env.get("WFLOGS_DIGEST_TIME", "").strip() or "09:00"
+    match = _TIME_RE.match(digest_time)
+    if not match:
+        raise ConfigError(f"WFLOGS_DIGEST_TIME={digest_time!r} is not a time of day; use HH:MM, e.g. 09:00")
+    digest_time = f"{int(match.group(1)):02d}:{match.group(2)}"
+
+    return Settings(
+        apps=tuple(apps),
+        slack_bot_token=token,
+        slack_api_url=_url(env.get("SLACK_API_URL") or DEFAULT_SLACK_API_URL, "SLACK_API_URL") + "/",
+        slack_app_token=app_token,
+        slack_signing_secret=env.get("SLACK_SIGNING_SECRET", "").strip() or None,
+        port=_int_env(env, "PORT", 3000, minimum=1),
+        alert_channel=alert_channel,
+        db_path=env.get("WFLOGS_DB", "").strip() or "wflogs.db",
+        poll_interval=_int_env(env, "WFLOGS_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, minimum=5),
+        backfill=_int_env(env, "WFLOGS_BACKFILL", DEFAULT_BACKFILL, minimum=0),
+        lookback=_int_env(env, "WFLOGS_LOOKBACK", DEFAULT_LOOKBACK, minimum=60),
+        concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1),
+        digest_channel=digest_channel,
+        digest_time=digest_time,
+        timezone=timezone,
+        allowed_users=allowed_users,
+        allowed_channels=allowed_channels,
+        config_path=str(config_path) if config_path else None,
+        warnings=tuple(warnings),
+    )
+
+
+def alert_channel_for(settings: Settings, app: AppConfig) -> str | None:
+    """The channel an app's alerts go to."""
+    return app.channel or settings.alert_channel
+
+
+def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:
+    """The channel an app's digest goes to."""
+    return app.digest_channel or settings.digest_channel or alert_channel_for(settings, app)

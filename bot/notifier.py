@@ -1,0 +1,230 @@
+"""Where messages go: Slack's Web API (paced, retried, errors classified) or the terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TextIO
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.blocks import Block
+from bot.errors import SlackError, SlackPermanentError
+
+log = logging.getLogger(__name__)
+
+# Errors only a person can fix, with what to tell them.
+PERMANENT = {
+    "channel_not_found": "the channel does not exist or the bot cannot see it; check the channel ID",
+    "not_in_channel": "the bot is not in the channel; invite it with /invite @wflogs",
+    "is_archived": "the channel is archived; unarchive it or choose another channel",
+    "invalid_auth": "SLACK_BOT_TOKEN is not valid; copy the Bot User OAuth Token again",
+    "not_authed": "no Slack token was sent; set SLACK_BOT_TOKEN",
+    "account_inactive": "the Slack app's token belongs to a deactivated user or app; reinstall the app",
+    "token_revoked": "the Slack token was revoked; reinstall the app and update SLACK_BOT_TOKEN",
+    "token_expired": "the Slack token expired; reinstall the app and update SLACK_BOT_TOKEN",
+    "missing_scope": "the Slack app lacks a scope; reinstall it from manifest.yml",
+    "restricted_action": "the workspace does not let the bot post there",
+}
+# Errors about the message itself: retry once as plain text.
+MESSAGE_SHAPE = {"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long", "msg_too_long"}
+
+
+class Sink(Protocol):
+    """Something that takes messages."""
+
+    def post(
+        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+    ) -> str:
+        """Post a message; return its ts."""
+        ...
+
+    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
+        """Share a text file, in a thread when ``thread_ts`` is given."""
+        ...
+
+
+class TerminalSink:
+    """Prints messages' plain text; used when no Slack token is configured."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
+
+    def post(
+        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+    ) -> str:
+        with self._lock:
+            self._count += 1
+            prefix = "  ↳ " if thread_ts else ""
+            body = _plain(blocks) if blocks else text
+            self.stream.write(f"{prefix}{body}\n\n")
+            self.stream.flush()
+            return f"terminal.{self._count}"
+
+    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
+        with self._lock:
+            self.stream.write(f"  ↳ {comment} ({filename})\n{content}\n")
+            self.stream.flush()
+
+
+def _plain(blocks: list[Block]) -> str:
+    """A readable terminal rendering of blocks."""
+    lines: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind in {"header", "section"} and "text" in block:
+            lines.append(_unescape(block["text"]["text"]))
+        if kind == "section" and "fields" in block:
+            for item in block["fields"]:
+                lines.append(_unescape(item["text"]).replace("\n", ": ", 1))
+        if kind == "context":
+            lines.extend(_unescape(el.get("text", "")) for el in block["elements"])
+        if kind == "actions":
+            for el in block["elements"]:
+                if el.get("url"):
+                    lines.append(f"{el['text']['text']}: {el['url']}")
+    return "\n".join(line for line in lines if line)
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+class SlackSink:
+    """Posts through ``chat.postMessage`` at most about once a second per channel.
+
+    A 429 waits the ``Retry-After`` Slack gives (never less) when it is at most
+    ``max_wait`` seconds, then carries on; a longer one raises :class:`SlackError`
+    with ``retry_after`` so the caller leaves the rest for a later cycle.
+    """
+
+    def __init__(
+        self,
+        client: WebClient,
+        *,
+        min_interval: float = 1.0,
+        max_wait: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self._min_interval = min_interval
+        self._max_wait = max_wait
+        self._clock = clock
+        self._sleep = sleep
+        self._next: dict[str, float] = {}
+        self._blocked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.posts = 0
+
+    def _pace(self, channel: str) -> None:
+        with self._lock:
+            now = self._clock()
+            at = max(self._next.get(channel, 0.0), self._blocked_until.get(channel, 0.0))
+            wait = at - now
+            self._next[channel] = max(now, at) + self._min_interval
+        if wait > 0:
+            self._sleep(wait)
+
+    def _call(self, channel: str, fn: Callable[[], Any]) -> Any:
+        for _attempt in range(5):
+            with self._lock:
+                blocked = self._blocked_until.get(channel, 0.0) - self._clock()
+            if blocked > self._max_wait:
+                raise SlackError(
+                    f"Slack asked to wait {blocked:.0f}s before posting to {channel}",
+                    error="ratelimited",
+                    retry_after=blocked,
+                )
+            self._pace(channel)
+            try:
+                return fn()
+            except SlackApiError as exc:
+                response = exc.response
+                error = str(response.get("error") or "") if response is not None else ""
+                status = response.status_code if response is not None else 0
+                if status == 429 or error == "ratelimited":
+                    retry_after = _retry_after(response.headers if response is not None else {})
+                    with self._lock:
+                        self._blocked_until[channel] = self._clock() + retry_after
+                    log.warning("Slack rate-limited %s; waiting %.0fs as asked", channel, retry_after)
+                    continue
+                if error in PERMANENT:
+                    raise SlackPermanentError(
+                        f"Slack refused to post to {channel}: {error} ({PERMANENT[error]})",
+                        error=error,
+                    )
+                if error in MESSAGE_SHAPE:
+                    raise SlackError(f"Slack refused the message: {error}", error=error)
+                raise SlackError(
+                    f"Slack answered {error or f'HTTP {status}'} for {channel}; will retry",
+                    error=error or f"http_{status}",
+                )
+            except (SlackClientError, OSError, ValueError) as exc:
+                # Connection refused, timeouts, HTML 5xx pages that are not JSON.
+                raise SlackError(
+                    f"cannot reach Slack ({type(exc).__name__}); alerts wait and are retried",
+                    error="unreachable",
+                )
+        raise SlackError(f"Slack kept rate-limiting {channel}", error="ratelimited")
+
+    def post(
+        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+    ) -> str:
+        def send(with_blocks: bool) -> Any:
+            return self.client.chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=blocks if with_blocks else None,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+
+        try:
+            response = self._call(channel, lambda: send(bool(blocks)))
+        except SlackError as exc:
+            if exc.error not in MESSAGE_SHAPE or not blocks:
+                raise
+            log.warning("Slack refused the blocks (%s); posting the plain text instead", exc.error)
+            response = self._call(channel, lambda: send(False))
+        self.posts += 1
+        return str(response["ts"])
+
+    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
+        self._call(
+            channel,
+            lambda: self.client.files_upload_v2(
+                channel=channel,
+                thread_ts=thread_ts,
+                filename=filename,
+                content=content,
+                title=filename,
+                initial_comment=comment,
+            ),
+        )
+        self.posts += 1
+
+
+def _retry_after(headers: Any) -> float:
+    raw = None
+    if headers is not None:
+        for key in ("Retry-After", "retry-after"):
+            value = headers.get(key) if hasattr(headers, "get") else None
+            if value:
+                raw = value[0] if isinstance(value, list) else value
+                break
+    try:
+        return max(1.0, float(raw)) if raw is not None else 30.0
+    except (TypeError, ValueError):
+        return 30.0

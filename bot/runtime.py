@@ -1,0 +1,129 @@
+"""The composition root: builds every client once from :class:`Settings` and wires them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import httpx
+from slack_sdk import WebClient
+
+from bot.config import Settings
+from bot.delivery import Deliverer, DeliveryResult
+from bot.dify import DifyClient
+from bot.notifier import Sink, SlackSink, TerminalSink
+from bot.poller import AppResult, Poller
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_http(*, timeout: float = 15.0, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """One pooled HTTP client for every Dify app."""
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=5.0),
+        transport=transport,
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        headers={"User-Agent": "wflogs/0.1"},
+        follow_redirects=False,
+    )
+
+
+def build_clients(
+    settings: Settings, http: httpx.Client, *, retries: int = 2, backoff: float = 0.5
+) -> dict[str, DifyClient]:
+    """A Dify client per configured app, keyed by the app's id."""
+    return {
+        app.id: DifyClient(
+            http=http,
+            base_url=app.api_url,
+            api_key=app.api_key,
+            label=app.label,
+            retries=retries,
+            backoff=backoff,
+        )
+        for app in settings.apps
+    }
+
+
+def build_web_client(settings: Settings, *, timeout: int = 15) -> WebClient | None:
+    """The Slack Web API client, or None when no bot token is configured."""
+    if not settings.slack_bot_token:
+        return None
+    return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=timeout)
+
+
+@dataclass
+class CycleReport:
+    """One poll-and-deliver cycle."""
+
+    apps: list[AppResult]
+    delivery: DeliveryResult
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Runtime:
+    """Everything ``wflogs`` runs with, built once."""
+
+    settings: Settings
+    store: Store
+    http: httpx.Client
+    clients: dict[str, DifyClient]
+    sink: Sink
+    web: WebClient | None
+    poller: Poller
+    deliverer: Deliverer
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        stream: TextIO | None = None,
+        now: Callable[[], float] = time.time,
+        slack_min_interval: float = 1.0,
+        dify_backoff: float = 0.5,
+        web: WebClient | None = None,
+    ) -> Runtime:
+        """Wire the bot from settings (tests pass a transport, a stream or a WebClient)."""
+        store = Store.open(settings.db_path)
+        http = build_http(transport=transport)
+        clients = build_clients(settings, http, backoff=dify_backoff)
+        web = web or build_web_client(settings)
+        sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
+        poller = Poller(settings=settings, store=store, clients=clients, now=now)
+        deliverer = Deliverer(store=store, sink=sink, now=now)
+        return cls(settings, store, http, clients, sink, web, poller, deliverer)
+
+    def cycle(self) -> CycleReport:
+        """Poll every app, then deliver everything pending (including older alerts)."""
+        started = time.monotonic()
+        apps = self.poller.poll_all()
+        delivery = self.deliverer.deliver_all()
+        problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
+        problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
+        report = CycleReport(apps, delivery, time.monotonic() - started, problems)
+        log.info(
+            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
+            len(apps),
+            sum(r.new_alerts for r in apps),
+            delivery.runs_delivered,
+            delivery.posts,
+            report.seconds,
+            f", {len(problems)} problems" if problems else "",
+        )
+        return report
+
+    def close(self) -> None:
+        """Release connections."""
+        self.http.close()

@@ -1,0 +1,63 @@
+"""``wflogs run``: the long-running process (scheduler, Slack serving)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TextIO
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from bot.config import Settings
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
+    """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped."""
+
+    def job() -> None:
+        try:
+            runtime.cycle()
+        except Exception:
+            # A cycle must never kill the scheduler; the next one starts from the stored state.
+            log.exception("poll cycle crashed; the next cycle will retry")
+
+    from datetime import datetime
+
+    scheduler.add_job(
+        job,
+        "interval",
+        seconds=runtime.settings.poll_interval,
+        id="poll",
+        coalesce=True,
+        max_instances=1,
+        next_run_time=datetime.now(runtime.settings.tz),
+        misfire_grace_time=runtime.settings.poll_interval,
+    )
+
+
+def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
+    """Start the scheduler and block until ``stop`` is set (SIGTERM/SIGINT)."""
+    from bot.cli import install_stop_signals
+
+    stop = stop or threading.Event()
+    install_stop_signals(stop)
+    runtime = Runtime.build(settings, stream=out)
+    scheduler = BackgroundScheduler(timezone=settings.tz)
+    add_poll_job(scheduler, runtime)
+    scheduler.start()
+    where = "Slack" if settings.slack_enabled else "this terminal"
+    log.info(
+        "wflogs is watching %d app(s) every %ds; alerts go to %s",
+        len(settings.apps),
+        settings.poll_interval,
+        where,
+    )
+    try:
+        stop.wait()
+    finally:
+        scheduler.shutdown(wait=True)
+        runtime.close()
+    return 0

@@ -1,0 +1,291 @@
+"""SQLite through sqlite-utils: the schema (as migrations) and every query the bot runs.
+
+Tables:
+
+- ``app_state``: per app, how far its logs are known to be read (``checked_until``),
+  the earliest end time that is alerted (``alert_from``), and its last error.
+- ``seen``: every failed/stopped/partial log the poller has read inside the
+  look-back window, alerted or not; pruned once it falls out of every window.
+- ``alerts``: the outbox. One row per alerted run, written in the same
+  transaction as ``seen``; ``sent_at`` is set only after Slack took it.
+- ``messages``: Slack messages planned from alerts (a single alert, a group, a
+  summary) and, once posted, their ``ts`` so that thread replies follow.
+
+This module never imports ``bot``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("wflogs")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["app_state"].create(  # type: ignore[union-attr]
+        {
+            "app_id": str,
+            "name": str,
+            "checked_until": int,
+            "alert_from": int,
+            "first_polled": int,
+            "last_ok": int,
+            "last_error": str,
+            "dify_version": str,
+        },
+        pk="app_id",
+    )
+    db["seen"].create(  # type: ignore[union-attr]
+        {"app_id": str, "log_id": str, "status": str, "created_at": int, "alerted": int},
+        pk=("app_id", "log_id"),
+    )
+    db["seen"].create_index(["app_id", "status", "created_at"])  # type: ignore[union-attr]
+    db["messages"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "channel": str,
+            "kind": str,
+            "parent_ts": str,
+            "created_at": int,
+            "done": int,
+            "last_error": str,
+        },
+        pk="id",
+    )
+    db["messages"].create_index(["channel", "done"])  # type: ignore[union-attr]
+    db["alerts"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "log_id": str,
+            "channel": str,
+            "status": str,
+            "group_key": str,
+            "entry": str,
+            "app_name": str,
+            "console_url": str,
+            "enqueued_at": int,
+            "message_id": int,
+            "sent_at": int,
+        },
+        pk="id",
+    )
+    db["alerts"].create_index(["app_id", "log_id"], unique=True)  # type: ignore[union-attr]
+    db["alerts"].create_index(["channel", "message_id", "sent_at"])  # type: ignore[union-attr]
+
+
+def open_db(path: str) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at ``path`` and apply pending migrations."""
+    if path == ":memory:":
+        db = sqlite_utils.Database(memory=True)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        db = sqlite_utils.Database(conn)
+        with db.ensure_autocommit_on():
+            db.execute("PRAGMA journal_mode=WAL")
+    migrations.apply(db)
+    return db
+
+
+class Store:
+    """The bot's queries, safe to call from several threads (one lock, one connection)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: str) -> Store:
+        """Open the database at ``path``, migrated."""
+        if path == ":memory:":
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+            db = sqlite_utils.Database(conn)
+            migrations.apply(db)
+            return cls(db)
+        return cls(open_db(path))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit: all of it is written, or none."""
+        with self._lock, self.db.atomic():
+            yield
+
+    def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a read query, as dicts."""
+        with self._lock:
+            return list(self.db.query(sql, params))  # type: ignore[arg-type]
+
+    def execute(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> None:
+        """Run one write statement (in a transaction when there is one)."""
+        with self._lock:
+            self.db.execute(sql, params)  # type: ignore[arg-type]
+
+    # -- app state -------------------------------------------------------------
+
+    def app_state(self, app_id: str) -> dict[str, Any] | None:
+        """The stored state of one app, or None before its first poll."""
+        rows = self.query("select * from app_state where app_id = ?", [app_id])
+        return rows[0] if rows else None
+
+    def update_app_state(self, app_id: str, **fields: Any) -> None:
+        """Create or update an app's state row."""
+        with self.transaction():
+            self.db["app_state"].upsert({"app_id": app_id, **fields}, pk="app_id")  # type: ignore[union-attr]
+
+    # -- what the poller has seen ----------------------------------------------
+
+    def known_count(self, app_id: str, status: str | None, after: int, before: int) -> int:
+        """How many seen logs of ``status`` (all when None) carry a time in [after, before]."""
+        sql = "select count(*) as n from seen where app_id = ? and created_at between ? and ?"
+        params: list[Any] = [app_id, after, before]
+        if status is not None:
+            sql += " and status = ?"
+            params.append(status)
+        return int(self.query(sql, params)[0]["n"])
+
+    def known_statuses(self, app_id: str, log_ids: Iterable[str]) -> dict[str, str]:
+        """For the given log ids, the status each was last seen with."""
+        ids = list(log_ids)
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"select log_id, status from seen where app_id = ? and log_id in ({marks})",
+                [app_id, *chunk],
+            ):
+                out[row["log_id"]] = row["status"]
+        return out
+
+    def record_seen(
+        self,
+        app_id: str,
+        seen: list[dict[str, Any]],
+        alerts: list[dict[str, Any]],
+        status_changes: dict[str, str],
+    ) -> int:
+        """Atomically remember logs and enqueue their alerts; returns alerts enqueued.
+
+        ``seen`` rows: ``log_id, status, created_at, alerted``. ``alerts`` rows
+        carry the outbox columns. A log already in the outbox is not enqueued again.
+        """
+        with self.transaction():
+            if seen:
+                self.db["seen"].insert_all(  # type: ignore[union-attr]
+                    [{"app_id": app_id, **row} for row in seen], pk=("app_id", "log_id"), ignore=True
+                )
+            for log_id, status in status_changes.items():
+                self.db.execute(
+                    "update seen set status = ? where app_id = ? and log_id = ?",
+                    [status, app_id, log_id],
+                )
+            before = self.db.conn.total_changes
+            if alerts:
+                self.db["alerts"].insert_all(  # type: ignore[union-attr]
+                    [{"app_id": app_id, **row} for row in alerts], ignore=True
+                )
+            return self.db.conn.total_changes - before
+
+    def prune_seen(self, app_id: str, older_than: int) -> None:
+        """Forget logs that no future window will read again."""
+        self.execute("delete from seen where app_id = ? and created_at < ?", [app_id, older_than])
+
+    # -- the outbox -------------------------------------------------------------
+
+    def unplanned_alerts(self, channel: str) -> list[dict[str, Any]]:
+        """Alerts for ``channel`` not yet part of a message, oldest first."""
+        return [
+            _alert(row)
+            for row in self.query(
+                "select * from alerts where channel = ? and message_id is null order by id",
+                [channel],
+            )
+        ]
+
+    def pending_channels(self) -> list[str]:
+        """Channels with alerts that are not yet delivered."""
+        rows = self.query("select distinct channel from alerts where sent_at is null order by channel")
+        return [row["channel"] for row in rows]
+
+    def plan_message(self, channel: str, kind: str, alert_ids: list[int], now: int) -> int:
+        """Create a message for ``alert_ids`` and assign them to it; returns its id."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "insert into messages (channel, kind, created_at, done) values (?, ?, ?, 0)",
+                [channel, kind, now],
+            )
+            message_id = int(cursor.lastrowid or 0)
+            for start in range(0, len(alert_ids), 500):
+                chunk = alert_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(
+                    f"update alerts set message_id = ? where id in ({marks}) and message_id is null",
+                    [message_id, *chunk],
+                )
+            return message_id
+
+    def open_messages(self, channel: str) -> list[dict[str, Any]]:
+        """Planned messages of ``channel`` not completely delivered, in order."""
+        return self.query("select * from messages where channel = ? and done = 0 order by id", [channel])
+
+    def message_alerts(self, message_id: int) -> list[dict[str, Any]]:
+        """Every alert of a message, in order."""
+        return [
+            _alert(row)
+            for row in self.query("select * from alerts where message_id = ? order by id", [message_id])
+        ]
+
+    def mark_posted(
+        self, message_id: int, alert_ids: list[int], now: int, *, parent_ts: str | None = None
+    ) -> None:
+        """Record that Slack took a post carrying ``alert_ids`` (and the parent's ts)."""
+        with self.transaction():
+            if parent_ts is not None:
+                self.db.execute(
+                    "update messages set parent_ts = ?, last_error = null where id = ?",
+                    [parent_ts, message_id],
+                )
+            for start in range(0, len(alert_ids), 500):
+                chunk = alert_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(
+                    f"update alerts set sent_at = ? where id in ({marks}) and sent_at is null",
+                    [now, *chunk],
+                )
+
+    def finish_message(self, message_id: int) -> None:
+        """Mark a message completely delivered."""
+        self.execute("update messages set done = 1 where id = ?", [message_id])
+
+    def message_error(self, message_id: int, error: str) -> None:
+        """Remember why a message could not be delivered yet."""
+        self.execute("update messages set last_error = ? where id = ?", [error, message_id])
+
+    def outbox_size(self) -> int:
+        """Alerts waiting for Slack."""
+        return int(self.query("select count(*) as n from alerts where sent_at is null")[0]["n"])
+
+    def prune_outbox(self, older_than: int) -> None:
+        """Drop delivered alerts and finished messages older than ``older_than``."""
+        with self.transaction():
+            self.db.execute("delete from alerts where sent_at is not null and sent_at < ?", [older_than])
+            self.db.execute(
+                "delete from messages where done = 1 and created_at < ? and id not in "
+                "(select message_id from alerts where message_id is not null)",
+                [older_than],
+            )
+
+
+def _alert(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["entry"] = json.loads(row["entry"]) if row.get("entry") else {}
+    return row
