@@ -240,7 +240,8 @@ class Poller:
         for log_id in read.gone:
             if known.get(log_id) not in (None, GONE) and log_id not in read.rows:
                 changes[log_id] = GONE
-        for row in read.rows.values():
+        # Oldest first, so the outbox (and Slack) tells the story in order.
+        for row in sorted(read.rows.values(), key=lambda r: (r.ended_at, r.created_at, r.log_id)):
             row_status = row.status or status
             previous = known.get(row.log_id)
             if previous is not None:

@@ -1,0 +1,65 @@
+"""Shared fixtures: the Dify fake (MockTransport), the Slack fake (local HTTP), settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from slack_sdk import WebClient
+
+from bot.config import Settings, load_settings
+from tests.fakes.dify import FakeDify
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+
+T0 = 1_795_000_000  # 2026-11-17T..Z, a fixed "now" for tests
+
+
+class Clock:
+    """A settable clock for the code under test and the fakes."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = float(now)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def dify(clock: Clock) -> FakeDify:
+    return FakeDify(clock=clock)
+
+
+@pytest.fixture
+def transport(dify: FakeDify) -> httpx.MockTransport:
+    return httpx.MockTransport(dify.handler)
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+def web(slack: FakeSlack) -> WebClient:
+    return WebClient(token=BOT_TOKEN, base_url=slack.base_url, timeout=2)
+
+
+def make_settings(tmp_path: Path, env: dict[str, str] | None = None, toml: str | None = None) -> Settings:
+    """Settings as ``load_settings`` builds them from an environment (and a TOML file)."""
+    base = {"WFLOGS_DB": str(tmp_path / "wflogs.db"), "DIFY_API_URL": "http://dify.test/v1"}
+    if toml is not None:
+        (tmp_path / "wflogs.toml").write_text(toml)
+        base["WFLOGS_CONFIG"] = str(tmp_path / "wflogs.toml")
+    base.update(env or {})
+    return load_settings(base, cwd=tmp_path)

@@ -1,0 +1,302 @@
+"""A Slack Web API fake: a real HTTP server on 127.0.0.1 for ``WebClient(base_url=...)``.
+
+It records every request body (form or JSON), assigns message ``ts`` values,
+checks Block Kit limits as Slack does (including the undocumented ~13,000
+characters of blocks), implements the three-step ``files_upload_v2``, and
+takes ``response_url`` posts at ``/response/<name>``. Faults are queued per
+method: an HTTP status, a Slack error, a 429 with ``Retry-After``, or a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+BOT_TOKEN = "xoxb-test-token-0000"
+
+
+@dataclass
+class Call:
+    """One request the fake received."""
+
+    method: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+def _blocks_chars(node: Any) -> int:
+    if isinstance(node, dict):
+        return sum(
+            len(v) if k == "text" and isinstance(v, str) else _blocks_chars(v) for k, v in node.items()
+        )
+    if isinstance(node, list):
+        return sum(_blocks_chars(n) for n in node)
+    return 0
+
+
+def check_blocks(blocks: list[dict[str, Any]]) -> str | None:
+    """The Slack error a message with these blocks would get, or None."""
+    if len(blocks) > 50:
+        return "invalid_blocks"
+    if _blocks_chars(blocks) > 13000:
+        return "msg_blocks_too_long"
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "section":
+            if len(block.get("text", {}).get("text", "")) > 3000:
+                return "invalid_blocks"
+            if len(block.get("fields", [])) > 10 or any(
+                len(f["text"]) > 2000 for f in block.get("fields", [])
+            ):
+                return "invalid_blocks"
+            if "text" not in block and "fields" not in block:
+                return "invalid_blocks"
+        elif kind == "header":
+            if len(block["text"]["text"]) > 150 or block["text"]["type"] != "plain_text":
+                return "invalid_blocks"
+        elif kind == "context":
+            if not 1 <= len(block.get("elements", [])) <= 10:
+                return "invalid_blocks"
+        elif kind == "actions":
+            ids = [e.get("action_id") for e in block.get("elements", [])]
+            if len(ids) != len(set(ids)) or any(len(e["text"]["text"]) > 75 for e in block["elements"]):
+                return "invalid_blocks"
+        elif kind not in ("divider", "image", "rich_text", "input"):
+            return "invalid_blocks"
+    return None
+
+
+class FakeSlack:
+    """The Slack fake. Use as a context manager; ``base_url`` goes to ``WebClient``."""
+
+    def __init__(self, *, token: str = BOT_TOKEN, channels: set[str] | None = None) -> None:
+        self.token = token
+        self.channels = channels  # None: every channel exists
+        self.calls: list[Call] = []
+        self.messages: list[dict[str, Any]] = []
+        self.files: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []  # posts to response_url
+        self.faults: dict[str, list[tuple[str, Any]]] = {}
+        self.lock = threading.Lock()
+        self._ts = 1_700_000_000.000100
+        self._uploads: dict[str, dict[str, Any]] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                outer._handle(self, raw)
+
+            def do_GET(self) -> None:
+                outer._handle(self, b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def response_url(self, name: str = "r1") -> str:
+        return f"{self.root}/response/{name}"
+
+    def __enter__(self) -> FakeSlack:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- faults -------------------------------------------------------------------
+
+    def fail(self, method: str, kind: str, value: Any = None, times: int = 1) -> None:
+        """Queue ``times`` faults for ``method``: ("status", 500), ("error", "not_in_channel"),
+        ("ratelimit", seconds), ("hang", seconds), ("html", 503)."""
+        with self.lock:
+            self.faults.setdefault(method, []).extend([(kind, value)] * times)
+
+    # -- queries ------------------------------------------------------------------
+
+    def posts(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Messages accepted by chat.postMessage (optionally for one channel)."""
+        return [m for m in self.messages if channel is None or m["channel"] == channel]
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def all_text(self) -> str:
+        """Every text Slack accepted (messages, blocks, files), for 'reached Slack' checks."""
+        parts = []
+        for m in self.messages:
+            parts.append(m.get("text") or "")
+            parts.append(json.dumps(m.get("blocks") or []))
+        for f in self.files:
+            parts.append(f["content"])
+        return "\n".join(parts)
+
+    # -- the server ---------------------------------------------------------------
+
+    def _reply(
+        self,
+        handler: BaseHTTPRequestHandler,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        data = raw if raw is not None else json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/html" if raw is not None else "application/json")
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _params(self, handler: BaseHTTPRequestHandler, raw: bytes) -> dict[str, Any]:
+        ctype = handler.headers.get("content-type", "")
+        params: dict[str, Any] = {k: v[0] for k, v in parse_qs(urlparse(handler.path).query).items()}
+        if "json" in ctype and raw:
+            params.update(json.loads(raw))
+        elif raw and "form" in ctype:
+            params.update({k: v[0] for k, v in parse_qs(raw.decode()).items()})
+        for key in ("blocks", "files", "attachments"):
+            if isinstance(params.get(key), str):
+                try:
+                    params[key] = json.loads(params[key])
+                except ValueError:
+                    pass
+        return params
+
+    def _next_ts(self) -> str:
+        with self.lock:
+            self._ts += 1
+            return f"{self._ts:.6f}"
+
+    def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        path = urlparse(handler.path).path
+        if path.startswith("/response/"):
+            body = json.loads(raw or b"{}")
+            with self.lock:
+                self.responses.append({"name": path.rsplit("/", 1)[1], **body})
+            self._reply(handler, 200, raw=b"ok", body=None)
+            return
+        if path.startswith("/upload/"):
+            with self.lock:
+                self._uploads[path.rsplit("/", 1)[1]]["content"] = raw.decode("utf-8", "replace")
+            self._reply(handler, 200, raw=b"OK - 200", body=None)
+            return
+        method = path.rsplit("/", 1)[-1]
+        params = self._params(handler, raw)
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        with self.lock:
+            self.calls.append(Call(method, params, headers))
+            queue = self.faults.get(method) or []
+            fault = queue.pop(0) if queue else None
+        if fault is not None:
+            kind, value = fault
+            if kind == "hang":
+                time.sleep(value)
+                self._reply(handler, 200, {"ok": False, "error": "timeout"})
+                return
+            if kind == "status":
+                self._reply(handler, value, {"ok": False, "error": "fatal_error"})
+                return
+            if kind == "html":
+                self._reply(handler, value, None, raw=b"<html><body>Service Unavailable</body></html>")
+                return
+            if kind == "ratelimit":
+                self._reply(
+                    handler, 429, {"ok": False, "error": "ratelimited"}, headers={"Retry-After": str(value)}
+                )
+                return
+            if kind == "error":
+                self._reply(handler, 200, {"ok": False, "error": value})
+                return
+        if headers.get("authorization") != f"Bearer {self.token}":
+            self._reply(handler, 200, {"ok": False, "error": "invalid_auth"})
+            return
+        self._reply(handler, 200, self._method(method, params))
+
+    def _method(self, method: str, p: dict[str, Any]) -> dict[str, Any]:
+        channel = p.get("channel") or p.get("channel_id")
+        if method == "auth.test":
+            return {"ok": True, "user": "wflogs", "team": "Test Team", "user_id": "UBOT", "team_id": "T1"}
+        if method == "conversations.info":
+            if self.channels is not None and channel not in self.channels:
+                return {"ok": False, "error": "channel_not_found"}
+            return {"ok": True, "channel": {"id": channel, "name": "alerts", "is_member": True}}
+        if method in ("chat.postMessage", "chat.update"):
+            if self.channels is not None and channel not in self.channels:
+                return {"ok": False, "error": "channel_not_found"}
+            if not p.get("text") and not p.get("blocks"):
+                return {"ok": False, "error": "no_text"}
+            if len(p.get("text") or "") > 40000:
+                return {"ok": False, "error": "msg_too_long"}
+            error = check_blocks(p.get("blocks") or [])
+            if error:
+                return {"ok": False, "error": error}
+            if method == "chat.update":
+                for m in self.messages:
+                    if m["ts"] == p.get("ts"):
+                        m.update(text=p.get("text"), blocks=p.get("blocks"))
+                        return {"ok": True, "channel": channel, "ts": p.get("ts")}
+                return {"ok": False, "error": "message_not_found"}
+            ts = self._next_ts()
+            with self.lock:
+                self.messages.append(
+                    {
+                        "channel": channel,
+                        "ts": ts,
+                        "thread_ts": p.get("thread_ts"),
+                        "text": p.get("text"),
+                        "blocks": p.get("blocks"),
+                    }
+                )
+            return {"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{len(self._uploads) + 1:05d}"
+            with self.lock:
+                self._uploads[file_id] = {"filename": p.get("filename"), "content": None}
+            return {"ok": True, "upload_url": f"{self.root}/upload/{file_id}", "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            files = p.get("files") or []
+            for f in files:
+                upload = self._uploads.get(f["id"])
+                if upload is None or upload["content"] is None:
+                    return {"ok": False, "error": "file_not_found"}
+                with self.lock:
+                    self.files.append(
+                        {
+                            "id": f["id"],
+                            "channel": channel,
+                            "thread_ts": p.get("thread_ts"),
+                            "filename": upload["filename"],
+                            "content": upload["content"],
+                            "comment": p.get("initial_comment"),
+                        }
+                    )
+            return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "files.info":
+            return {"ok": True, "file": {"id": p.get("file")}}
+        return {"ok": False, "error": "unknown_method"}
