@@ -154,12 +154,12 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block]]:
 
     ``rest_in`` says where the run ids not listed here go: "thread" or "csv".
     """
-    first = alerts[-1]  # the newest stands for the group
+    listed = alerts[:RUNS_IN_PARENT]
+    first = listed[-1]  # the newest run listed here stands for the group
     count = len(alerts)
     error = first.entry.error or "(Dify gave no error message)"
     n_sessions, top = _sessions(alerts)
     starts = [a.entry.run_created_at or a.entry.created_at for a in alerts]
-    listed = alerts[:RUNS_IN_PARENT]
     blocks: list[Block] = [
         header(_title(first, count)),
         section(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from slack_sdk import WebClient
 
 from bot.config import Settings, load_settings
+from bot.runtime import Runtime
 from tests.fakes.dify import FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 
@@ -63,3 +66,28 @@ def make_settings(tmp_path: Path, env: dict[str, str] | None = None, toml: str |
         base["WFLOGS_CONFIG"] = str(tmp_path / "wflogs.toml")
     base.update(env or {})
     return load_settings(base, cwd=tmp_path)
+
+
+def build_runtime(settings: Settings, dify: FakeDify, clock: Clock, **kwargs: object) -> Runtime:
+    """A Runtime on the Dify fake, with no real waiting (no pacing, no backoff)."""
+    kwargs.setdefault("slack_min_interval", 0.0)
+    kwargs.setdefault("dify_backoff", 0.0)
+    kwargs.setdefault("stream", io.StringIO())
+    return Runtime.build(settings, transport=httpx.MockTransport(dify.handler), now=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def slack_env(slack: FakeSlack, **extra: str) -> dict[str, str]:
+    """Environment for an app alerting into C0ALERTS on the Slack fake."""
+    env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_API_URL": slack.base_url, "WFLOGS_ALERT_CHANNEL": "C0ALERTS"}
+    env.update(extra)
+    return env
+
+
+def messages_mentioning(slack: FakeSlack, needle: str) -> int:
+    """How many Slack messages and files carry ``needle`` (once per message at most)."""
+    count = 0
+    for m in slack.messages:
+        if needle in (m.get("text") or "") or needle in json.dumps(m.get("blocks") or []):
+            count += 1
+    count += sum(1 for f in slack.files if needle in f["content"])
+    return count
