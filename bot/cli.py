@@ -122,7 +122,24 @@ def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO, err: Text
     return serve(settings, out=out)
 
 
-COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check}
+def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Post the digest of the last 24 hours for every app now; the scheduled digest still goes out."""
+    from bot.digest import Digester
+
+    if not any(app.digest for app in settings.apps):
+        err.write("wflogs: no app has the digest enabled (digest = false for every app)\n")
+        return 1
+    runtime = Runtime.build(settings, stream=out)
+    try:
+        report = Digester.for_runtime(runtime).post_now()
+    finally:
+        runtime.close()
+    for problem in report.problems:
+        err.write(f"wflogs: {problem}\n")
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check, "digest": cmd_digest}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     poll = sub.add_parser("poll", help="poll every app once and deliver alerts")
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
     sub.add_parser("check", help="check the configuration, Dify and Slack")
+    digest = sub.add_parser("digest", help="post the daily digest of every app")
+    digest.add_argument(
+        "--now", action="store_true", required=True, help="the last 24 hours, now (the schedule is unchanged)"
+    )
     return parser
 
 
