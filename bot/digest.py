@@ -267,25 +267,30 @@ class _Reader:
                     out.add(row)
                 high = oldest  # read that second again, from its start
             else:
-                out.merge(self._one_second(status, oldest, page.total))
+                out.merge(self._one_second(status, oldest))
                 high = oldest - 1
         return out
 
-    def _one_second(self, status: str | None, second: int, total: int) -> _Rows:
+    def _one_second(self, status: str | None, second: int) -> _Rows:
         """A second holding more than a page: Dify's order in it changes per call, so read in rounds."""
         out = _Rows()
-        pages = math.ceil(total / MAX_LIMIT)
+        total = 0
         for _round in range(SAME_SECOND_ROUNDS):
-            for number in range(1, pages + 1):
+            number = 1
+            while True:
                 if self.budget <= 0:
                     out.complete = False
                     return out
                 self.budget -= 1
                 page = self.client.logs(status=status, after=second, before=second, page=number)
+                total = page.total
                 for row in page.data:
                     out.add(row)
-                if len(out.rows) >= page.total:
+                if len(out.rows) >= total:
                     return out
+                if number * MAX_LIMIT >= total:
+                    break
+                number += 1
         out.complete = False
         log.info("could not read all %d logs of second %d in %d rounds", total, second, SAME_SECOND_ROUNDS)
         return out
