@@ -157,6 +157,7 @@ class ErrorLine:
     newest_at: int
     status: str
     new: bool = False
+    approx: bool = False
 
 
 @dataclass(frozen=True)
@@ -566,11 +567,14 @@ def _weighted_count(total: float) -> int:
 def _rank_failures(digest: AppDigest, failures: _Rows, previous_shapes: set[str]) -> None:
     """Top error shapes (with the newest example), and the sessions with the most failures."""
     by_shape: dict[str, float] = defaultdict(float)
+    weighted_shapes: set[str] = set()
     newest: dict[str, LogEntry] = {}
     sessions: dict[str, float] = defaultdict(float)
     for row, weight in failures.weighted():
         shape = normalize_error(row.error)
         by_shape[shape] += weight
+        if weight != 1.0:
+            weighted_shapes.add(shape)
         best = newest.get(shape)
         if best is None or (row.created_at, row.log_id) > (best.created_at, best.log_id):
             newest[shape] = row
@@ -588,6 +592,8 @@ def _rank_failures(digest: AppDigest, failures: _Rows, previous_shapes: set[str]
             newest_at=newest[shape].created_at,
             status=newest[shape].status or "failed",
             new=not digest.first_digest and shape not in previous_shapes,
+            # Estimated from a weighted sample, or from a read cut short by the request budget.
+            approx=shape in weighted_shapes or (not failures.complete and not weighted_shapes),
         )
         for shape in ranked[:TOP_ERRORS]
     ]

@@ -160,14 +160,13 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
         lines.append(chart.replace("*", ""))
 
     if d.errors:
-        approx = "≈" if d.failures_sampled else ""
         rows = [f"*Top errors* ({plural(d.error_shapes, 'kind')} of failure)"]
         for err in d.errors:
             new = " 🆕 *new*" if err.new else ""
             run = f" · newest {_code(err.newest_run_id, 40)}" if err.newest_run_id else ""
             at = when(err.newest_at, tz, "%H:%M", zone=False)
             rows.append(
-                f"{STATUS_EMOJI.get(err.status, '•')} *{approx}×{err.count:,}* "
+                f"{STATUS_EMOJI.get(err.status, '•')} *{'≈' if err.approx else ''}×{err.count:,}* "
                 f"{_code(err.example, EXAMPLE_LIMIT)}{new}{run} at {at}"
             )
         blocks.append(section("\n".join(rows)))
@@ -178,7 +177,7 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
         approx = "≈" if d.failures_sampled else ""
         extras.append(
             "*Most affected*: "
-            + ", ".join(f"{_code(who, WHO_LIMIT)} ({approx}{n:,} failed)" for who, n in d.sessions)
+            + ", ".join(f"{_code(who, WHO_LIMIT)} ({approx}{n:,} failed or stopped)" for who, n in d.sessions)
         )
     if d.slowest:
         slow = ", ".join(

@@ -153,6 +153,7 @@ def test_every_figure_with_runs_at_both_edges_in_berlin(tmp_path: Path, dify: Fa
     assert d.errors[1].newest_run_id == ids["timeout1"].run_id
     assert d.errors[1].example == "timed out after 32s"
     assert not any(e.new for e in d.errors)  # no previous digest: nothing is "new"
+    assert not any(e.approx for e in d.errors)
     assert d.sessions == [("alice", 4), ("<@U1>", 1), ("bob", 1)]
     assert [(r.run_id, r.elapsed) for r in d.slowest] == [
         (ids["stopped"].run_id, 600.0),
@@ -229,6 +230,9 @@ def test_digest_counts_with_total_and_stays_cheap_on_a_day_of_10000_runs(
     assert d.hourly == expected_hourly and d.hourly_exact  # exact from per-hour totals
     assert d.failures_sampled and d.runs_sampled
     assert d.failures_read <= 500 + 500
+    stopped_line = next(e for e in d.errors if e.status == "stopped")
+    assert not stopped_line.approx and stopped_line.count == d.current.stopped  # read completely
+    assert all(e.approx for e in d.errors if e.status == "failed")
     # The sample is weighted by each hour's total: the estimate is close to the truth.
     assert {e.example.split(" ")[0] for e in d.errors[:3]} == {"db", "rate", "timed"}
     for line in d.errors:

@@ -11,7 +11,7 @@ from bot.digest import AppDigest, Counts, ErrorLine, RunLine, Window
 from bot.digest_format import delta, rate, rate_delta, render, sparkline
 from tests.fakes.slack import check_blocks
 
-S = 1_795_017_600  # 2026-11-18T08:00:00Z
+S = 1_795_017_600  # 2026-11-18T16:00:00Z
 EVIL = "<!channel> <@U123> <https://evil.example|click> & `x` " * 200
 
 
@@ -85,6 +85,7 @@ def test_a_huge_digest_stays_within_slack_limits_and_escapes_everything() -> Non
             newest_at=S - 100,
             status="failed",
             new=i % 2 == 0,
+            approx=i < 3,
         )
         for i in range(5)
     ]
