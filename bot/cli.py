@@ -12,7 +12,7 @@ from typing import TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.config import Settings, alert_channel_for, load_settings
+from bot.config import Settings, alert_channel_for, digest_channel_for, load_settings
 from bot.errors import DifyError, WflogsError
 from bot.logs import setup_logging
 from bot.runtime import Runtime
@@ -83,6 +83,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 auth = runtime.web.auth_test()
                 out.write(f"✓ Slack: signed in as {auth.get('user')} in {auth.get('team')}\n")
                 channels = sorted({c for a in settings.apps if (c := alert_channel_for(settings, a))})
+                channels += sorted(
+                    {c for a in settings.apps if a.digest and (c := digest_channel_for(settings, a))}
+                    - set(channels)
+                )
                 for channel in channels:
                     failures += _check_channel(runtime, channel, out)
             except SlackApiError as exc:

@@ -299,6 +299,7 @@ class _Reader:
     def sample(self, status: str | None, window: Window, slices: int, per_slice: int) -> _Rows:
         """The newest ``per_slice`` rows of each of ``slices`` time slices, weighted by slice totals."""
         out = _Rows(complete=False, slice_totals=[])
+        per_slice = min(max(per_slice, 1), MAX_LIMIT)
         for part in window.slices(slices):
             self.budget -= 1
             page = self.client.logs(status=status, after=part.start, before=part.end, limit=per_slice)

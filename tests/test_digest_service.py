@@ -129,3 +129,26 @@ def test_digest_now_exits_1_when_an_app_cannot_be_read(tmp_path: Path) -> None:
 def test_digest_needs_now() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["digest"])
+
+
+def test_check_also_checks_the_digest_channels(tmp_path: Path) -> None:
+    from bot.cli import cmd_check
+
+    fake = FakeSlack(channels={"C0ALERTS"})
+    with fake, DifyServer(FakeDify()) as server:
+        dify_app = server.fake.add_app("Checked")
+        settings = make_settings(
+            tmp_path,
+            {
+                "DIFY_API_KEY": dify_app.key,
+                "DIFY_API_URL": server.url,
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_API_URL": fake.base_url.rstrip("/"),
+                "WFLOGS_ALERT_CHANNEL": "C0ALERTS",
+                "WFLOGS_DIGEST_CHANNEL": "C0MISSING",
+            },
+        )
+        out = io.StringIO()
+        assert cmd_check(settings, argparse.Namespace(), out, io.StringIO()) == 1
+    assert "✓ channel C0ALERTS" in out.getvalue()
+    assert "✗ channel C0MISSING" in out.getvalue()
