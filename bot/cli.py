@@ -12,7 +12,7 @@ from typing import TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.config import Settings, alert_channel_for, load_settings
+from bot.config import Settings, alert_channel_for, digest_channel_for, load_settings
 from bot.errors import DifyError, WflogsError
 from bot.logs import setup_logging
 from bot.runtime import Runtime
@@ -83,6 +83,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 auth = runtime.web.auth_test()
                 out.write(f"✓ Slack: signed in as {auth.get('user')} in {auth.get('team')}\n")
                 channels = sorted({c for a in settings.apps if (c := alert_channel_for(settings, a))})
+                channels += sorted(
+                    {c for a in settings.apps if a.digest and (c := digest_channel_for(settings, a))}
+                    - set(channels)
+                )
                 for channel in channels:
                     failures += _check_channel(runtime, channel, out)
             except SlackApiError as exc:
@@ -122,7 +126,24 @@ def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO, err: Text
     return serve(settings, out=out)
 
 
-COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check}
+def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Post the digest of the last 24 hours for every app now; the scheduled digest still goes out."""
+    from bot.digest import Digester
+
+    if not any(app.digest for app in settings.apps):
+        err.write("wflogs: no app has the digest enabled (digest = false for every app)\n")
+        return 1
+    runtime = Runtime.build(settings, stream=out)
+    try:
+        report = Digester.for_runtime(runtime).post_now()
+    finally:
+        runtime.close()
+    for problem in report.problems:
+        err.write(f"wflogs: {problem}\n")
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check, "digest": cmd_digest}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     poll = sub.add_parser("poll", help="poll every app once and deliver alerts")
     poll.add_argument("--once", action="store_true", required=True, help="one cycle, then exit")
     sub.add_parser("check", help="check the configuration, Dify and Slack")
+    digest = sub.add_parser("digest", help="post the daily digest of every app")
+    digest.add_argument(
+        "--now", action="store_true", required=True, help="the last 24 hours, now (the schedule is unchanged)"
+    )
     return parser
 
 

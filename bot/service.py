@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import TextIO
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from bot.config import Settings
+from bot.digest import Digester
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,49 @@ def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
     )
 
 
+DIGEST_CATCHUP_MINUTES = 5
+
+
+def add_digest_jobs(
+    scheduler: BackgroundScheduler,
+    runtime: Runtime,
+    digester: Digester,
+    *,
+    now: Callable[[], float] = time.time,
+) -> None:
+    """The daily digest: a cron job at ``WFLOGS_DIGEST_TIME`` in ``WFLOGS_TIMEZONE``, plus a catch-up
+    check at start-up and every few minutes that posts a digest missed while wflogs was down or
+    Slack refused it (marked late). Both run the same idempotent :meth:`Digester.run_due`."""
+    settings = runtime.settings
+    if not any(app.digest for app in settings.apps):
+        return
+
+    def job() -> None:
+        try:
+            digester.run_due(now())
+        except Exception:
+            log.exception("digest job crashed; the catch-up check will retry")
+
+    hour, minute = settings.digest_hour_minute
+    scheduler.add_job(
+        job,
+        CronTrigger(hour=hour, minute=minute, timezone=settings.tz),
+        id="digest",
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=3600,
+    )
+    scheduler.add_job(
+        job,
+        "interval",
+        minutes=DIGEST_CATCHUP_MINUTES,
+        id="digest-catchup",
+        coalesce=True,
+        max_instances=1,
+        next_run_time=datetime.now(settings.tz),
+    )
+
+
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
     """Start the scheduler and block until ``stop`` is set (SIGTERM/SIGINT)."""
     from bot.cli import install_stop_signals
@@ -47,6 +95,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     runtime = Runtime.build(settings, stream=out)
     scheduler = BackgroundScheduler(timezone=settings.tz)
     add_poll_job(scheduler, runtime)
+    add_digest_jobs(scheduler, runtime, Digester.for_runtime(runtime))
     scheduler.start()
     where = "Slack" if settings.slack_enabled else "this terminal"
     log.info(

@@ -10,6 +10,11 @@ Tables:
   transaction as ``seen``; ``sent_at`` is set only after Slack took it.
 - ``messages``: Slack messages planned from alerts (a single alert, a group, a
   summary) and, once posted, their ``ts`` so that thread replies follow.
+- ``digests``: every daily digest posted, per app: its local day, window, ``ts``,
+  headline figures and the error shapes it saw (for "new" errors next time).
+  At most one ``scheduled`` digest per app and day (a unique index).
+- ``digest_apps``: when the digest scheduler first saw each app, so that a fresh
+  install does not post a late digest for a day before it ran.
 
 This module never imports ``bot``.
 """
@@ -81,6 +86,35 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
     db["alerts"].create_index(["app_id", "log_id"], unique=True)  # type: ignore[union-attr]
     db["alerts"].create_index(["channel", "message_id", "sent_at"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m002_digest(db: sqlite_utils.Database) -> None:
+    db["digests"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "day": str,
+            "kind": str,
+            "scheduled_at": int,
+            "window_start": int,
+            "window_end": int,
+            "channel": str,
+            "ts": str,
+            "posted_at": int,
+            "late": int,
+            "ok": int,
+            "runs": int,
+            "failed": int,
+            "shapes": str,
+        },
+        pk="id",
+    )
+    db.execute(
+        "create unique index digests_scheduled_once on digests (app_id, day) where kind = 'scheduled'"
+    )
+    db["digests"].create_index(["app_id", "window_end"])  # type: ignore[union-attr]
+    db["digest_apps"].create({"app_id": str, "first_seen": int}, pk="app_id")  # type: ignore[union-attr]
 
 
 def open_db(path: str) -> sqlite_utils.Database:
@@ -283,6 +317,50 @@ class Store:
                 "(select message_id from alerts where message_id is not null)",
                 [older_than],
             )
+
+    # -- daily digests ----------------------------------------------------------
+
+    def digest_first_seen(self, app_id: str, default: int) -> int:
+        """When the digest scheduler first saw ``app_id``; records ``default`` the first time."""
+        with self.transaction():
+            self.db.execute(
+                "insert or ignore into digest_apps (app_id, first_seen) values (?, ?)", [app_id, default]
+            )
+            rows = list(self.db.query("select first_seen from digest_apps where app_id = ?", [app_id]))
+        return int(rows[0]["first_seen"])
+
+    def digest_posted(self, app_id: str, day: str) -> bool:
+        """Whether the scheduled digest of ``app_id`` for local date ``day`` was posted."""
+        rows = self.query(
+            "select 1 from digests where app_id = ? and day = ? and kind = 'scheduled'", [app_id, day]
+        )
+        return bool(rows)
+
+    def record_digest(self, row: dict[str, Any]) -> bool:
+        """Remember a posted digest; False when that app's scheduled digest of the day was already there.
+
+        ``row`` carries the ``digests`` columns; ``shapes`` is a list of error shapes.
+        """
+        data = dict(row)
+        data["shapes"] = json.dumps(list(data.get("shapes") or []))
+        columns = ", ".join(data)
+        marks = ", ".join("?" * len(data))
+        with self.transaction():
+            before = self.db.conn.total_changes
+            sql = f"insert or ignore into digests ({columns}) values ({marks})"
+            self.db.execute(sql, list(data.values()))
+            return self.db.conn.total_changes > before
+
+    def recent_digests(self, app_id: str, before: int, limit: int = 7) -> list[dict[str, Any]]:
+        """The app's digests whose window ended before ``before``, newest first, shapes decoded."""
+        rows = self.query(
+            "select * from digests where app_id = ? and window_end < ? order by window_end desc, id desc "
+            "limit ?",
+            [app_id, before, limit],
+        )
+        for row in rows:
+            row["shapes"] = json.loads(row["shapes"]) if row.get("shapes") else []
+        return rows
 
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:

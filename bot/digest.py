@@ -1,0 +1,628 @@
+"""The daily digest: how each workflow app did over the last 24 hours, every morning.
+
+Windows. A digest is scheduled at a local time (``WFLOGS_DIGEST_TIME``) in
+``WFLOGS_TIMEZONE``. Its window is the 24 real hours that end at that instant,
+``[S - 86400, S - 1]`` in whole seconds (Dify's bounds are inclusive, so the
+next digest's window starts exactly at ``S``), and it is compared with the 24
+hours before, ``[S - 172800, S - 86401]``. Across a DST change the window is
+still 24 real hours, so figures compare like with like; the price is that, on
+the two days a year when the clocks change, consecutive digests overlap by an
+hour (spring) or leave an hour out (autumn). The message shows the window's
+local start and end, so that is visible. A local time that does not exist
+(inside the spring gap) is taken with the offset before the change; a time
+that exists twice means its first occurrence.
+
+Cost. Counts come from Dify's ``total`` (a ``limit=1`` request per status and
+window: 8 requests). Rows are read only when needed and never more than a cap:
+
+- a day with at most ``run_cap`` runs is read completely (every figure exact);
+- otherwise failed and stopped runs are read completely when each is under
+  ``failure_cap``, else sampled: failed runs hour by hour (24 requests whose
+  ``total`` gives the exact hourly chart), stopped runs in a few time slices;
+  slowest runs, tokens and partial successes come from a time-stratified
+  sample of all runs. Sampled figures are weighted by each slice's ``total``
+  and said to be sampled.
+
+Complete reads never page by offset across seconds (Dify's order inside one
+second changes from call to call): each request asks for the window up to the
+oldest second of the previous page, keeping only rows newer than that second;
+a single second holding more than a page is read in repeated rounds.
+
+Posting. One message per app (apps have their own channels; one message per
+app keeps within Slack's block limits and lets a team discuss an app in its
+thread). The scheduled digest is posted once per app and local day: it is
+recorded right after the post, so a crash in between repeats at most one
+message. ``wflogs digest --now`` posts a digest of the 24 hours ending now; it
+is remembered (its error shapes count for "new" next time) but does not count
+as the day's scheduled digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+from datetime import time as dtime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+
+from bot import digest_format
+from bot.config import AppConfig, Settings, digest_channel_for
+from bot.dify import MAX_LIMIT, DifyClient, LogEntry
+from bot.errors import DifyError, SlackError
+from bot.notifier import Sink
+from bot.text import normalize_error, one_line, strip_controls
+from storage import Store
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+HOUR = 3600
+RUN_CAP = 500
+FAILURE_CAP = 500
+SAMPLE_SLICES = 5
+SAME_SECOND_ROUNDS = 6
+# A scheduled digest posted this long after its time says it is late.
+LATE_AFTER = 15 * 60
+# After a failed post (Slack down, channel missing), wait this long before trying again.
+RETRY_AFTER = 30 * 60
+TOP_ERRORS = 5
+TOP_SESSIONS = 3
+TOP_SLOWEST = 3
+HISTORY = 7
+FAILURES = ("failed", "stopped")
+
+
+# -- windows ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time range in whole epoch seconds, both ends inclusive (as Dify compares)."""
+
+    start: int
+    end: int
+
+    @classmethod
+    def ending_at(cls, instant: int, days_back: int = 0) -> Window:
+        """The 24 hours before ``instant`` (exclusive), ``days_back`` days earlier."""
+        end = instant - days_back * DAY
+        return cls(end - DAY, end - 1)
+
+    def slices(self, count: int) -> list[Window]:
+        """``count`` consecutive non-overlapping windows covering this one."""
+        length = self.end - self.start + 1
+        edges = [self.start + length * i // count for i in range(count + 1)]
+        return [Window(edges[i], edges[i + 1] - 1) for i in range(count) if edges[i + 1] > edges[i]]
+
+
+def scheduled_instant(day: date, hour: int, minute: int, tz: tzinfo) -> int:
+    """The epoch second of ``hour:minute`` on local date ``day`` in ``tz``."""
+    return int(datetime.combine(day, dtime(hour, minute), tzinfo=tz).timestamp())
+
+
+def latest_schedule(settings: Settings, now: int) -> tuple[date, int]:
+    """The most recent scheduled digest at or before ``now``: its local date and instant."""
+    hour, minute = settings.digest_hour_minute
+    today = datetime.fromtimestamp(now, settings.tz).date()
+    instant = scheduled_instant(today, hour, minute, settings.tz)
+    if instant > now:
+        today -= timedelta(days=1)
+        instant = scheduled_instant(today, hour, minute, settings.tz)
+    return today, instant
+
+
+# -- what a digest holds --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Runs of one window by status, from Dify's ``total``."""
+
+    total: int
+    succeeded: int
+    failed: int
+    stopped: int
+
+    @property
+    def other(self) -> int:
+        """Runs Dify cannot filter: partial-succeeded, running, paused."""
+        return max(self.total - self.succeeded - self.failed - self.stopped, 0)
+
+    @property
+    def failure_rate(self) -> Decimal | None:
+        """Failed runs per 100 runs, one decimal (half up), or None without runs."""
+        if not self.total:
+            return None
+        return (Decimal(self.failed * 100) / Decimal(self.total)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class ErrorLine:
+    """One error shape among the window's failures."""
+
+    shape: str
+    count: int
+    example: str
+    newest_run_id: str | None
+    newest_at: int
+    status: str
+    new: bool = False
+    approx: bool = False
+
+
+@dataclass(frozen=True)
+class RunLine:
+    """One run worth naming (the slowest)."""
+
+    run_id: str | None
+    status: str
+    elapsed: float
+    who: str | None
+    created_at: int
+
+
+@dataclass
+class AppDigest:
+    """Everything one app's digest says; the formatter turns it into a message."""
+
+    app_id: str
+    app_name: str
+    scheduled_at: int
+    window: Window
+    previous: Window
+    tz: str
+    posted_at: int
+    kind: str = "scheduled"
+    late: bool = False
+    error: str | None = None
+    current: Counts | None = None
+    before: Counts | None = None
+    hourly: list[int] = field(default_factory=list)
+    hourly_exact: bool = True
+    errors: list[ErrorLine] = field(default_factory=list)
+    error_shapes: int = 0
+    failures_read: int = 0
+    failures_sampled: bool = False
+    sessions: list[tuple[str, int]] = field(default_factory=list)
+    slowest: list[RunLine] = field(default_factory=list)
+    runs_read: int = 0
+    runs_sampled: bool = False
+    tokens: int | None = None
+    partial: int | None = None
+    running: int | None = None
+    usual_runs: int | None = None
+    first_digest: bool = True
+    shapes: list[str] = field(default_factory=list)
+
+    @property
+    def silent(self) -> bool:
+        """No runs at all although the app usually has some."""
+        return self.current is not None and self.current.total == 0 and bool(self.usual_runs)
+
+
+# -- reading rows ------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    """Rows of one status (or all), each with a weight: 1 when read completely."""
+
+    rows: dict[str, LogEntry] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    complete: bool = True
+    slice_totals: list[int] | None = None
+
+    def add(self, entry: LogEntry, weight: float = 1.0) -> None:
+        self.rows[entry.log_id] = entry
+        self.weights[entry.log_id] = weight
+
+    def merge(self, other: _Rows) -> None:
+        self.rows.update(other.rows)
+        self.weights.update(other.weights)
+        self.complete = self.complete and other.complete
+
+    def weighted(self) -> list[tuple[LogEntry, float]]:
+        return [(row, self.weights[key]) for key, row in self.rows.items()]
+
+
+class _Reader:
+    """Reads rows of one app for one window, within a request budget."""
+
+    def __init__(self, client: DifyClient, budget: int) -> None:
+        self.client = client
+        self.budget = budget
+
+    def count(self, window: Window, status: str | None) -> int:
+        return self.client.logs(status=status, after=window.start, before=window.end, limit=1).total
+
+    def complete(self, status: str | None, window: Window) -> _Rows:
+        """Every row of the window, newest second first, without offset paging across seconds."""
+        out = _Rows()
+        high = window.end
+        while high >= window.start:
+            if self.budget <= 0:
+                out.complete = False
+                return out
+            self.budget -= 1
+            page = self.client.logs(status=status, after=window.start, before=high, limit=MAX_LIMIT)
+            if not page.data:
+                return out
+            if page.total <= len(page.data):
+                for row in page.data:
+                    out.add(row)
+                return out
+            oldest = min(row.created_at for row in page.data)
+            newer = [row for row in page.data if row.created_at > oldest]
+            if newer:
+                for row in newer:
+                    out.add(row)
+                high = oldest  # read that second again, from its start
+            else:
+                out.merge(self._one_second(status, oldest))
+                high = oldest - 1
+        return out
+
+    def _one_second(self, status: str | None, second: int) -> _Rows:
+        """A second holding more than a page: Dify's order in it changes per call, so read in rounds."""
+        out = _Rows()
+        total = 0
+        for _round in range(SAME_SECOND_ROUNDS):
+            number = 1
+            while True:
+                if self.budget <= 0:
+                    out.complete = False
+                    return out
+                self.budget -= 1
+                page = self.client.logs(status=status, after=second, before=second, page=number)
+                total = page.total
+                for row in page.data:
+                    out.add(row)
+                if len(out.rows) >= total:
+                    return out
+                if number * MAX_LIMIT >= total:
+                    break
+                number += 1
+        out.complete = False
+        log.info("could not read all %d logs of second %d in %d rounds", total, second, SAME_SECOND_ROUNDS)
+        return out
+
+    def sample(self, status: str | None, window: Window, slices: int, per_slice: int) -> _Rows:
+        """The newest ``per_slice`` rows of each of ``slices`` time slices, weighted by slice totals."""
+        out = _Rows(complete=False, slice_totals=[])
+        per_slice = min(max(per_slice, 1), MAX_LIMIT)
+        for part in window.slices(slices):
+            self.budget -= 1
+            page = self.client.logs(status=status, after=part.start, before=part.end, limit=per_slice)
+            assert out.slice_totals is not None
+            out.slice_totals.append(page.total)
+            rows = {row.log_id: row for row in page.data}
+            weight = page.total / len(rows) if rows else 0.0
+            for row in rows.values():
+                out.add(row, weight)
+        return out
+
+
+# -- the digester ------------------------------------------------------------------
+
+
+@dataclass
+class DigestReport:
+    """What one round of digests did."""
+
+    posted: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Due:
+    """A scheduled digest that should be posted now."""
+
+    app: AppConfig
+    day: date
+    scheduled_at: int
+    late: bool
+
+
+class Digester:
+    """Computes and posts daily digests; every method takes ``now`` (epoch seconds)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        clients: dict[str, DifyClient],
+        sink: Sink,
+        name_of: Callable[[AppConfig], str],
+        run_cap: int = RUN_CAP,
+        failure_cap: int = FAILURE_CAP,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clients = clients
+        self.sink = sink
+        self.name_of = name_of
+        self.run_cap = run_cap
+        self.failure_cap = failure_cap
+        self._lock = threading.Lock()
+        self._retry_at: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def for_runtime(cls, runtime: Runtime) -> Digester:
+        """A digester sharing the runtime's store, Dify clients, sink and app names."""
+        return cls(
+            settings=runtime.settings,
+            store=runtime.store,
+            clients=runtime.clients,
+            sink=runtime.sink,
+            name_of=runtime.poller.app_name,
+        )
+
+    # -- scheduling --------------------------------------------------------------
+
+    def due(self, now: int) -> list[Due]:
+        """The scheduled digests to post at ``now``: the latest scheduled day, per app not yet posted.
+
+        An app seen for the first time after that day's digest time (a fresh
+        install, a newly added app) gets none for that day.
+        """
+        day, instant = latest_schedule(self.settings, now)
+        out: list[Due] = []
+        for app in self.settings.apps:
+            if not app.digest:
+                continue
+            state = self.store.app_state(app.id) or {}
+            first_seen = self.store.digest_first_seen(app.id, min(int(state.get("first_polled") or now), now))
+            if first_seen > instant:
+                continue
+            if self.store.digest_posted(app.id, day.isoformat()):
+                continue
+            if self._retry_at.get((app.id, day.isoformat()), 0) > now:
+                continue
+            out.append(Due(app, day, instant, late=now - instant > LATE_AFTER))
+        return out
+
+    def run_due(self, now: float | None = None) -> DigestReport:
+        """Post every due scheduled digest (idempotent; safe to call as often as wanted)."""
+        now_i = int(time.time() if now is None else now)
+        report = DigestReport()
+        with self._lock:
+            for item in self.due(now_i):
+                digest = self.compute(item.app, item.scheduled_at, now=now_i, late=item.late)
+                self._post(item.app, digest, item.day, report)
+        return report
+
+    def post_now(self, now: float | None = None) -> DigestReport:
+        """Post a digest of the 24 hours ending ``now`` for every app (``wflogs digest --now``).
+
+        It does not count as the day's scheduled digest, which still goes out.
+        """
+        now_i = int(time.time() if now is None else now)
+        report = DigestReport()
+        day = datetime.fromtimestamp(now_i, self.settings.tz).date()
+        with self._lock:
+            for app in self.settings.apps:
+                if not app.digest:
+                    continue
+                digest = self.compute(app, now_i, now=now_i, kind="manual")
+                self._post(app, digest, day, report)
+        return report
+
+    # -- computing ----------------------------------------------------------------
+
+    def compute(
+        self, app: AppConfig, scheduled_at: int, *, now: int, late: bool = False, kind: str = "scheduled"
+    ) -> AppDigest:
+        """The digest of ``app`` for the 24 hours ending at ``scheduled_at``; never raises for Dify."""
+        client = self.clients[app.id]
+        start_requests = client.requests
+        digest = AppDigest(
+            app_id=app.id,
+            app_name=self.name_of(app),
+            scheduled_at=scheduled_at,
+            window=Window.ending_at(scheduled_at),
+            previous=Window.ending_at(scheduled_at, 1),
+            tz=self.settings.timezone,
+            posted_at=now,
+            kind=kind,
+            late=late,
+        )
+        history = [
+            h
+            for h in self.store.recent_digests(app.id, before=digest.window.end, limit=HISTORY)
+            if h.get("ok")
+        ]
+        try:
+            self._fill(client, digest, history)
+        except DifyError as exc:
+            digest.error = str(exc)
+            log.error("digest of %s: cannot read Dify: %s", digest.app_name, exc)
+        log.info(
+            "digest of %s for %s: %d Dify requests",
+            digest.app_name,
+            datetime.fromtimestamp(scheduled_at, self.settings.tz).isoformat(),
+            client.requests - start_requests,
+        )
+        return digest
+
+    def _fill(self, client: DifyClient, digest: AppDigest, history: list[dict[str, Any]]) -> None:
+        reader = _Reader(client, budget=4 * math.ceil(max(self.run_cap, self.failure_cap) / MAX_LIMIT) + 40)
+        window = digest.window
+
+        def counts(w: Window) -> Counts:
+            return Counts(
+                total=reader.count(w, None),
+                succeeded=reader.count(w, "succeeded"),
+                failed=reader.count(w, "failed"),
+                stopped=reader.count(w, "stopped"),
+            )
+
+        current = digest.current = counts(window)
+        digest.before = counts(digest.previous)
+        runs = [int(h["runs"]) for h in history if h.get("runs") is not None]
+        digest.usual_runs = int(statistics.median([digest.before.total, *runs]))
+        digest.first_digest = not history
+        previous_shapes: set[str] = set(history[0]["shapes"]) if history else set()
+
+        if current.total == 0:
+            digest.hourly = [0] * 24
+            return
+        if current.total <= self.run_cap:
+            everything = reader.complete(None, window)
+            failures = _Rows(complete=everything.complete)
+            for key, row in everything.rows.items():
+                if row.status in FAILURES:
+                    failures.add(row, everything.weights[key])
+            failed_hourly = None
+        else:
+            everything = reader.sample(None, window, SAMPLE_SLICES, MAX_LIMIT)
+            failures = _Rows()
+            failed_hourly = None
+            if current.failed > self.failure_cap:
+                part = reader.sample("failed", window, 24, math.ceil(self.failure_cap / 24))
+                failed_hourly = part.slice_totals
+            elif current.failed:
+                part = reader.complete("failed", window)
+            else:
+                part = _Rows()
+            failures.merge(part)
+            if current.stopped > self.failure_cap:
+                per_slice = self.failure_cap // SAMPLE_SLICES
+                failures.merge(reader.sample("stopped", window, SAMPLE_SLICES, per_slice))
+            elif current.stopped:
+                failures.merge(reader.complete("stopped", window))
+
+        digest.runs_read = len(everything.rows)
+        digest.runs_sampled = not everything.complete
+        digest.failures_read = len(failures.rows)
+        digest.failures_sampled = not failures.complete
+        if failed_hourly is not None:
+            digest.hourly = list(failed_hourly)
+        else:
+            digest.hourly_exact = failures.complete
+            digest.hourly = [0] * 24
+            for row in failures.rows.values():
+                if row.status == "failed" and window.start <= row.created_at <= window.end:
+                    digest.hourly[(row.created_at - window.start) // HOUR] += 1
+        _rank_failures(digest, failures, previous_shapes)
+        _describe_runs(digest, everything)
+
+    # -- posting --------------------------------------------------------------------
+
+    def _post(self, app: AppConfig, digest: AppDigest, day: date, report: DigestReport) -> None:
+        """Post one app's digest, then record it (a crash in between repeats at most this one)."""
+        channel = digest_channel_for(self.settings, app) or "terminal"
+        text, blocks = digest_format.render(digest)
+        try:
+            ts = self.sink.post(channel, text, blocks)
+        except SlackError as exc:
+            if digest.kind == "scheduled":
+                self._retry_at[(app.id, day.isoformat())] = digest.posted_at + RETRY_AFTER
+            report.problems.append(f"{digest.app_name}: digest not posted: {exc}")
+            log.warning("digest of %s not posted to %s: %s", digest.app_name, channel, exc)
+            return
+        current = digest.current
+        self.store.record_digest(
+            {
+                "app_id": app.id,
+                "day": day.isoformat(),
+                "kind": digest.kind,
+                "scheduled_at": digest.scheduled_at,
+                "window_start": digest.window.start,
+                "window_end": digest.window.end,
+                "channel": channel,
+                "ts": ts,
+                "posted_at": digest.posted_at,
+                "late": int(digest.late),
+                "ok": int(digest.error is None),
+                "runs": current.total if current else None,
+                "failed": current.failed if current else None,
+                "shapes": digest.shapes,
+            }
+        )
+        report.posted.append(digest.app_name)
+        if digest.error:
+            report.problems.append(f"{digest.app_name}: {digest.error}")
+        log.info("digest of %s posted to %s%s", digest.app_name, channel, " (late)" if digest.late else "")
+
+
+def _weighted_count(total: float) -> int:
+    return round(total)
+
+
+def _rank_failures(digest: AppDigest, failures: _Rows, previous_shapes: set[str]) -> None:
+    """Top error shapes (with the newest example), and the sessions with the most failures."""
+    by_shape: dict[str, float] = defaultdict(float)
+    weighted_shapes: set[str] = set()
+    newest: dict[str, LogEntry] = {}
+    sessions: dict[str, float] = defaultdict(float)
+    for row, weight in failures.weighted():
+        shape = normalize_error(row.error)
+        by_shape[shape] += weight
+        if weight != 1.0:
+            weighted_shapes.add(shape)
+        best = newest.get(shape)
+        if best is None or (row.created_at, row.log_id) > (best.created_at, best.log_id):
+            newest[shape] = row
+        if row.who:
+            sessions[row.who] += weight
+    ranked = sorted(by_shape, key=lambda s: (-by_shape[s], -newest[s].created_at, s))
+    digest.error_shapes = len(ranked)
+    digest.shapes = ranked[:200]
+    digest.errors = [
+        ErrorLine(
+            shape=shape,
+            count=_weighted_count(by_shape[shape]),
+            example=one_line(strip_controls(newest[shape].error or "(no error message)")),
+            newest_run_id=newest[shape].run_id,
+            newest_at=newest[shape].created_at,
+            status=newest[shape].status or "failed",
+            new=not digest.first_digest and shape not in previous_shapes,
+            # Estimated from a weighted sample, or from a read cut short by the request budget.
+            approx=shape in weighted_shapes or (not failures.complete and not weighted_shapes),
+        )
+        for shape in ranked[:TOP_ERRORS]
+    ]
+    digest.sessions = [
+        (who, _weighted_count(n)) for who, n in sorted(sessions.items(), key=lambda kv: (-kv[1], kv[0]))
+    ][:TOP_SESSIONS]
+
+
+def _describe_runs(digest: AppDigest, everything: _Rows) -> None:
+    """Slowest runs, tokens, partial successes and runs still running."""
+    finished = [r for r in everything.rows.values() if r.status not in ("running", "paused", None)]
+    finished.sort(key=lambda r: (-(r.elapsed_time or 0.0), r.log_id))
+    digest.slowest = [
+        RunLine(r.run_id, r.status or "?", r.elapsed_time or 0.0, r.who, r.created_at)
+        for r in finished[:TOP_SLOWEST]
+        if r.elapsed_time
+    ]
+    tokens = 0.0
+    partial = 0.0
+    running = 0.0
+    for row, weight in everything.weighted():
+        tokens += (row.total_tokens or 0) * weight
+        if row.status == "partial-succeeded" or (
+            (row.exceptions_count or 0) > 0 and row.status not in ("failed", "stopped")
+        ):
+            partial += weight
+        if row.status in ("running", "paused"):
+            running += weight
+    digest.tokens = round(tokens)
+    digest.partial = round(partial)
+    digest.running = round(running)
