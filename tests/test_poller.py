@@ -1,0 +1,255 @@
+"""The poller reads every failed and stopped run exactly once, whatever Dify's paging does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning, slack_env
+from tests.fakes.dify import FakeDify
+from tests.fakes.slack import FakeSlack
+
+
+def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key: str, **env: str):
+    return build_runtime(
+        make_settings(tmp_path, {"DIFY_API_KEY": key, **slack_env(slack), **env}), dify, clock
+    )
+
+
+def assert_each_once(slack: FakeSlack, run_ids: list[str]) -> None:
+    counts = {rid: messages_mentioning(slack, rid) for rid in run_ids}
+    assert counts == {rid: 1 for rid in run_ids}
+
+
+def test_failed_and_stopped_runs_are_alerted_and_nothing_else(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    now = int(clock.now)
+    failed = dify.add_log(app, status="failed", at=now - 300, error="boom")
+    stopped = dify.add_log(app, status="stopped", at=now - 200)
+    ok = dify.add_log(app, status="succeeded", at=now - 100)
+    partial = dify.add_log(app, status="partial-succeeded", at=now - 90, exceptions_count=2)
+    running = dify.start_run(app, at=now - 50)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert report.ok
+    assert_each_once(slack, [failed.run_id, stopped.run_id])
+    for quiet in (ok, partial, running):
+        assert messages_mentioning(slack, quiet.run_id) == 0
+
+
+def test_partial_successes_are_warned_only_when_switched_on(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    partial = dify.add_log(app, status="partial-succeeded", at=int(clock.now) - 60, error="branch failed")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_ALERT_PARTIAL="true")
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [partial.run_id])
+    assert "partially succeeded" in slack.posts()[0]["text"]
+
+
+def test_no_run_is_alerted_twice_across_cycles_and_restarts(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [dify.add_log(app, at=int(clock.now) - 500 + i * 7, error=f"err {chr(65 + i)}") for i in range(4)]
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    for _ in range(3):
+        clock.advance(60)
+        runs.append(dify.add_log(app, at=int(clock.now) - 1, error="another kind"))
+        rt = _runtime(tmp_path, dify, clock, slack, app.key)  # a restart each time
+        rt.cycle()
+        rt.close()
+    assert_each_once(slack, [r.run_id for r in runs])
+
+
+def test_rows_logged_in_the_cursor_second_but_visible_later_are_caught_once(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    first = dify.add_log(app, at=int(clock.now), error="first")
+    rt.cycle()  # reads up to and including this second
+    # Committed late: a row carrying the cursor's own second becomes visible only now.
+    late = dify.add_log(app, at=int(clock.now), error="late")
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [first.run_id, late.run_id])
+
+
+def test_run_logged_at_start_that_fails_minutes_later_is_alerted_once(tmp_path, clock, slack):
+    dify = FakeDify(version="1.13.3", clock=clock)
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_BACKFILL="0")
+    run = dify.start_run(app, at=int(clock.now) - 30, round_up=True)  # already running at the first poll
+    rt.cycle()
+    for _ in range(15):  # 15 quiet minutes, the cursor moves past the row's time
+        clock.advance(60)
+        rt.cycle()
+    dify.finish_run(run, status="failed", at=int(clock.now), error="timed out")
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [run.run_id])
+
+
+def test_dify_before_1_11_writes_rows_at_the_end_and_they_are_alerted(tmp_path, clock, slack):
+    dify = FakeDify(version="1.10.1", clock=clock)
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    run = dify.start_run(app, at=int(clock.now) - 600)
+    rt.cycle()
+    clock.advance(60)
+    dify.finish_run(run, status="failed", at=int(clock.now) - 1, error="timed out")
+    rt.cycle()
+    assert_each_once(slack, [run.run_id])
+
+
+def test_many_failures_with_rows_arriving_while_paging_are_each_alerted_once(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    now = int(clock.now)
+    runs = [dify.add_log(app, at=now - 900 + (i % 300), error="timed out after 30s") for i in range(450)]
+    arrivals = iter(range(40))
+
+    def insert_while_paging(_request) -> None:
+        # New failures land at the top (and in the middle) between page requests.
+        i = next(arrivals, None)
+        if i is not None:
+            runs.append(dify.add_log(app, at=now - (i % 2) * 400, error="timed out after 30s"))
+
+    dify.after_logs = insert_while_paging
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    dify.after_logs = None
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [r.run_id for r in runs])
+
+
+def test_more_than_a_page_in_one_second_is_read_completely(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    second = int(clock.now) - 120
+    runs = [dify.add_log(app, at=second, error=f"Node llm_{i % 3} failed") for i in range(250)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert report.ok, report.problems
+    assert_each_once(slack, [r.run_id for r in runs])
+
+
+def test_a_quiet_cycle_costs_at_most_two_requests_per_app(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    for i in range(30):
+        dify.add_log(app, at=int(clock.now) - 600 + i, error="x")
+        dify.add_log(app, status="succeeded", at=int(clock.now) - 600 + i)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    clock.advance(60)
+    before = len(dify.log_requests())
+    report = rt.cycle()
+    assert len(dify.log_requests()) - before <= 2
+    assert report.apps[0].requests <= 2
+
+
+def test_a_new_failure_in_a_long_window_reads_only_what_changed(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    for i in range(500):
+        dify.add_log(app, at=int(clock.now) - 1700 + i * 3, error="old")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    clock.advance(60)
+    new = dify.add_log(app, at=int(clock.now) - 5, error="new")
+    before = len(dify.log_requests())
+    rt.cycle()
+    assert messages_mentioning(slack, new.run_id) == 1
+    assert len(dify.log_requests()) - before <= 30  # a binary search, not a re-read of 500 rows
+
+
+def test_backfill_limits_the_first_poll_to_recent_endings(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    old = dify.add_log(app, at=int(clock.now) - 7200, error="two hours ago")
+    recent = dify.add_log(app, at=int(clock.now) - 600, error="ten minutes ago")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_BACKFILL="3600", WFLOGS_LOOKBACK="7200")
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert messages_mentioning(slack, old.run_id) == 0
+    assert messages_mentioning(slack, recent.run_id) == 1
+
+
+def test_backfill_zero_alerts_nothing_that_ended_before_the_first_poll(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    ended = dify.add_log(app, at=int(clock.now) - 60, error="before we started")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_BACKFILL="0")
+    rt.cycle()
+    clock.advance(60)
+    fresh = dify.add_log(app, at=int(clock.now) - 2, error="after we started")
+    rt.cycle()
+    assert messages_mentioning(slack, ended.run_id) == 0
+    assert messages_mentioning(slack, fresh.run_id) == 1
+
+
+@pytest.mark.parametrize("kind", ["500", "502", "badjson", "timeout", "connect"])
+def test_dify_outage_moves_no_cursor_and_the_next_cycle_catches_up(tmp_path, dify, clock, slack, kind):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    clock.advance(60)
+    during = dify.add_log(app, at=int(clock.now) - 10, error="during the outage")
+    dify.fail_next(10, kind)  # more than the client's retries
+    report = rt.cycle()
+    assert not report.ok
+    assert "Dify" in report.problems[0]
+    assert messages_mentioning(slack, during.run_id) == 0
+    dify.faults.clear()
+    clock.advance(3600)  # a long outage: the window reaches back to the last good cycle
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert messages_mentioning(slack, during.run_id) == 1
+
+
+def test_a_transient_dify_error_is_retried_within_the_cycle(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    run = dify.add_log(app, at=int(clock.now) - 10)
+    dify.fail_next(1, "502")
+    report = _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    assert report.ok
+    assert messages_mentioning(slack, run.run_id) == 1
+
+
+def test_a_rejected_key_names_the_app_not_the_key(tmp_path, dify, clock, slack):
+    dify.add_app()
+    bad_key = "app-" + "z" * 20 + "WXYZ"
+    report = _runtime(tmp_path, dify, clock, slack, bad_key).cycle()
+    assert not report.ok
+    assert "rejected the API key" in report.problems[0]
+    assert "…WXYZ" in report.problems[0]
+    assert bad_key not in report.problems[0]
+
+
+def test_deleted_logs_stop_costing_requests(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [dify.add_log(app, at=int(clock.now) - 100 + i, error="x") for i in range(5)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    app.runs.remove(runs[0])  # Dify's log clean-up removed one
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    before = len(dify.log_requests())
+    rt.cycle()
+    assert len(dify.log_requests()) - before == 2
+
+
+def test_many_apps_are_each_polled_and_alerted(tmp_path, dify, clock, slack):
+    apps = [dify.add_app(f"app {i}") for i in range(12)]
+    runs = [dify.add_log(a, at=int(clock.now) - 30, error=f"app {i} broke") for i, a in enumerate(apps)]
+    toml = "".join(f'[[apps]]\napi_key = "{a.key}"\nchannel = "C0APP{i:02d}"\n' for i, a in enumerate(apps))
+    settings = make_settings(tmp_path, slack_env(slack), toml=toml)
+    report = build_runtime(settings, dify, clock).cycle()
+    assert report.ok
+    assert len(report.apps) == 12
+    assert_each_once(slack, [r.run_id for r in runs])
+    for i, run in enumerate(runs):
+        (post,) = slack.posts(f"C0APP{i:02d}")
+        assert run.run_id in post["text"] and f"app {i}" in post["text"]
