@@ -213,8 +213,14 @@ class FakeSlack:
             self.calls.append(Call(method, params, headers))
             queue = self.faults.get(method) or []
             fault = queue.pop(0) if queue else None
-        if fault is not None:
+        if fault is not None and fault[0] != "ok":
             kind, value = fault
+            if kind == "accept_hang":
+                # Slack took the message, but the answer never comes back in time.
+                self._method(method, params)
+                time.sleep(value)
+                self._reply(handler, 200, {"ok": False, "error": "timeout"})
+                return
             if kind == "hang":
                 time.sleep(value)
                 self._reply(handler, 200, {"ok": False, "error": "timeout"})

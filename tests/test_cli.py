@@ -1,0 +1,154 @@
+"""The CLI as a user runs it: a real process against Dify and Slack fakes on local ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import messages_mentioning
+from tests.fakes.dify import DifyServer, FakeDify
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    env.update({"WFLOGS_DB": str(tmp_path / "wflogs.db"), "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def wflogs(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def server():
+    fake = FakeDify()
+    with DifyServer(fake) as srv:
+        yield srv
+
+
+def test_poll_once_prints_alerts_to_the_terminal_without_slack(tmp_path, server):
+    app = server.fake.add_app("Support Bot")
+    run = server.fake.add_log(app, at=int(time.time()) - 30, error="timed out")
+    done = wflogs(tmp_path, "poll", "--once", DIFY_API_KEY=app.key, DIFY_API_URL=server.url)
+    assert done.returncode == 0, done.stderr
+    assert run.run_id in done.stdout and "Support Bot" in done.stdout
+    again = wflogs(tmp_path, "poll", "--once", DIFY_API_KEY=app.key, DIFY_API_URL=server.url)
+    assert again.returncode == 0 and run.run_id not in again.stdout  # remembered across runs
+
+
+def test_poll_once_fails_with_one_line_per_failing_app_and_no_secret(tmp_path, server):
+    good = server.fake.add_app("Good")
+    bad_key = "app-" + "q" * 20 + "ABCD"
+    toml = f'[[apps]]\napi_key = "{good.key}"\n[[apps]]\nname = "broken"\napi_key = "{bad_key}"\n'
+    (tmp_path / "wflogs.toml").write_text(toml)
+    done = wflogs(tmp_path, "poll", "--once", DIFY_API_URL=server.url)
+    assert done.returncode == 1
+    lines = [
+        line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("wflogs:")
+    ]
+    assert len(lines) == 1 and "broken" in lines[0] and "…ABCD" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert bad_key not in done.stdout + done.stderr
+
+
+def test_a_bad_configuration_is_one_clear_message(tmp_path):
+    done = wflogs(tmp_path, "poll", "--once")
+    assert done.returncode == 2
+    assert "DIFY_API_KEY" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "wflogs.toml").write_text('[[apps]]\napi_key = "app-x"\nchanel = "C1"\n')
+    done = wflogs(tmp_path, "check")
+    assert done.returncode == 2 and "unknown field 'chanel'" in done.stderr
+
+
+def test_check_reports_what_works_and_what_does_not(tmp_path, server):
+    flow = server.fake.add_app("Flow")
+    chat = server.fake.add_app("Chatty", mode="advanced-chat")
+    keys = [flow.key, chat.key, "app-" + "n" * 24]
+    toml = "".join(f'[[apps]]\napi_key = "{key}"\n' for key in keys)
+    (tmp_path / "wflogs.toml").write_text(toml)
+    with FakeSlack() as slack:
+        done = wflogs(
+            tmp_path,
+            "check",
+            DIFY_API_URL=server.url,
+            DIFY_API_KEY="app-ignored-key-1234",
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_API_URL=slack.base_url,
+            WFLOGS_ALERT_CHANNEL="C0ALERTS",
+        )
+    out = done.stdout
+    assert done.returncode == 1  # the unknown key
+    assert "✓ Flow: Dify 1.13.3, workflow app" in out
+    assert "Chatty" in out and "not a workflow app" in out
+    assert "rejected the API key" in out
+    assert "DIFY_API_KEY is set but ignored" in out
+    assert "✓ Slack: signed in as wflogs" in out
+    assert "✓ channel C0ALERTS" in out
+
+
+def test_check_says_when_the_slack_token_is_wrong(tmp_path, server):
+    app = server.fake.add_app("Flow")
+    with FakeSlack(token="xoxb-the-right-one") as slack:
+        done = wflogs(
+            tmp_path,
+            "check",
+            DIFY_API_URL=server.url,
+            DIFY_API_KEY=app.key,
+            SLACK_BOT_TOKEN="xoxb-wrong-token-9999",
+            SLACK_API_URL=slack.base_url,
+            WFLOGS_ALERT_CHANNEL="C0ALERTS",
+        )
+    assert done.returncode == 1
+    assert "✗ Slack: invalid_auth" in done.stdout
+    assert "xoxb-wrong-token-9999" not in done.stdout + done.stderr
+
+
+def test_sigkill_during_delivery_repeats_at_most_the_message_in_flight(tmp_path, server):
+    app = server.fake.add_app("Support Bot")
+    now = int(time.time())
+    runs = [server.fake.add_log(app, at=now - 60 + i, error=f"kind {chr(65 + i)} failed") for i in range(4)]
+    with FakeSlack() as slack:
+        env = {
+            "DIFY_API_KEY": app.key,
+            "DIFY_API_URL": server.url,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_API_URL": slack.base_url,
+            "WFLOGS_ALERT_CHANNEL": "C0ALERTS",
+        }
+        slack.fail("chat.postMessage", "ok", None, times=1)  # the first post goes through
+        slack.fail("chat.postMessage", "accept_hang", 30)  # the second is taken, then we die
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "poll", "--once"],
+            cwd=tmp_path,
+            env=_env(tmp_path, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while len(slack.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert len(slack.messages) == 2
+        done = wflogs(tmp_path, "poll", "--once", **env)
+        assert done.returncode == 0, done.stderr
+        counts = [messages_mentioning(slack, run.run_id) for run in runs]
+    assert all(c >= 1 for c in counts)  # nothing lost
+    assert sorted(counts) == [1, 1, 1, 2]  # only the one in flight was doubled
