@@ -124,6 +124,8 @@ class FakeDify:
         self.faults: list[Callable[[httpx.Request], httpx.Response | None]] = []
         self.after_logs: Callable[[httpx.Request], None] | None = None
         self.latency = 0.0
+        # Dify sorts by created_at alone; by default the order within a second changes per call.
+        self.stable_within_second = False
         self._seq = 0
 
     # -- building state -------------------------------------------------------
@@ -383,7 +385,7 @@ class FakeDify:
                 or (r.session_id and word in r.session_id.lower())
             ]
         # Newest first, NO tie-breaker: the order within one second changes per call.
-        keyed = [(r.log_created_at, self.rng.random(), r) for r in rows]
+        keyed = [(r.log_created_at, 0.0 if self.stable_within_second else self.rng.random(), r) for r in rows]
         keyed.sort(key=lambda t: (-t[0], t[1]))
         total = len(keyed)
         chunk = keyed[(page - 1) * limit : page * limit]

@@ -1,0 +1,118 @@
+"""Benchmarks: ``python -m bench`` prints the figures.
+
+1. A cycle over many apps with Dify answering in 100 ms: wall time and
+   requests against the minimum (a quiet cycle needs two per app).
+2. A storm: 10,000 failures of one app within one minute, delivered to a
+   Slack fake with the production pacing (one post per second per channel):
+   Dify requests against the minimum (one per 100 rows), wall time, Slack
+   posts, and peak memory.
+
+Everything runs against the fakes on this machine; nothing reaches a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import httpx
+from slack_sdk import WebClient
+
+from bot.config import load_settings
+from bot.runtime import Runtime
+from tests.fakes.dify import FakeDify
+from tests.fakes.slack import BOT_TOKEN, FakeSlack
+
+NOW = 1_795_000_000
+
+
+def _settings(tmp: Path, env: dict[str, str], toml: str | None = None):
+    base = {"WFLOGS_DB": str(tmp / "bench.db"), "DIFY_API_URL": "http://dify.bench/v1"}
+    if toml:
+        (tmp / "wflogs.toml").write_text(toml)
+        base["WFLOGS_CONFIG"] = str(tmp / "wflogs.toml")
+    base.update(env)
+    return load_settings(base, cwd=tmp)
+
+
+def many_apps(apps: int, latency: float) -> None:
+    """One first cycle and one quiet cycle over ``apps`` apps."""
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    dify.latency = latency
+    keys = []
+    for i in range(apps):
+        app = dify.add_app(f"app {i}")
+        keys.append(app.key)
+        for j in range(3):
+            dify.add_log(app, at=NOW - 600 + j * 60, error=f"app {i} error {j}")
+    toml = "".join(f'[[apps]]\napi_key = "{k}"\nname = "app {i}"\n' for i, k in enumerate(keys))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = _settings(Path(tmp), {}, toml)
+        runtime = Runtime.build(settings, transport=httpx.MockTransport(dify.handler), stream=io.StringIO(),
+                                now=lambda: clock[0])
+        for label in ("first cycle (alerts 3 runs per app)", "quiet cycle (nothing new)"):
+            before = len(dify.requests)
+            started = time.perf_counter()
+            report = runtime.cycle()
+            wall = time.perf_counter() - started
+            made = len(dify.requests) - before
+            print(f"  {label}: {wall:.2f}s wall, {made} Dify requests (minimum {2 * apps}), "
+                  f"{report.delivery.runs_delivered} runs delivered, ok={report.ok}")
+            clock[0] += 60
+        runtime.close()
+
+
+def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) -> None:
+    """``failures`` failed runs in one minute, ``shapes`` kinds of error, one channel."""
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    dify.stable_within_second = stable
+    app = dify.add_app("Storm App")
+    for i in range(failures):
+        dify.add_log(app, at=NOW - 60 + (i * 60) // failures, error=f"node {'abcdefghijklmnopqrstuvwxyz'[i % shapes] * 3} timed out after {i}s",
+                     session=f"user_{i % 500}")
+    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+        settings = _settings(Path(tmp), {"DIFY_API_KEY": app.key, "SLACK_BOT_TOKEN": BOT_TOKEN,
+                                         "SLACK_API_URL": slack.base_url, "WFLOGS_ALERT_CHANNEL": "C0STORM"})
+        web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
+        runtime = Runtime.build(settings, transport=httpx.MockTransport(dify.handler), now=lambda: clock[0],
+                                web=web, slack_min_interval=pacing)
+        tracemalloc.start()
+        started = time.perf_counter()
+        report = runtime.cycle()
+        wall = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        runtime.close()
+        top = [m for m in slack.messages if not m["thread_ts"]]
+        listed = sum(f["content"].count("\n") - 1 for f in slack.files)
+        order = "stable" if stable else "shuffled per call"
+        print(f"  {failures:,} failures, {shapes} error shapes, order within a second {order}, pacing {pacing:.1f}s/post: {wall:.1f}s wall, "
+              f"{report.apps[0].requests} Dify requests (minimum {-(-failures // 100)}), "
+              f"{len(slack.messages)} Slack posts ({len(top)} top-level) + {len(slack.files)} CSV files "
+              f"({listed:,} rows), {report.delivery.runs_delivered:,} runs delivered, "
+              f"peak traced memory {peak / 1e6:.1f} MB, ok={report.ok}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--apps", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--failures", type=int, default=10_000)
+    parser.add_argument("--pacing", type=float, default=1.0)
+    args = parser.parse_args()
+    print(f"many apps: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms, concurrency 16")
+    many_apps(args.apps, args.latency)
+    print("storm:")
+    storm(args.failures, 1, args.pacing)
+    storm(args.failures, 1, args.pacing, stable=True)
+    storm(args.failures, 25, args.pacing)
+
+
+if __name__ == "__main__":
+    main()
