@@ -53,16 +53,19 @@ def many_apps(apps: int, latency: float) -> None:
     toml = "".join(f'[[apps]]\napi_key = "{k}"\nname = "app {i}"\n' for i, k in enumerate(keys))
     with tempfile.TemporaryDirectory() as tmp:
         settings = _settings(Path(tmp), {}, toml)
-        runtime = Runtime.build(settings, transport=httpx.MockTransport(dify.handler), stream=io.StringIO(),
-                                now=lambda: clock[0])
+        runtime = Runtime.build(
+            settings, transport=httpx.MockTransport(dify.handler), stream=io.StringIO(), now=lambda: clock[0]
+        )
         for label in ("first cycle (alerts 3 runs per app)", "quiet cycle (nothing new)"):
             before = len(dify.requests)
             started = time.perf_counter()
             report = runtime.cycle()
             wall = time.perf_counter() - started
             made = len(dify.requests) - before
-            print(f"  {label}: {wall:.2f}s wall, {made} Dify requests (minimum {2 * apps}), "
-                  f"{report.delivery.runs_delivered} runs delivered, ok={report.ok}")
+            print(
+                f"  {label}: {wall:.2f}s wall, {made} Dify requests (minimum {2 * apps}), "
+                f"{report.delivery.runs_delivered} runs delivered, ok={report.ok}"
+            )
             clock[0] += 60
         runtime.close()
 
@@ -74,14 +77,31 @@ def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) ->
     dify.stable_within_second = stable
     app = dify.add_app("Storm App")
     for i in range(failures):
-        dify.add_log(app, at=NOW - 60 + (i * 60) // failures, error=f"node {'abcdefghijklmnopqrstuvwxyz'[i % shapes] * 3} timed out after {i}s",
-                     session=f"user_{i % 500}")
+        node = "abcdefghijklmnopqrstuvwxyz"[i % shapes] * 3
+        dify.add_log(
+            app,
+            at=NOW - 60 + (i * 60) // failures,
+            error=f"node {node} timed out after {i}s",
+            session=f"user_{i % 500}",
+        )
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
-        settings = _settings(Path(tmp), {"DIFY_API_KEY": app.key, "SLACK_BOT_TOKEN": BOT_TOKEN,
-                                         "SLACK_API_URL": slack.base_url, "WFLOGS_ALERT_CHANNEL": "C0STORM"})
+        settings = _settings(
+            Path(tmp),
+            {
+                "DIFY_API_KEY": app.key,
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_API_URL": slack.base_url,
+                "WFLOGS_ALERT_CHANNEL": "C0STORM",
+            },
+        )
         web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
-        runtime = Runtime.build(settings, transport=httpx.MockTransport(dify.handler), now=lambda: clock[0],
-                                web=web, slack_min_interval=pacing)
+        runtime = Runtime.build(
+            settings,
+            transport=httpx.MockTransport(dify.handler),
+            now=lambda: clock[0],
+            web=web,
+            slack_min_interval=pacing,
+        )
         tracemalloc.start()
         started = time.perf_counter()
         report = runtime.cycle()
@@ -92,11 +112,14 @@ def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) ->
         top = [m for m in slack.messages if not m["thread_ts"]]
         listed = sum(f["content"].count("\n") - 1 for f in slack.files)
         order = "stable" if stable else "shuffled per call"
-        print(f"  {failures:,} failures, {shapes} error shapes, order within a second {order}, pacing {pacing:.1f}s/post: {wall:.1f}s wall, "
-              f"{report.apps[0].requests} Dify requests (minimum {-(-failures // 100)}), "
-              f"{len(slack.messages)} Slack posts ({len(top)} top-level) + {len(slack.files)} CSV files "
-              f"({listed:,} rows), {report.delivery.runs_delivered:,} runs delivered, "
-              f"peak traced memory {peak / 1e6:.1f} MB, ok={report.ok}")
+        print(
+            f"  {failures:,} failures, {shapes} error shapes, order within a second {order}, "
+            f"pacing {pacing:.1f}s/post: {wall:.1f}s wall, "
+            f"{report.apps[0].requests} Dify requests (minimum {-(-failures // 100)}), "
+            f"{len(slack.messages)} Slack posts ({len(top)} top-level) + {len(slack.files)} CSV files "
+            f"({listed:,} rows), {report.delivery.runs_delivered:,} runs delivered, "
+            f"peak traced memory {peak / 1e6:.1f} MB, ok={report.ok}"
+        )
 
 
 def main() -> None:
