@@ -14,6 +14,7 @@ from slack_sdk import WebClient
 from bot.config import Settings
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
+from bot.health import check_health
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from storage import Store
@@ -82,6 +83,7 @@ class Runtime:
     web: WebClient | None
     poller: Poller
     deliverer: Deliverer
+    _now: Callable[[], float] = time.time
 
     @classmethod
     def build(
@@ -103,13 +105,16 @@ class Runtime:
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         deliverer = Deliverer(store=store, sink=sink, now=now)
-        return cls(settings, store, http, clients, sink, web, poller, deliverer)
+        return cls(settings, store, http, clients, sink, web, poller, deliverer, now)
 
     def cycle(self) -> CycleReport:
         """Poll every app, then deliver everything pending (including older alerts)."""
         started = time.monotonic()
         apps = self.poller.poll_all()
         delivery = self.deliverer.deliver_all()
+        check_health(
+            settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
+        )
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
         report = CycleReport(apps, delivery, time.monotonic() - started, problems)

@@ -110,9 +110,7 @@ def m002_digest(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db.execute(
-        "create unique index digests_scheduled_once on digests (app_id, day) where kind = 'scheduled'"
-    )
+    db.execute("create unique index digests_scheduled_once on digests (app_id, day) where kind = 'scheduled'")
     db["digests"].create_index(["app_id", "window_end"])  # type: ignore[union-attr]
     db["digest_apps"].create({"app_id": str, "first_seen": int}, pk="app_id")  # type: ignore[union-attr]
 
@@ -367,3 +365,11 @@ def _alert(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
     row["entry"] = json.loads(row["entry"]) if row.get("entry") else {}
     return row
+
+
+@migrations()
+def m003_health(db: sqlite_utils.Database) -> None:
+    """Per app: since when polling fails, and whether the channel was told."""
+    table = db["app_state"]
+    table.add_column("failing_since", int)  # type: ignore[union-attr]
+    table.add_column("health_notice", int)  # type: ignore[union-attr]

@@ -253,3 +253,36 @@ def test_many_apps_are_each_polled_and_alerted(tmp_path, dify, clock, slack):
     for i, run in enumerate(runs):
         (post,) = slack.posts(f"C0APP{i:02d}")
         assert run.run_id in post["text"] and f"app {i}" in post["text"]
+
+
+def test_the_channel_hears_when_an_app_cannot_be_read_and_when_it_recovers(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    for _ in range(4):  # Dify down for four minutes: a blip, not news yet
+        clock.advance(60)
+        dify.fail_next(3, "502")
+        rt.cycle()
+    assert slack.posts() == []
+    for _ in range(3):
+        clock.advance(60)
+        dify.fail_next(3, "502")
+        rt.cycle()
+    (warning,) = slack.posts()
+    assert "cannot read Support Bot" in warning["text"] and "502" in warning["text"]
+    missed = dify.add_log(app, at=int(clock.now) - 100, error="during the outage")
+    clock.advance(60)
+    rt.cycle()
+    texts = [m["text"] for m in slack.posts()]
+    assert len(texts) == 3 and "can read Support Bot again" in texts[2]
+    assert messages_mentioning(slack, missed.run_id) == 1
+
+
+def test_a_rejected_key_is_reported_to_the_channel_at_once_and_only_once(tmp_path, dify, clock, slack):
+    dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, "app-" + "r" * 20 + "REJ1")
+    for _ in range(3):
+        rt.cycle()
+        clock.advance(60)
+    (warning,) = slack.posts()
+    assert "rejected the API key" in warning["text"] and "r" * 20 not in warning["text"]
