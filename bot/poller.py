@@ -116,9 +116,12 @@ class Poller:
         now = int(self._now())
         state = self.store.app_state(app.id) or {}
         if state.get("checked_until") is None:
-            alert_from = now - self.settings.backfill
+            # First read of this app; keep the first attempt's start if that one failed.
+            if state.get("alert_from") is None:
+                state["alert_from"] = now - self.settings.backfill
+                self.store.update_app_state(app.id, alert_from=state["alert_from"], first_polled=now)
+            alert_from = int(state["alert_from"])
             after = alert_from - self.settings.lookback
-            self.store.update_app_state(app.id, alert_from=alert_from, first_polled=now)
         else:
             alert_from = int(state["alert_from"])
             after = int(state["checked_until"]) - self.settings.lookback

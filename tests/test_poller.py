@@ -286,3 +286,16 @@ def test_a_rejected_key_is_reported_to_the_channel_at_once_and_only_once(tmp_pat
         clock.advance(60)
     (warning,) = slack.posts()
     assert "rejected the API key" in warning["text"] and "r" * 20 not in warning["text"]
+
+
+def test_a_first_poll_that_fails_does_not_move_the_backfill_start(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_BACKFILL="0")
+    dify.fail_next(100, "500")
+    rt.cycle()
+    clock.advance(30)
+    during = dify.add_log(app, at=int(clock.now), error="while Dify was failing")
+    clock.advance(7200)
+    dify.faults.clear()
+    rt.cycle()
+    assert messages_mentioning(slack, during.run_id) == 1
