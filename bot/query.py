@@ -69,6 +69,7 @@ _DURATION = re.compile(r"^(?:\d+(?:s|m|h|d|w))+$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{1,2}:\d{2}(?::\d{2})?)?(?:Z|[+-]\d{2}:?\d{2})?$")
+_UTC = ZoneInfo("UTC")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
@@ -214,7 +215,7 @@ def _suggest(word: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def parse(text: str, *, now: float, tz: ZoneInfo = ZoneInfo("UTC")) -> Query:
+def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
     """Parse what followed ``/wflogs``; raises :class:`QueryError` (with the usage line) on any mistake."""
     text = text.strip()
     if len(text) > MAX_QUERY_CHARS:
@@ -310,7 +311,9 @@ def parse(text: str, *, now: float, tz: ZoneInfo = ZoneInfo("UTC")) -> Query:
         if extra or statuses:
             raise _fail("run RUN_ID takes only app:NAME after it")
         if not _UUID.match(run_id):
-            raise _fail(f"{run_id!r} is not a run id; a run id looks like 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b")
+            raise _fail(
+                f"{run_id!r} is not a run id; a run id looks like 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b"
+            )
         return Query(kind="run", run_id=run_id.lower(), app=fields.get("app"))
 
     since = until = None
