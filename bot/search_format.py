@@ -28,7 +28,7 @@ from bot.dify import LogEntry
 from bot.errors import QueryError
 from bot.query import USAGE, Query, describe
 from bot.search import RunDetail, SearchResult
-from bot.text import clock, duration, escape, escape_cut, one_line, plural, truncate
+from bot.text import clock, duration, escape, escape_cut, one_line, plural, strip_controls, truncate
 
 ACTION_PREV = "wflogs_prev"
 ACTION_NEXT = "wflogs_next"
@@ -274,3 +274,67 @@ def refusal(message: str) -> tuple[str, list[Block]]:
 def searching(query: Query, tz: ZoneInfo | None = None) -> str:
     """The immediate acknowledgement while Dify is asked."""
     return f"🔎 Searching {escape_cut(describe(query, tz), 300)}…"
+
+
+# -- the terminal (wflogs search) -------------------------------------------------------
+
+
+def _plain(value: object, limit: int) -> str:
+    return truncate(strip_controls(str(value)), limit)
+
+
+def table(result: SearchResult, *, tz: ZoneInfo | None = None) -> str:
+    """One page of a search as a plain table for the terminal (control characters removed)."""
+    rows = [("APP", "STATUS", "RUN ID", "STARTED", "RAN FOR", "WHO", "ERROR")]
+    for hits in result.apps:
+        for e in hits.entries:
+            rows.append(
+                (
+                    _plain(hits.name, 24),
+                    _plain(e.status or "?", 17),
+                    _plain(e.run_id or e.log_id, 36),
+                    clock(e.run_created_at or e.created_at, tz),
+                    duration(e.elapsed_time),
+                    _plain(e.who or "?", 30),
+                    _plain(one_line(e.error or ""), 60),
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    query, pages = result.query, result.pages
+    exact = all(a.exact for a in result.apps)
+    summary = f"{_count(result.total, exact)}: {_plain(describe(query, tz), 300)}"
+    if pages > 1:
+        summary += f" (page {query.page} of {pages}"
+        summary += f"; add page:{query.page + 1} for more)" if query.page < pages else ")"
+    lines.append(summary)
+    for hits in result.apps:
+        if not hits.exact:
+            lines.append(
+                f"note: {_plain(hits.name, 60)}: only the newest {hits.scanned:,} "
+                f"of {hits.dify_total or 0:,} "
+                "runs were read (Dify cannot filter this itself); narrow with since:"
+            )
+    lines.extend(f"note: {_plain(n, 300)}" for n in query.notes)
+    return "\n".join(lines) + "\n"
+
+
+def run_text(detail: RunDetail, *, tz: ZoneInfo | None = None) -> str:
+    """One run for the terminal: fields, error, inputs and outputs (secrets masked)."""
+    run = detail.run
+    lines = [
+        f"app:       {_plain(detail.app_name, 100)}",
+        f"run:       {_plain(run.get('id') or '?', 100)}",
+        f"status:    {_plain(run.get('status') or '?', 40)}",
+        f"started:   {clock(_int(run.get('created_at')), tz)}",
+        f"finished:  {clock(_int(run.get('finished_at')), tz) if run.get('finished_at') else 'not yet'}",
+        f"ran for:   {duration(_float(run.get('elapsed_time')))}",
+        f"usage:     {run.get('total_tokens') or 0} tokens, {run.get('total_steps') or 0} steps",
+    ]
+    if run.get("error"):
+        lines.append(f"error:     {_plain(one_line(str(run['error'])), 2000)}")
+    for label, value in (("inputs", detail.inputs), ("outputs", detail.outputs)):
+        pretty = _pretty(mask_secrets(value))
+        lines.append(f"{label}:")
+        lines.extend("  " + strip_controls(line) for line in truncate(pretty, 4000).splitlines())
+    return "\n".join(lines) + "\n"

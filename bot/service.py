@@ -10,6 +10,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.config import Settings
 from bot.runtime import Runtime
+from bot.slack_app import start_slack
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
 
 
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
-    """Start the scheduler and block until ``stop`` is set (SIGTERM/SIGINT)."""
+    """Start the scheduler and the /wflogs serving, and block until ``stop`` is set (SIGTERM/SIGINT)."""
     from bot.cli import install_stop_signals
 
     stop = stop or threading.Event()
@@ -48,6 +49,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     scheduler = BackgroundScheduler(timezone=settings.tz)
     add_poll_job(scheduler, runtime)
     scheduler.start()
+    stop_slack = start_slack(runtime)
     where = "Slack" if settings.slack_enabled else "this terminal"
     log.info(
         "wflogs is watching %d app(s) every %ds; alerts go to %s",
@@ -58,6 +60,8 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     try:
         stop.wait()
     finally:
+        if stop_slack is not None:
+            stop_slack()
         scheduler.shutdown(wait=True)
         runtime.close()
     return 0

@@ -263,6 +263,12 @@ def start_slack(runtime: Runtime) -> Callable[[], None] | None:
         log.info("/wflogs is served over Socket Mode")
         return handler.close
     # Slack must reach this port from outside; put it behind your TLS proxy.
-    server = start_http(app, "0.0.0.0", settings.port)  # noqa: S104
+    try:
+        server = start_http(app, "0.0.0.0", settings.port)  # noqa: S104
+    except OSError as exc:
+        log.error(
+            "/wflogs is not served: cannot listen on port %d (%s); set PORT", settings.port, exc.strerror
+        )
+        return None
     log.info("/wflogs is served at http://0.0.0.0:%d%s", server.port, EVENTS_PATH)
     return server.close
