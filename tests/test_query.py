@@ -42,7 +42,9 @@ def test_dates_are_in_the_bot_time_zone_unless_they_say_otherwise():
     berlin = ZoneInfo("Europe/Berlin")
     q = p("since:2026-11-16 until:2026-11-16", tz="Europe/Berlin")
     assert q.since == int(datetime(2026, 11, 16, tzinfo=berlin).timestamp())
-    assert q.until == int(datetime(2026, 11, 17, tzinfo=berlin).timestamp()) - 1  # a bare date ends at midnight
+    assert (
+        q.until == int(datetime(2026, 11, 17, tzinfo=berlin).timestamp()) - 1
+    )  # a bare date ends at midnight
     assert p("since:2026-11-16T09:30:00Z").since == int(datetime(2026, 11, 16, 9, 30, tzinfo=UTC).timestamp())
     assert p('since:"2026-11-16 09:30"').since == int(datetime(2026, 11, 16, 9, 30, tzinfo=UTC).timestamp())
 
@@ -70,7 +72,9 @@ def test_quoted_text_is_the_keyword(text, keyword):
 
 
 def test_the_full_form():
-    q = p('failed since:2h until:30m app:"Support Bot" session:user_1 account:ops@example.com "refused" page:3')
+    q = p(
+        'failed since:2h until:30m app:"Support Bot" session:user_1 account:ops@example.com "refused" page:3'
+    )
     assert q == Query(
         statuses=("failed",),
         since=T0 - 7200,
@@ -146,7 +150,9 @@ def test_round_trip_through_a_button_value_keeps_the_query():
     assert Query.from_dict(q.to_dict()).with_page(5).page == 5
 
 
-@pytest.mark.parametrize("bad", [None, [], {"page": 0}, {"page": "2"}, {"since": "yesterday"}, {"keyword": 5}])
+@pytest.mark.parametrize(
+    "bad", [None, [], {"page": 0}, {"page": "2"}, {"since": "yesterday"}, {"keyword": 5}]
+)
 def test_a_damaged_button_value_is_a_query_error(bad):
     with pytest.raises(QueryError, match="damaged"):
         Query.from_dict(bad)
