@@ -22,13 +22,15 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient, LogEntry
 from bot.errors import DifyBadRequest, DifyError, DifyNotFound, QueryError
 from bot.query import USAGE, Query
-from bot.runtime import Runtime
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,12 @@ from zoneinfo import ZoneInfo
 
 from bot.alert_format import STATUS_EMOJI, _code, _who
 from bot.blocks import (
+    BLOCKS_BUDGET,
     BUTTON_VALUE_LIMIT,
+    MAX_BLOCKS,
     Block,
     actions,
+    blocks_size,
     button,
     context,
     fields,
@@ -128,11 +131,8 @@ def results(
                 f"{hits.scanned:,} of {hits.dify_total or 0:,} runs were read; narrow with since: "
                 "to search the rest."
             )
-    if bad_request:
-        notes.append(escape(USAGE))
-    if notes:
-        blocks.append(context(*notes[:9]))
     footer = f"Page {page} of {pages}" if pages > 1 else ""
+    tail: list[Block] = []
     if shared_by is None:
         buttons = []
         for label, action_id, target in (
@@ -144,16 +144,26 @@ def results(
             if 1 <= target <= pages and len(value) <= BUTTON_VALUE_LIMIT:
                 buttons.append(button(label, action_id, value=value))
         if buttons:
-            blocks.append(actions(*buttons))
+            tail.append(actions(*buttons))
         hint = "Details: `/wflogs run RUN_ID`"
-        blocks.append(context(" · ".join(p for p in (footer, hint) if p)))
+        tail.append(context(" · ".join(p for p in (footer, hint) if p)))
     else:
         who = f"<@{shared_by}>" if _USER_ID.match(shared_by) else "someone"
-        blocks.append(context(" · ".join(p for p in (f"Shared by {who}", footer) if p)))
+        tail.append(context(" · ".join(p for p in (f"Shared by {who}", footer) if p)))
+    # The buttons and notes must survive: cut the runs, not them.
+    room = BLOCKS_BUDGET - blocks_size(tail) - 2000
+    kept = fit(blocks[: MAX_BLOCKS - len(tail) - 1], room)
+    if len(kept) < len(blocks):
+        notes.insert(0, "Some runs were left out to fit one Slack message; narrow the search with app:.")
+    if bad_request:
+        notes.append(escape(USAGE))
+    if notes:
+        kept.append(context(*(truncate(n, 600) for n in notes[:9])))
+    blocks = kept + tail
     text = f"{_count(result.total, exact)}: {escape_cut(what, 500)}" + (
         f" (page {page} of {pages})" if footer else ""
     )
-    return text, fit(blocks)
+    return text, blocks
 
 
 # -- one run -------------------------------------------------------------------------
