@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +47,7 @@ _SECRET_VALUE = re.compile(
     r"|AKIA[0-9A-Z]{16})$"
 )
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 INPUTS_LIMIT = 2500
 OUTPUTS_LIMIT = 2500
 
@@ -102,7 +104,8 @@ def results(
     query, page, pages = result.query, result.query.page, result.pages
     exact = all(a.exact for a in result.apps)
     what = describe(query, tz)
-    title = f"🔎 {_count(result.total, exact)}: {what}"
+    failed = all(a.error for a in result.apps)
+    title = f"⚠️ Search failed: {what}" if failed else f"🔎 {_count(result.total, exact)}: {what}"
     blocks: list[Block] = [header(title)]
     several = len(result.apps) > 1
     notes: list[str] = [escape(n) for n in query.notes]
@@ -160,6 +163,8 @@ def results(
     if notes:
         kept.append(context(*(truncate(n, 600) for n in notes[:9])))
     blocks = kept + tail
+    if failed:
+        return f"⚠️ {escape_cut(result.apps[0].error or '', 500)}", blocks
     text = f"{_count(result.total, exact)}: {escape_cut(what, 500)}" + (
         f" (page {page} of {pages})" if footer else ""
     )
@@ -275,9 +280,12 @@ def help_message() -> tuple[str, list[Block]]:
     return "How to use /wflogs: " + USAGE, blocks
 
 
-def refusal(message: str) -> tuple[str, list[Block]]:
-    """A polite no (access control)."""
+def refusal(message: str, channels: Sequence[str] = ()) -> tuple[str, list[Block]]:
+    """A polite no (access control), pointing to up to five ``channels`` where the command works."""
     text = f"🔒 {escape(message)}"
+    links = [f"<#{c}>" for c in channels if _CHANNEL_ID.match(c)][:5]
+    if links:
+        text += f" Try it in {', '.join(links)}."
     return text, [section(text)]
 
 

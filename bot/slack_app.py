@@ -32,25 +32,25 @@ log = logging.getLogger(__name__)
 
 COMMAND = "/wflogs"
 EVENTS_PATH = "/slack/events"
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 
 # -- access control ------------------------------------------------------------------------
 
 
-def refusal_reason(settings: Settings, *, user: str | None, channel: str | None) -> str | None:
-    """Why ``user`` may not search from ``channel`` (None: they may)."""
+def refusal_reason(
+    settings: Settings, *, user: str | None, channel: str | None
+) -> tuple[str, tuple[str, ...]] | None:
+    """Why ``user`` may not search from ``channel``, and the channels to suggest (None: they may)."""
     if settings.allowed_users is not None and user not in settings.allowed_users:
         return (
             "Sorry, /wflogs is limited to a list of people and you are not on it. "
-            "Ask whoever runs wflogs to add your Slack member ID to allowed_users in wflogs.toml."
+            "Ask whoever runs wflogs to add your Slack member ID to allowed_users in wflogs.toml.",
+            (),
         )
     if settings.allowed_channels is not None and channel not in settings.allowed_channels:
-        where = [f"<#{c}>" for c in settings.allowed_channels if _CHANNEL_ID.match(c)][:5]
-        hint = f" Try it in {', '.join(where)}." if where else ""
-        return f"Sorry, /wflogs is not enabled in this conversation.{hint}"
+        return "Sorry, /wflogs is not enabled in this conversation.", settings.allowed_channels
     if not visible_apps(settings, channel):
-        return "Sorry, no Dify app can be searched from this conversation; try the app's own channel."
+        return "Sorry, no Dify app can be searched from this conversation; try the app's own channel.", ()
     return None
 
 
@@ -111,9 +111,9 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
     @app.command(COMMAND)
     def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
         channel, user = _channel_of(body), _user_of(body)
-        reason = refusal_reason(settings, user=user, channel=channel)
-        if reason:
-            text, blocks = fmt.refusal(reason)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            text, blocks = fmt.refusal(*refused)
             ack(text=text, blocks=blocks)
             return
         try:
@@ -126,16 +126,16 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
             text, blocks = fmt.help_message()
             ack(text=text, blocks=blocks)
             return
-        ack(text=fmt.searching(query, settings.tz))
+        ack(text=fmt.searching(query, settings.tz), response_type="ephemeral")
         text, blocks = searcher.answer(query, channel=channel)
         _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
     def on_page(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         ack()
         channel, user = _channel_of(body), _user_of(body)
-        reason = refusal_reason(settings, user=user, channel=channel)
-        if reason:
-            _respond(respond, *fmt.refusal(reason), replace_original=False)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            _respond(respond, *fmt.refusal(*refused), replace_original=False)
             return
         try:
             query = fmt.read_button_value(action.get("value"))
@@ -148,9 +148,9 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
     def on_share(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         ack()
         channel, user = _channel_of(body), _user_of(body)
-        reason = refusal_reason(settings, user=user, channel=channel)
-        if reason:
-            _respond(respond, *fmt.refusal(reason), replace_original=False)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            _respond(respond, *fmt.refusal(*refused), replace_original=False)
             return
         try:
             query = fmt.read_button_value(action.get("value"))
@@ -177,8 +177,7 @@ def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
         raise ConfigError("serving /wflogs needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
     secret = settings.slack_signing_secret
     app = App(
-        token=settings.slack_bot_token,
-        client=runtime.web,
+        client=runtime.web,  # carries the bot token and SLACK_API_URL
         # Given explicitly (even empty) so that Bolt does not read the environment itself.
         signing_secret=secret or "",
         request_verification_enabled=bool(secret),
