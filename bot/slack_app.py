@@ -212,7 +212,10 @@ class HttpServer:
             server_class=_ThreadingWSGIServer,
             handler_class=_QuietHandler,
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-http", daemon=True)
+        # A short poll interval makes close() quick; the server sleeps in select() in between.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="slack-http", daemon=True
+        )
         self._thread.start()
 
     @property
