@@ -130,7 +130,7 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
         text, blocks = searcher.answer(query, channel=channel)
         _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
-    def on_page(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+    def on_button(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         ack()
         channel, user = _channel_of(body), _user_of(body)
         refused = refusal_reason(settings, user=user, channel=channel)
@@ -142,31 +142,20 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
         except QueryError as exc:
             _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
             return
-        text, blocks = searcher.answer(query, channel=channel)
-        _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
-
-    def on_share(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        ack()
-        channel, user = _channel_of(body), _user_of(body)
-        refused = refusal_reason(settings, user=user, channel=channel)
-        if refused:
-            _respond(respond, *fmt.refusal(*refused), replace_original=False)
-            return
-        try:
-            query = fmt.read_button_value(action.get("value"))
-        except QueryError as exc:
-            _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
-            return
-        text, blocks = searcher.answer(query, channel=channel, shared_by=user or "")
-        _respond(respond, text, blocks, response_type="in_channel", replace_original=False)
+        if action.get("action_id") == fmt.ACTION_SHARE:
+            # A new message everyone in the channel sees, saying who shared it; the private one stays.
+            text, blocks = searcher.answer(query, channel=channel, shared_by=user or "")
+            _respond(respond, text, blocks, response_type="in_channel", replace_original=False)
+        else:
+            text, blocks = searcher.answer(query, channel=channel)
+            _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
     def on_link(ack: Any) -> None:
         # Url buttons (alerts' "Open in Dify") still send an action; without an ack Slack shows a warning.
         ack()
 
-    app.action(fmt.ACTION_PREV)(on_page)
-    app.action(fmt.ACTION_NEXT)(on_page)
-    app.action(fmt.ACTION_SHARE)(on_share)
+    for action_id in (fmt.ACTION_PREV, fmt.ACTION_NEXT, fmt.ACTION_SHARE):
+        app.action(action_id)(on_button)
     app.action(re.compile(r"^open_dify_"))(on_link)
 
 
