@@ -7,15 +7,17 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.config import Settings, alert_channel_for, digest_channel_for, load_settings
-from bot.errors import DifyError, WflogsError
+from bot.errors import DifyError, QueryError, WflogsError
 from bot.logs import setup_logging
 from bot.runtime import Runtime
+from bot.text import strip_controls
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,48 @@ def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
     return 0 if report.ok else 1
 
 
-COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check, "digest": cmd_digest}
+def _search_text(words: Sequence[str]) -> str:
+    """The query from the command line; the shell ate the quotes, so words with spaces get them back."""
+    if len(words) == 1:
+        return words[0]
+    return " ".join(f'"{w}"' if any(c.isspace() for c in w) and '"' not in w else w for w in words)
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Search every app's workflow runs with the /wflogs grammar and print a table."""
+    from bot import search_format
+    from bot.query import USAGE, parse
+    from bot.search import find_run, search, targets_for
+
+    usage = USAGE.replace("/wflogs", "wflogs search")
+    try:
+        query = parse(_search_text(args.words), now=time.time(), tz=settings.tz)
+    except QueryError as exc:
+        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        return 2
+    if query.kind == "help":
+        out.write(usage + "\n")
+        return 0
+    runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
+    try:
+        targets = targets_for(runtime, channel=None, wanted=query.app)
+        if query.kind == "run":
+            out.write(search_format.run_text(find_run(query, targets), tz=settings.tz))
+            return 0
+        result = search(query, targets, now=time.time(), workers=settings.concurrency)
+    except QueryError as exc:
+        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        return 2
+    finally:
+        runtime.close()
+    out.write(search_format.table(result, tz=settings.tz))
+    failed = [a for a in result.apps if a.error]
+    for hits in failed:
+        err.write(f"wflogs: {strip_controls(hits.name)}: {strip_controls(hits.error or '')}\n")
+    return 1 if failed else 0
+
+
+COMMANDS = {"run": cmd_run, "poll": cmd_poll, "check": cmd_check, "digest": cmd_digest, "search": cmd_search}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     digest.add_argument(
         "--now", action="store_true", required=True, help="the last 24 hours, now (the schedule is unchanged)"
     )
+    search = sub.add_parser(
+        "search",
+        help="search workflow runs like /wflogs does",
+        description="The /wflogs grammar, e.g.: wflogs search failed since:2h '\"timed out\"'",
+    )
+    search.add_argument("words", nargs=argparse.REMAINDER, help="the query (wflogs search help)")
     return parser
 
 

@@ -2,6 +2,7 @@
 
     WflogsError                 every error the user should read, with what to do next
     ├── ConfigError             the configuration is wrong; fix it and start again
+    ├── QueryError              a search (``/wflogs ...``) cannot be run as typed; carries the usage line
     ├── DifyError               a Dify request did not give a usable answer
     │   ├── DifyAuthError       401/403: the app's key was rejected or the app is gone
     │   ├── DifyBadRequest      400: Dify refused a query value (e.g. an unknown account)
@@ -22,6 +23,14 @@ class WflogsError(Exception):
 
 class ConfigError(WflogsError):
     """The configuration is invalid; the message names the fix."""
+
+
+class QueryError(WflogsError):
+    """A search query is wrong as typed; ``usage`` is the line to show with the message."""
+
+    def __init__(self, message: str, *, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class DifyError(WflogsError):

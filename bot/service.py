@@ -15,6 +15,7 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.config import Settings
 from bot.digest import Digester
 from bot.runtime import Runtime
+from bot.slack_app import start_slack
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def add_digest_jobs(
 
 
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
-    """Start the scheduler and block until ``stop`` is set (SIGTERM/SIGINT)."""
+    """Start the scheduler and the /wflogs serving, and block until ``stop`` is set (SIGTERM/SIGINT)."""
     from bot.cli import install_stop_signals
 
     stop = stop or threading.Event()
@@ -97,6 +98,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     add_poll_job(scheduler, runtime)
     add_digest_jobs(scheduler, runtime, Digester.for_runtime(runtime))
     scheduler.start()
+    stop_slack = start_slack(runtime)
     where = "Slack" if settings.slack_enabled else "this terminal"
     log.info(
         "wflogs is watching %d app(s) every %ds; alerts go to %s",
@@ -107,6 +109,8 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     try:
         stop.wait()
     finally:
+        if stop_slack is not None:
+            stop_slack()
         scheduler.shutdown(wait=True)
         runtime.close()
     return 0

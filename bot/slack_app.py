@@ -1,0 +1,265 @@
+"""The ``/wflogs`` slash command and its buttons, as a Bolt app, served over Socket Mode or HTTP.
+
+Every request is acknowledged at once (parse errors and refusals right in the
+acknowledgement); the search itself runs on Bolt's listener thread after
+``ack()`` and answers through the request's ``response_url``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+from bot import search_format as fmt
+from bot.blocks import Block
+from bot.config import Settings
+from bot.errors import ConfigError, QueryError, WflogsError
+from bot.query import Query, parse
+from bot.runtime import Runtime
+from bot.search import find_run, search, targets_for, visible_apps
+
+log = logging.getLogger(__name__)
+
+COMMAND = "/wflogs"
+EVENTS_PATH = "/slack/events"
+
+
+# -- access control ------------------------------------------------------------------------
+
+
+def refusal_reason(
+    settings: Settings, *, user: str | None, channel: str | None
+) -> tuple[str, tuple[str, ...]] | None:
+    """Why ``user`` may not search from ``channel``, and the channels to suggest (None: they may)."""
+    if settings.allowed_users is not None and user not in settings.allowed_users:
+        return (
+            "Sorry, /wflogs is limited to a list of people and you are not on it. "
+            "Ask whoever runs wflogs to add your Slack member ID to allowed_users in wflogs.toml.",
+            (),
+        )
+    if settings.allowed_channels is not None and channel not in settings.allowed_channels:
+        return "Sorry, /wflogs is not enabled in this conversation.", settings.allowed_channels
+    if not visible_apps(settings, channel):
+        return "Sorry, no Dify app can be searched from this conversation; try the app's own channel.", ()
+    return None
+
+
+def _channel_of(body: dict[str, Any]) -> str | None:
+    """The conversation a command or a button click came from."""
+    channel = body.get("channel_id") or (body.get("channel") or {}).get("id")
+    return channel or (body.get("container") or {}).get("channel_id")
+
+
+def _user_of(body: dict[str, Any]) -> str | None:
+    return body.get("user_id") or (body.get("user") or {}).get("id")
+
+
+# -- answering -----------------------------------------------------------------------------
+
+
+class Searcher:
+    """Turns a parsed query into a Slack answer (text, blocks); never raises."""
+
+    def __init__(self, runtime: Runtime, *, now: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self.now = now
+
+    def answer(
+        self, query: Query, *, channel: str | None, shared_by: str | None = None
+    ) -> tuple[str, list[Block]]:
+        """The message for ``query`` asked from ``channel``: results, a run, help, or what went wrong."""
+        tz = self.runtime.settings.tz
+        try:
+            if query.kind == "help":
+                return fmt.help_message()
+            targets = targets_for(self.runtime, channel=channel, wanted=query.app)
+            if query.kind == "run":
+                return fmt.run_detail(find_run(query, targets), tz=tz)
+            result = search(query, targets, now=self.now(), workers=self.runtime.settings.concurrency)
+            return fmt.results(result, tz=tz, shared_by=shared_by)
+        except QueryError as exc:
+            return fmt.error(str(exc), exc.usage)
+        except WflogsError as exc:
+            return fmt.error(str(exc), "")
+        except Exception:
+            log.exception("search %s failed", query.kind)
+            return fmt.error("the search failed on our side; the details are in wflogs' log. Try again.", "")
+
+
+def _respond(respond: Any, text: str, blocks: list[Block], **kwargs: Any) -> None:
+    try:
+        respond(text=text, blocks=blocks, **kwargs)
+    except Exception as exc:  # an expired or used-up response_url must not kill the listener thread
+        log.warning("could not answer through response_url: %s", type(exc).__name__)
+
+
+def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time) -> None:
+    """Attach the /wflogs command, the search buttons and the alert link buttons to ``app``."""
+    settings = runtime.settings
+    searcher = Searcher(runtime, now=now)
+
+    @app.command(COMMAND)
+    def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
+        channel, user = _channel_of(body), _user_of(body)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            text, blocks = fmt.refusal(*refused)
+            ack(text=text, blocks=blocks)
+            return
+        try:
+            query = parse(str(body.get("text") or ""), now=now(), tz=settings.tz)
+        except QueryError as exc:
+            text, blocks = fmt.error(str(exc), exc.usage)
+            ack(text=text, blocks=blocks)
+            return
+        if query.kind == "help":
+            text, blocks = fmt.help_message()
+            ack(text=text, blocks=blocks)
+            return
+        ack(text=fmt.searching(query, settings.tz), response_type="ephemeral")
+        text, blocks = searcher.answer(query, channel=channel)
+        _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
+
+    def on_button(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        ack()
+        channel, user = _channel_of(body), _user_of(body)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            _respond(respond, *fmt.refusal(*refused), replace_original=False)
+            return
+        try:
+            query = fmt.read_button_value(action.get("value"))
+        except QueryError as exc:
+            _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
+            return
+        if action.get("action_id") == fmt.ACTION_SHARE:
+            # A new message everyone in the channel sees, saying who shared it; the private one stays.
+            text, blocks = searcher.answer(query, channel=channel, shared_by=user or "")
+            _respond(respond, text, blocks, response_type="in_channel", replace_original=False)
+        else:
+            text, blocks = searcher.answer(query, channel=channel)
+            _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
+
+    def on_link(ack: Any) -> None:
+        # Url buttons (alerts' "Open in Dify") still send an action; without an ack Slack shows a warning.
+        ack()
+
+    for action_id in (fmt.ACTION_PREV, fmt.ACTION_NEXT, fmt.ACTION_SHARE):
+        app.action(action_id)(on_button)
+    app.action(re.compile(r"^open_dify_"))(on_link)
+
+
+def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
+    """The Bolt app on the runtime's WebClient; makes no network call while being built."""
+    settings = runtime.settings
+    if runtime.web is None or not settings.slack_bot_token:
+        raise ConfigError("serving /wflogs needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
+    secret = settings.slack_signing_secret
+    app = App(
+        client=runtime.web,  # carries the bot token and SLACK_API_URL
+        # Given explicitly (even empty) so that Bolt does not read the environment itself.
+        signing_secret=secret or "",
+        request_verification_enabled=bool(secret),
+        token_verification_enabled=False,
+        process_before_response=False,
+        logger=logging.getLogger("slack_bolt.wflogs"),
+    )
+    register(app, runtime, now=now)
+    return app
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+class HttpServer:
+    """``/slack/events`` over HTTP on a background thread (Bolt checks every signature)."""
+
+    def __init__(self, app: App, host: str, port: int) -> None:
+        self._server = make_server(
+            host,
+            port,
+            SlackRequestHandler(app, path=EVENTS_PATH),
+            server_class=_ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+        # A short poll interval makes close() quick; the server sleeps in select() in between.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="slack-http", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http(app: App, host: str, port: int) -> HttpServer:
+    """Serve ``app`` at ``http://host:port/slack/events``, returning at once."""
+    return HttpServer(app, host, port)
+
+
+def start_socket_mode(app: App, app_token: str) -> SocketModeHandler:
+    """Connect ``app`` to Slack over Socket Mode (no public URL), returning at once."""
+    handler = SocketModeHandler(app, app_token)
+    handler.connect()
+    return handler
+
+
+def start_slack(runtime: Runtime) -> Callable[[], None] | None:
+    """Serve /wflogs as configured: Socket Mode with SLACK_APP_TOKEN, else HTTP with SLACK_SIGNING_SECRET.
+
+    Returns the function that stops it, or None when nothing is served."""
+    settings = runtime.settings
+    if not (settings.slack_app_token or settings.slack_signing_secret):
+        log.info("/wflogs is not served: set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP)")
+        return None
+    try:
+        app = build_app(runtime)
+    except ConfigError as exc:
+        log.warning("/wflogs is not served: %s", exc)
+        return None
+    if settings.slack_app_token:
+        try:
+            handler = start_socket_mode(app, settings.slack_app_token)
+        except Exception as exc:
+            # The poller keeps running; Slack serving is what is missing, and the log says why.
+            log.error("/wflogs is not served: cannot open Socket Mode (%s); check SLACK_APP_TOKEN", exc)
+            return None
+        log.info("/wflogs is served over Socket Mode")
+        return handler.close
+    # Slack must reach this port from outside; put it behind your TLS proxy.
+    try:
+        server = start_http(app, "0.0.0.0", settings.port)  # noqa: S104
+    except OSError as exc:
+        log.error(
+            "/wflogs is not served: cannot listen on port %d (%s); set PORT", settings.port, exc.strerror
+        )
+        return None
+    log.info("/wflogs is served at http://0.0.0.0:%d%s", server.port, EVENTS_PATH)
+    return server.close

@@ -1,0 +1,98 @@
+"""``wflogs search``: the /wflogs grammar on the command line, against Dify over real HTTP."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.fakes.dify import DifyServer, FakeApp, FakeDify
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[FakeDify, FakeApp]]:
+    dify = FakeDify()  # real time: the CLI searches up to now
+    app = dify.add_app("Support Bot")
+    with DifyServer(dify) as server:
+        for name in ("WFLOGS_CONFIG", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("DIFY_API_URL", server.url)
+        monkeypatch.setenv("DIFY_API_KEY", app.key)
+        monkeypatch.setenv("WFLOGS_DB", str(tmp_path / "wflogs.db"))
+        monkeypatch.chdir(tmp_path)
+        yield dify, app
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["search", *argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def now() -> int:
+    import time
+
+    return int(time.time())
+
+
+def test_prints_a_table_of_matching_runs(served):
+    dify, app = served
+    hit = dify.add_log(app, at=now() - 60, session="user_1", error="boom\x1b[31m red")
+    dify.add_log(app, status="succeeded", at=now() - 30)
+    code, out, err = run("failed", "since:1h")
+    assert (code, err) == (0, "")
+    header, row, summary = out.splitlines()
+    assert header.split() == ["APP", "STATUS", "RUN", "ID", "STARTED", "RAN", "FOR", "WHO", "ERROR"]
+    assert hit.run_id in row and "user_1" in row and "Support Bot" in row
+    assert "\x1b" not in out  # terminal escapes from Dify are dropped
+    assert summary.startswith("1 run: failed runs since")
+
+
+def test_quoted_words_survive_the_shell(served):
+    dify, app = served
+    hit = dify.add_log(app, at=now() - 60, inputs={"q": "timed out twice"})
+    dify.add_log(app, at=now() - 61, inputs={"q": "fine"})
+    code, out, _ = run("failed", "timed out")  # the shell removed the quotes: one argument with a space
+    assert code == 0 and hit.run_id in out and out.count("\n") == 3
+    code, out, _ = run('failed "timed out"')  # or the whole query quoted once
+    assert code == 0 and hit.run_id in out
+
+
+def test_run_detail(served):
+    dify, app = served
+    run_ = dify.add_log(app, at=now() - 60, inputs={"q": "hi", "password": "hunter2"})
+    code, out, _ = run("run", run_.run_id)
+    assert code == 0 and f"run:       {run_.run_id}" in out and '"q": "hi"' in out
+    assert "hunter2" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says", "code"),
+    [
+        (("faild",), "unknown word 'faild' (did you mean failed?)", 2),
+        (("app:nope",), "no app called 'nope'", 2),
+        (("failed", "page:9"), "page 9 is out of range", 2),
+        (("account:x@example.com",), "Account not found: x@example.com", 1),
+    ],
+)
+def test_errors_are_one_line_on_stderr_with_a_non_zero_exit(served, argv, says, code):
+    got, _, err = run(*argv)
+    assert got == code
+    assert err.count("\n") == 1 and says in err
+    if code == 2:
+        assert "Usage: wflogs search" in err
+
+
+def test_dify_down_is_reported(served):
+    dify, _ = served
+    dify.fail_next(10, "500")
+    code, _, err = run("failed")
+    assert code == 1 and "answered HTTP 500" in err
+
+
+def test_help(served):
+    code, out, _ = run("help")
+    assert code == 0 and out.startswith("Usage: wflogs search")
