@@ -2,8 +2,8 @@
 
 ::
 
-    /wflogs [STATUS ...] [since:WHEN] [until:WHEN] [app:NAME] [session:ID] [account:EMAIL]
-            ["search text"] [page:N]
+    /wflogs [STATUS ...] [since:WHEN] [before:WHEN] [app:NAME] [session:ID] [account:EMAIL]
+            [search text] [page:N] [limit:N]
     /wflogs session ID [filters ...]
     /wflogs run RUN_ID [app:NAME]        (a bare run id works too)
     /wflogs help
@@ -12,8 +12,11 @@ STATUS is ``failed``, ``stopped``, ``succeeded``, ``partial`` (partial-succeeded
 ``running`` or ``paused``. WHEN is a duration back from now (``30m``, ``2h``,
 ``1h30m``, ``3d``, ``1w``), ``today``, ``yesterday``, or a date/time
 (``2026-11-17``, ``2026-11-17T09:30``, ``2026-11-17T09:30:00Z``) in the bot's
-time zone unless it says otherwise. Search text goes in quotes (straight or
-curly). Anything else is an error that names the word and shows the usage line.
+time zone unless it says otherwise. Words that are neither a status nor a
+filter are the search text (quotes, straight or curly, keep spaces and make a
+status word text); a word that looks like a mistyped status or command gets a
+"did you mean" note. Control characters are dropped. A malformed filter is an
+error that names it and shows the usage line.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.errors import QueryError
+from bot.text import strip_controls
 
 USAGE = (
-    "Usage: /wflogs [failed|stopped|succeeded|partial|running] [since:2h] [until:WHEN] "
-    '[app:NAME] [session:ID] [account:EMAIL] ["search text"] [page:N]  ·  '
+    "Usage: /wflogs [failed|stopped|succeeded|partial|running] [since:2h] [before:WHEN] "
+    '[app:NAME] [session ID] [account:EMAIL] ["search text"] [page:N] [limit:N]  ·  '
     "/wflogs run RUN_ID  ·  /wflogs help"
 )
+MAX_LIMIT = 100
 MAX_QUERY_CHARS = 500
 MAX_PAGE = 99999
 
@@ -59,6 +64,7 @@ _KEYS = {
     "by": "account",
     "status": "status",
     "page": "page",
+    "limit": "limit",
     "text": "keyword",
     "keyword": "keyword",
     "run": "run",
@@ -86,6 +92,7 @@ class Query:
     account: str | None = None
     keyword: str | None = None
     page: int = 1
+    limit: int | None = None
     run_id: str | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -117,6 +124,10 @@ class Query:
             query = cls(**clean)
             if not isinstance(query.page, int) or not 1 <= query.page <= MAX_PAGE:
                 raise ValueError(query.page)
+            if query.limit is not None and (
+                not isinstance(query.limit, int) or not 1 <= query.limit <= MAX_LIMIT
+            ):
+                raise ValueError(query.limit)
             for name in ("since", "until"):
                 if not isinstance(getattr(query, name), int | None):
                     raise TypeError(name)
@@ -211,13 +222,13 @@ def parse_when(value: str, *, now: float, tz: ZoneInfo, end: bool = False) -> in
 
 def _suggest(word: str) -> str:
     choices = [*STATUS_WORDS, "session", "run", "help"]
-    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
 def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
     """Parse what followed ``/wflogs``; raises :class:`QueryError` (with the usage line) on any mistake."""
-    text = text.strip()
+    text = strip_controls(text).strip()
     if len(text) > MAX_QUERY_CHARS:
         raise _fail(f"the query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS}")
     tokens = tokenize(text)
@@ -229,6 +240,7 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
     fields: dict[str, Any] = {}
     statuses: list[str] = []
     notes: list[str] = []
+    words: list[str] = []
     kind = "search"
 
     def put(name: str, value: Any, shown: str) -> None:
@@ -243,14 +255,14 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         if tok.quoted:
             if not tok.text.strip():
                 raise _fail("the search text in quotes is empty")
-            put("keyword", tok.text.strip(), "search text")
+            words.append(tok.text.strip())
             continue
         if tok.key is not None:
             name = _KEYS.get(tok.key)
             if name is None:
                 raise _fail(
-                    f"unknown filter {tok.key}: — the filters are since:, until:, app:, session:, "
-                    "account:, status:, page: (search text goes in quotes)"
+                    f"unknown filter {tok.key}: — the filters are since:, before:, app:, session:, "
+                    "account:, status:, page:, limit: (text with a colon goes in quotes)"
                 )
             value = tok.text.strip()
             if not value:
@@ -270,6 +282,12 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
                 if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
                     raise _fail(f"page:{value} is not a page number; use page:2, page:3, …")
                 put("page", int(value), "page:")
+            elif name == "limit":
+                if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+                    raise _fail(f"limit:{value} is not a number of runs; use 1 to {MAX_LIMIT}, e.g. limit:10")
+                put("limit", int(value), "limit:")
+            elif name == "keyword":
+                words.append(value)
             elif name == "account":
                 if not _EMAIL.match(value):
                     raise _fail(f"account: takes the console account's e-mail, not {value!r}")
@@ -300,15 +318,15 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
             put("run_id", word, "the run id")
             kind = "run"
         else:
-            raise _fail(
-                f"unknown word {word!r}{_suggest(word)}. To search for text, put it in quotes: "
-                f'/wflogs "{word}"'
-            )
+            words.append(word)
+            hint = _suggest(word)
+            if hint:
+                notes.append(f"Searched for the text “{word}”{hint}")
 
     if kind == "run":
         run_id = fields["run_id"]
         extra = sorted(set(fields) - {"run_id", "app"})
-        if extra or statuses:
+        if extra or statuses or words:
             raise _fail("run RUN_ID takes only app:NAME after it")
         if not _UUID.match(run_id):
             raise _fail(
@@ -325,7 +343,7 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         until = parse_when(fields["until"][0], now=now, tz=tz, end=True)
     if since is not None and until is not None and since > until:
         raise _fail("since: is later than until:; swap them")
-    keyword = fields.get("keyword")
+    keyword = " ".join(words) or None
     if keyword and len(keyword) > 30:
         notes.append("Dify compares only the first 30 characters of the search text.")
     unique = tuple(s for s in STATUS_ORDER if s in statuses)
@@ -338,6 +356,7 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         account=fields.get("account"),
         keyword=keyword,
         page=fields.get("page", 1),
+        limit=fields.get("limit"),
         notes=tuple(notes),
     )
 
@@ -351,6 +370,7 @@ def _example(name: str) -> str:
         "account": "account:ops@example.com",
         "status": "status:failed",
         "page": "page:2",
+        "limit": "limit:10",
         "keyword": 'keyword:"timed out"',
         "run": "run 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b",
     }.get(name, name)

@@ -267,7 +267,7 @@ def search(query: Query, targets: Sequence[Target], *, now: float, workers: int 
     if query.until is None:
         # Freeze the window so that later pages read the same runs.
         query = replace(query, until=int(now))
-    page_size = PAGE_SIZE if len(targets) == 1 else MULTI_APP_PAGE_SIZE
+    page_size = query.limit or (PAGE_SIZE if len(targets) == 1 else MULTI_APP_PAGE_SIZE)
     if len(targets) == 1:
         apps = [_search_app_safely(query, targets[0], page_size)]
     else:

@@ -72,7 +72,7 @@ def test_run_detail(served):
 @pytest.mark.parametrize(
     ("argv", "says", "code"),
     [
-        (("faild",), "unknown word 'faild' (did you mean failed?)", 2),
+        (("limit:0",), "limit:0 is not a number of runs", 2),
         (("app:nope",), "no app called 'nope'", 2),
         (("failed", "page:9"), "page 9 is out of range", 2),
         (("account:x@example.com",), "Account not found: x@example.com", 1),

@@ -111,8 +111,10 @@ def test_long_keyword_gets_a_note_about_difys_30_characters():
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("faild", "unknown word 'faild' (did you mean failed?)"),
-        ("timeout", 'put it in quotes: /wflogs "timeout"'),
+        ("limit:0", "limit:0 is not a number of runs"),
+        ("limit:101", "limit:101 is not a number of runs"),
+        ("limit:ten", "limit:ten is not a number of runs"),
+        ("before:soon", "cannot read the time 'soon'"),
         ("color:red", "unknown filter color:"),
         ("since:2x", "cannot read the time '2x'"),
         ("since:", "since: needs a value"),
@@ -127,7 +129,7 @@ def test_long_keyword_gets_a_note_about_difys_30_characters():
         ("account:ops", "takes the console account's e-mail"),
         ('"unclosed', "a quote is not closed"),
         ('""', "the search text in quotes is empty"),
-        ('"a" "b"', "search text is given twice"),
+        (f"run {RUN} timeout", "run RUN_ID takes only app:NAME"),
         ("app:a app:b", "app: is given twice"),
         ("session", "session needs an id"),
         ("run", "run needs an id"),
@@ -161,3 +163,27 @@ def test_a_damaged_button_value_is_a_query_error(bad):
 def test_describe_reads_like_a_sentence():
     text = describe(p('failed stopped session:s "k" since:2026-11-16T00:00:00Z'))
     assert text == "failed or stopped runs of session s matching “k” since 2026-11-16 00:00 UTC"
+
+
+def test_the_issue_grammar_example_with_an_unquoted_keyword_and_limit():
+    q = p("session u_1 timeout page:2 limit:10")
+    assert (q.session, q.keyword, q.page, q.limit) == ("u_1", "timeout", 2, 10)
+    assert not q.notes
+
+
+def test_unquoted_words_are_search_text_and_a_typo_gets_a_did_you_mean_note():
+    q = p("faild since:2h")
+    assert q.keyword == "faild" and q.statuses == ()
+    assert any("did you mean failed?" in note for note in q.notes)
+    assert p('refund "time out" again').keyword == "refund time out again"
+
+
+def test_status_key_before_and_control_characters():
+    q = p("status:failed before:2026-11-17 \x07\x1bquery")
+    assert q.statuses == ("failed",) and q.until is not None
+    assert q.keyword == "query"
+
+
+def test_limit_survives_the_button_round_trip():
+    q = p("failed limit:25")
+    assert Query.from_dict(q.to_dict()).limit == 25

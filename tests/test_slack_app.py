@@ -220,7 +220,7 @@ def test_untrusted_text_cannot_ping_or_link_anywhere_in_the_answer(h: Harness):
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("faild since:2h", "unknown word 'faild' (did you mean failed?)"),
+        ("failed limit:500", "limit:500 is not a number of runs"),
         ("color:red", "unknown filter color:"),
         ("since:2hrs", "cannot read the time"),
         ("page:0", "page:0 is not a page number"),
