@@ -55,12 +55,14 @@ class Alert:
         )
 
 
-def _code(text: str, limit: int = ERROR_LIMIT) -> str:
+def code_block(text: str, limit: int = ERROR_LIMIT) -> str:
+    """Untrusted text in a code block, escaped (Slack parses <...> even there) and cut."""
     # A ``` inside would close the block early; it only changes formatting, but keep it tidy.
     return "```" + escape_cut(text.replace("```", "ʼʼʼ"), limit) + "```"
 
 
-def _who(entry: LogEntry) -> str:
+def who_text(entry: LogEntry) -> str:
+    """The end user's session, else the console account, escaped for mrkdwn."""
     if entry.session_id:
         return f"`{escape_cut(entry.session_id, 200)}`"
     if entry.account_email or entry.account_name:
@@ -100,13 +102,13 @@ def single(alert: Alert) -> tuple[str, list[Block]]:
     """One run, in full."""
     entry = alert.entry
     error = entry.error or "(Dify gave no error message)"
-    blocks: list[Block] = [header(_title(alert)), section(_code(error))]
+    blocks: list[Block] = [header(_title(alert)), section(code_block(error))]
     tokens = f"{entry.total_tokens if entry.total_tokens is not None else '?'} tokens · "
     tokens += f"{entry.total_steps if entry.total_steps is not None else '?'} steps"
     blocks.append(
         fields(
             [
-                ("End user / session" if entry.session_id else "Started by", _who(entry)),
+                ("End user / session" if entry.session_id else "Started by", who_text(entry)),
                 ("Run ID", f"`{escape(entry.run_id or '?')}`"),
                 ("Started", clock(entry.run_created_at or entry.created_at)),
                 ("Ran for", duration(entry.elapsed_time)),
@@ -132,7 +134,7 @@ def single(alert: Alert) -> tuple[str, list[Block]]:
 def run_line(alert: Alert, *, with_error: bool = False) -> str:
     """One compact line per run: run id, who, when, how long."""
     entry = alert.entry
-    parts = [f"`{escape(entry.run_id or entry.log_id)}`", _who(entry)]
+    parts = [f"`{escape(entry.run_id or entry.log_id)}`", who_text(entry)]
     parts.append(clock(entry.run_created_at or entry.created_at))
     parts.append(duration(entry.elapsed_time))
     if with_error:
@@ -164,7 +166,7 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block]]:
         header(_title(first, count)),
         section(
             f"{plural(count, 'run')} with this error (numbers, ids and quoted values vary):\n"
-            + _code(error, 1500)
+            + code_block(error, 1500)
         ),
         fields(
             [

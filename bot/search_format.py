@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.alert_format import STATUS_EMOJI, _code, _who
+from bot.alert_format import STATUS_EMOJI, code_block, who_text
 from bot.blocks import (
     BLOCKS_BUDGET,
     BUTTON_VALUE_LIMIT,
@@ -76,7 +76,7 @@ def _line(entry: LogEntry, tz: ZoneInfo | None) -> str:
     status = entry.status or "?"
     parts = [
         f"{STATUS_EMOJI.get(status, '⚪')} `{escape(entry.run_id or entry.log_id)}`",
-        _who(entry),
+        who_text(entry),
         clock(entry.run_created_at or entry.created_at, tz),
         duration(entry.elapsed_time),
     ]
@@ -219,9 +219,9 @@ def run_detail(detail: RunDetail, *, tz: ZoneInfo | None = None) -> tuple[str, l
         ),
     ]
     if run.get("error"):
-        blocks.append(section("*Error*\n" + _code(str(run["error"]), 1500)))
-    blocks.append(section("*Inputs*\n" + _code(_pretty(mask_secrets(detail.inputs)), INPUTS_LIMIT)))
-    blocks.append(section("*Outputs*\n" + _code(_pretty(mask_secrets(detail.outputs)), OUTPUTS_LIMIT)))
+        blocks.append(section("*Error*\n" + code_block(str(run["error"]), 1500)))
+    blocks.append(section("*Inputs*\n" + code_block(_pretty(mask_secrets(detail.inputs)), INPUTS_LIMIT)))
+    blocks.append(section("*Outputs*\n" + code_block(_pretty(mask_secrets(detail.outputs)), OUTPUTS_LIMIT)))
     if detail.console_url:
         blocks.append(actions(button("Open in Dify", "open_dify_run", url=detail.console_url)))
     text = f"{emoji} {escape(detail.app_name)}: run {escape(run_id)} {escape(status)}"

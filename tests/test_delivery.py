@@ -6,11 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from slack_sdk.models.blocks import Block
-
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning, slack_env
 from tests.fakes.dify import FakeDify
-from tests.fakes.slack import FakeSlack, check_blocks
+from tests.fakes.slack import FakeSlack, assert_valid_blocks, mrkdwn_texts
 
 
 def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key: str, **kw):
@@ -22,29 +20,15 @@ def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key
 def _validate(slack: FakeSlack) -> None:
     for message in slack.messages:
         assert message["text"]
-        blocks = message.get("blocks") or []
-        assert check_blocks(blocks) is None
-        for block in blocks:
-            Block.parse(block).validate_json()  # type: ignore[union-attr]
+        assert_valid_blocks(message.get("blocks") or [])
 
 
 def _mrkdwn(slack: FakeSlack) -> str:
     """Every text Slack parses for mentions and links: top-level text and mrkdwn objects."""
     parts: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "mrkdwn":
-                parts.append(node["text"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
     for message in slack.messages:
         parts.append(message["text"] or "")
-        walk(message.get("blocks") or [])
+        parts.extend(mrkdwn_texts(message.get("blocks") or []))
     return "\n".join(parts)
 
 

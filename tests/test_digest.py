@@ -16,7 +16,7 @@ from bot.digest import Digester, Window, latest_schedule
 from bot.runtime import Runtime
 from tests.conftest import make_settings
 from tests.fakes.dify import FakeApp, FakeDify
-from tests.fakes.slack import BOT_TOKEN, FakeSlack, check_blocks
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, check_blocks, mrkdwn_texts
 
 
 def utc(*args: int) -> int:
@@ -61,20 +61,7 @@ def message_text(post: dict[str, Any]) -> str:
 
 def mrkdwn(post: dict[str, Any]) -> str:
     """The text Slack parses for mentions and links: the fallback and every mrkdwn object."""
-    parts = [post["text"]]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "mrkdwn":
-                parts.append(node["text"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(post["blocks"])
-    return "\n".join(parts)
+    return "\n".join([post["text"], *mrkdwn_texts(post["blocks"])])
 
 
 def known_day(dify: FakeDify, app: FakeApp) -> dict[str, Any]:

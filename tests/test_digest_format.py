@@ -10,6 +10,7 @@ from slack_sdk.models.blocks import Block
 from bot.digest import AppDigest, Counts, ErrorLine, RunLine, Window
 from bot.digest_format import delta, rate, rate_delta, render, sparkline
 from tests.fakes.slack import check_blocks
+from tests.fakes.slack import mrkdwn_texts as slack_mrkdwn
 
 S = 1_795_017_600  # 2026-11-18T16:00:00Z
 EVIL = "<!channel> <@U123> <https://evil.example|click> & `x` " * 200
@@ -34,20 +35,7 @@ def digest(**overrides: object) -> AppDigest:
 
 
 def mrkdwn_texts(text: str, blocks: list[dict]) -> list[str]:
-    out = [text]
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "mrkdwn":
-                out.append(node["text"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(blocks)
-    return out
+    return [text, *slack_mrkdwn(blocks)]
 
 
 def test_failure_rate_rounds_half_up_to_one_decimal() -> None:

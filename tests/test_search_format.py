@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from slack_sdk.models.blocks import Block
 
 from bot import search_format as fmt
 from bot.dify import LogEntry
@@ -15,15 +14,13 @@ from bot.errors import QueryError
 from bot.query import Query, parse
 from bot.search import AppHits, RunDetail, SearchResult
 from tests.conftest import T0
-from tests.fakes.slack import check_blocks
+from tests.fakes.slack import assert_valid_blocks, mrkdwn_texts
 
 EVIL = "<!channel> <@U123> <https://evil.example|click> & `<!here>`"
 
 
 def valid(blocks: list[dict]) -> None:
-    assert check_blocks(blocks) is None
-    for block in blocks:
-        Block.parse(block).validate_json()  # type: ignore[union-attr]
+    assert_valid_blocks(blocks)
 
 
 def entry(i: int, **kw) -> LogEntry:
@@ -39,19 +36,7 @@ def mrkdwn(blocks: list[dict]) -> str:
     """Every mrkdwn text in the blocks: what Slack parses for mentions and links.
 
     (Header text is plain_text, which Slack never parses; button values are never shown.)"""
-    out: list[str] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "mrkdwn":
-                out.append(node["text"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(blocks)
+    out = mrkdwn_texts(blocks)
     assert all(b["text"]["type"] == "plain_text" for b in blocks if b["type"] == "header")
     return "\n".join(out)
 

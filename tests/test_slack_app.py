@@ -18,7 +18,6 @@ import httpx
 import pytest
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
-from slack_sdk.models.blocks import Block
 from slack_sdk.signature import SignatureVerifier
 
 from bot import search_format as fmt
@@ -26,7 +25,7 @@ from bot.runtime import Runtime
 from bot.slack_app import EVENTS_PATH, build_app, start_http, start_slack
 from tests.conftest import T0, Clock, make_settings
 from tests.fakes.dify import DifyServer, FakeApp, FakeDify
-from tests.fakes.slack import BOT_TOKEN, FakeSlack, check_blocks
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
 
 SECRET = "8f14e45fceea167a5a36dedd4bea2543"
 CHANNEL = "C0ALERTS"
@@ -158,9 +157,7 @@ def h(tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: C
 
 
 def valid(blocks: list[dict[str, Any]]) -> None:
-    assert check_blocks(blocks) is None
-    for block in blocks:
-        Block.parse(block).validate_json()  # type: ignore[union-attr]
+    assert_valid_blocks(blocks)
 
 
 def mrkdwn(blocks: list[dict[str, Any]]) -> str:

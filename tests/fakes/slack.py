@@ -309,3 +309,35 @@ class FakeSlack:
         if method == "files.info":
             return {"ok": True, "file": {"id": p.get("file")}}
         return {"ok": False, "error": "unknown_method"}
+
+
+def mrkdwn_texts(blocks: Any) -> list[str]:
+    """Every mrkdwn text in blocks: what Slack parses for mentions and links.
+
+    Header text is plain_text, which Slack never parses; button values are never shown.
+    """
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                out.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(blocks)
+    return out
+
+
+def assert_valid_blocks(blocks: list[dict[str, Any]]) -> None:
+    """Blocks Slack would accept: the fake's limits and slack_sdk's own validation."""
+    from slack_sdk.models.blocks import Block
+
+    assert check_blocks(blocks) is None
+    for block in blocks:
+        parsed = Block.parse(block)
+        assert parsed is not None
+        parsed.validate_json()
