@@ -152,3 +152,25 @@ def test_sigkill_during_delivery_repeats_at_most_the_message_in_flight(tmp_path,
         counts = [messages_mentioning(slack, run.run_id) for run in runs]
     assert all(c >= 1 for c in counts)  # nothing lost
     assert sorted(counts) == [1, 1, 1, 2]  # only the one in flight was doubled
+
+
+def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
+    app = server.fake.add_app("Support Bot")
+    run = server.fake.add_log(app, at=int(time.time()) - 30, error="timed out")
+    out_path = tmp_path / "out.txt"
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "run"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url),
+        )
+        deadline = time.monotonic() + 30
+        while run.run_id not in out_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+    text = out_path.read_text()
+    assert run.run_id in text
+    assert code == 0 and "Traceback" not in text
