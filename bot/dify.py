@@ -100,11 +100,6 @@ class LogEntry:
         )
 
     @property
-    def key(self) -> str:
-        """The identity of the run for de-duplication (the log id)."""
-        return self.log_id
-
-    @property
     def ended_at(self) -> int:
         """When the run ended, or the log's time when Dify does not say."""
         return self.finished_at or self.run_created_at or self.created_at

@@ -143,9 +143,7 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
             other = " · ".join(parts) or f"{cur.other:,}"
         figures.append(("Other", other))
     blocks.append(fields(figures))
-    lines.append(
-        ", ".join(f"{label.lower()} {value}" for label, value in figures if label != "Other")
-    )
+    lines.append(", ".join(f"{label.lower()} {value}" for label, value in figures if label != "Other"))
 
     if cur.failed and d.hourly:
         peak = max(range(len(d.hourly)), key=lambda i: (d.hourly[i], -i))

@@ -89,8 +89,12 @@ class Poller:
             info = self.clients[app.id].info()
         except DifyError as exc:
             log.warning("cannot read the name of %s yet: %s", app.label, exc)
-            state = self.store.app_state(app.id)
-            return (state or {}).get("name") or app.label
+            stored = (self.store.app_state(app.id) or {}).get("name")
+            if stored:
+                # Known from an earlier run: use it for the rest of this process rather than
+                # asking /info (with its retries) again on every cycle and search while Dify is down.
+                self._names[app.id] = stored
+            return stored or app.label
         name = info.name or app.label
         self._names[app.id] = name
         self.store.update_app_state(app.id, name=name, dify_version=info.dify_version)

@@ -260,8 +260,10 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         if tok.key is not None:
             name = _KEYS.get(tok.key)
             if name is None:
+                close = difflib.get_close_matches(tok.key, list(_KEYS), n=1, cutoff=0.75)
+                hint = f" (did you mean {close[0]}:?)" if close else ""
                 raise _fail(
-                    f"unknown filter {tok.key}: — the filters are since:, before:, app:, session:, "
+                    f"unknown filter {tok.key}:{hint} — the filters are since:, before:, app:, session:, "
                     "account:, status:, page:, limit: (text with a colon goes in quotes)"
                 )
             value = tok.text.strip()

@@ -299,3 +299,14 @@ def test_a_first_poll_that_fails_does_not_move_the_backfill_start(tmp_path, dify
     dify.faults.clear()
     rt.cycle()
     assert messages_mentioning(slack, during.run_id) == 1
+
+
+def test_a_stored_app_name_is_used_without_asking_dify_again_while_it_is_down(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()  # learns and stores the name
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)  # a restart while /info fails
+    dify.fail_next(100, "500", path="/info")
+    assert rt.poller.app_name(rt.settings.apps[0]) == "Support Bot"
+    asked = len([r for r in dify.requests if r.url.path.endswith("/info")])
+    assert rt.poller.app_name(rt.settings.apps[0]) == "Support Bot"
+    assert len([r for r in dify.requests if r.url.path.endswith("/info")]) == asked
