@@ -18,6 +18,7 @@ from bot.digest import Digester
 from bot.health import check_health
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
+from bot.watch import Watcher, WatchReport
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class CycleReport:
     delivery: DeliveryResult
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    watch: WatchReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,7 @@ class Runtime:
     deliverer: Deliverer
     digester: Digester
     _now: Callable[[], float] = time.time
+    watcher: Watcher | None = None
 
     @classmethod
     def build(
@@ -110,7 +113,11 @@ class Runtime:
         digester = Digester(
             settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
         )
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now)
+        runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now)
+        runtime.watcher = Watcher(
+            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name, now=now
+        )
+        return runtime
 
     def cycle(self) -> CycleReport:
         """Poll every app, then deliver everything pending (including older alerts)."""
@@ -120,9 +127,11 @@ class Runtime:
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
+        watch = self._watch(apps)
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        report = CycleReport(apps, delivery, time.monotonic() - started, problems)
+        problems += self._watch_problems(watch, delivery.errors)
+        report = CycleReport(apps, delivery, time.monotonic() - started, problems, watch)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
             len(apps),
@@ -133,6 +142,25 @@ class Runtime:
             f", {len(problems)} problems" if problems else "",
         )
         return report
+
+    def _watch(self, apps: list[AppResult]) -> WatchReport | None:
+        """Failure rates and stuck runs, after the poll (they count what it remembered)."""
+        if self.watcher is None:
+            return None
+        try:
+            return self.watcher.watch_all(apps)
+        except Exception:
+            # Watching must never stop alerting; the stored state lets the next cycle redo it.
+            log.exception("watching failure rates and stuck runs failed; the next cycle retries")
+            return WatchReport(errors={"watch": "crashed; see the log"})
+
+    @staticmethod
+    def _watch_problems(watch: WatchReport | None, known: dict[str, str]) -> list[str]:
+        if watch is None:
+            return []
+        out = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
+        out += [f"Slack {ch}: {error}" for ch, error in watch.errors.items() if ch not in known]
+        return out
 
     def close(self) -> None:
         """Release connections."""

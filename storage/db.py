@@ -373,3 +373,43 @@ def m003_health(db: sqlite_utils.Database) -> None:
     table = db["app_state"]
     table.add_column("failing_since", int)  # type: ignore[union-attr]
     table.add_column("health_notice", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m004_watch(db: sqlite_utils.Database) -> None:
+    """Signals (failure rate, stuck runs), the running rows found stuck, and how far each app's
+    runs were checked for being stuck."""
+    db["watch_state"].create({"app_id": str, "stuck_checked_until": int}, pk="app_id")  # type: ignore[union-attr]
+    db["signals"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "kind": str,
+            "opened_at": int,
+            "updated_at": int,
+            "resolved_at": int,
+            "detail": str,
+            "announced": int,
+            "resolution_announced": int,
+        },
+        pk="id",
+    )
+    db.execute("create unique index signals_one_open on signals (app_id, kind) where resolved_at is null")
+    db["stuck_runs"].create(  # type: ignore[union-attr]
+        {
+            "app_id": str,
+            "log_id": str,
+            "run_id": str,
+            "started_at": int,
+            "found_at": int,
+            "next_check": int,
+            "ended_at": int,
+            "end_status": str,
+            "signal_id": int,
+            "reported": int,
+            "entry": str,
+        },
+        pk=("app_id", "log_id"),
+    )
+    db["stuck_runs"].create_index(["app_id", "ended_at", "next_check"])  # type: ignore[union-attr]
+

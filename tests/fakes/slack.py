@@ -83,6 +83,10 @@ class FakeSlack:
         self.files: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # posts to response_url
         self.faults: dict[str, list[tuple[str, Any]]] = {}
+        # Workspace directory for users.info / usergroups.list, and scopes the token lacks.
+        self.users: dict[str, dict[str, Any]] = {}
+        self.usergroups: dict[str, dict[str, Any]] = {}
+        self.missing_scopes: set[str] = set()
         self.lock = threading.Lock()
         self._ts = 1_700_000_000.000100
         self._uploads: dict[str, dict[str, Any]] = {}
@@ -306,6 +310,23 @@ class FakeSlack:
                         }
                     )
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "users.info":
+            if "users:read" in self.missing_scopes:
+                return {"ok": False, "error": "missing_scope", "needed": "users:read"}
+            user = self.users.get(p.get("user") or "")
+            if user is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": {"id": p.get("user"), "deleted": False, "is_bot": False, **user}}
+        if method == "usergroups.list":
+            if "usergroups:read" in self.missing_scopes:
+                return {"ok": False, "error": "missing_scope", "needed": "usergroups:read"}
+            include_disabled = str(p.get("include_disabled", "")).lower() in ("1", "true")
+            groups = [
+                {"id": gid, "date_delete": 0, **group}
+                for gid, group in self.usergroups.items()
+                if include_disabled or not group.get("date_delete")
+            ]
+            return {"ok": True, "usergroups": groups}
         if method == "files.info":
             return {"ok": True, "file": {"id": p.get("file")}}
         return {"ok": False, "error": "unknown_method"}

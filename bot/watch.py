@@ -1,0 +1,362 @@
+"""Trouble that per-run alerts miss: a high failure rate, and runs that never end.
+
+Runs once per cycle, after the poller, for every app the poller could read.
+
+**Failure rate.** Over the last ``rate_window`` seconds, failed + stopped runs
+against all runs. The failed and stopped runs are counted from what the poller
+already holds (it remembers every failed and stopped log of its look-back
+window, which is at least as long as the rate window), so only the window's
+total costs a request: Dify's ``total`` of an unfiltered ``limit=1`` query. The
+total counts every log row of the window, runs still going included (from Dify
+1.11 a row is written when a run starts). A signal opens when the share
+exceeds the threshold with at least ``rate_min_runs`` runs, and resolves when
+it falls below the threshold. It does not look at error shapes, so muting
+every shape does not silence it.
+
+**Stuck runs.** A run whose row still says ``running`` ``stuck_after`` seconds
+after it started. Each cycle looks at the band of start times that crossed
+that age since the last cycle, ``(checked_until, now - stuck_after]``: its first
+page is both its count and, up to 100 rows, its content (one request). A busier
+band is counted by status first (succeeded, failed, stopped) and read only when
+those do not add up to its total, i.e. when something in it is not finished.
+Runs found running are remembered in storage with when to look again; each is
+checked (``/workflows/run/{id}``) every cycle for its first hour, then with
+growing pauses up to an hour, since Dify can leave a row ``running`` for good.
+The stuck runs of an app form one signal, resolved when they have all ended.
+Dify before 1.11 writes a row only when a run ends, so there is nothing to
+watch there and no request is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import watch_format as fmt
+from bot.config import (
+    AppConfig,
+    Settings,
+    alert_channel_for,
+    mentions_for,
+    rate_threshold_for,
+    stuck_after_for,
+)
+from bot.dify import MAX_LIMIT, DifyClient
+from bot.errors import DifyError, DifyNotFound, SlackError
+from bot.notifier import Sink
+from bot.poller import AppResult
+from bot.records import LogEntry
+from storage import Store, WatchStore
+
+log = logging.getLogger(__name__)
+
+FAILURE_RATE = "failure_rate"
+STUCK_RUNS = "stuck_runs"
+# How far back the first look (or the first after a long outage) reaches for stuck runs.
+STUCK_CATCHUP = 6 * 3600
+# At most this many stuck runs are looked at again per app and cycle.
+MAX_STUCK_CHECKS = 20
+FINISHED = ("succeeded", "failed", "stopped")
+KEEP_ENDED = 7 * 86400
+
+
+@dataclass
+class WatchResult:
+    """What one watch of one app did."""
+
+    app_id: str
+    name: str
+    requests: int = 0
+    rate: float | None = None
+    runs: int | None = None
+    failures: int | None = None
+    new_stuck: int = 0
+    ended_stuck: int = 0
+    error: str | None = None
+
+
+@dataclass
+class WatchReport:
+    """One watch cycle over every app."""
+
+    apps: list[WatchResult] = field(default_factory=list)
+    posts: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def dify_logs_at_start(version: str | None) -> bool:
+    """Whether this Dify writes a log row when a run starts (1.11 and later); unknown: assume so."""
+    if not version:
+        return True
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return True
+    return parts >= (1, 11)
+
+
+class Watcher:
+    """Evaluates failure rates and stuck runs, and tells the apps' channels."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        clients: dict[str, DifyClient],
+        sink: Sink,
+        name_of: Callable[[AppConfig], str],
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.db = WatchStore(store)
+        self.clients = clients
+        self.sink = sink
+        self.name_of = name_of
+        self._now = now
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any app has a failure-rate threshold or a stuck-run limit."""
+        return any(
+            rate_threshold_for(self.settings, a) or stuck_after_for(self.settings, a)
+            for a in self.settings.apps
+        )
+
+    # -- one cycle -----------------------------------------------------------------
+
+    def watch_all(self, results: list[AppResult]) -> WatchReport:
+        """Evaluate every app the poller read this cycle, then tell what is new."""
+        report = WatchReport()
+        if not self.enabled:
+            return report
+        readable = [r for r in results if r.ok]
+        if len(readable) <= 1:
+            report.apps = [self.watch_app(r) for r in readable]
+        else:
+            workers = min(self.settings.concurrency, len(readable))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="watch") as pool:
+                report.apps = list(pool.map(self.watch_app, readable))
+        self.announce(report)
+        self.db.forget_stuck(int(self._now()) - KEEP_ENDED)
+        return report
+
+    def watch_app(self, polled: AppResult) -> WatchResult:
+        """Failure rate and stuck runs of one app; Dify errors leave the state for the next cycle."""
+        app = polled.app
+        client = self.clients[app.id]
+        result = WatchResult(app_id=app.id, name=polled.name)
+        before = client.requests
+        now = polled.window[1] if polled.window else int(self._now())
+        try:
+            if rate_threshold_for(self.settings, app):
+                self._rate(app, client, now, result)
+            if stuck_after_for(self.settings, app) and dify_logs_at_start(client.last_version):
+                self._stuck(app, client, now, result)
+        except DifyError as exc:
+            result.error = str(exc)
+            log.warning("watching %s: %s; trying again next cycle", app.label, exc)
+        result.requests = client.requests - before
+        return result
+
+    # -- failure rate --------------------------------------------------------------
+
+    def _rate(self, app: AppConfig, client: DifyClient, now: int, result: WatchResult) -> None:
+        watch = self.settings.watch
+        threshold = rate_threshold_for(self.settings, app)
+        start = now - watch.rate_window + 1
+        runs = client.logs(after=start, before=now, limit=1).total
+        failures = min(self.db.failures_between(app.id, start, now), runs)
+        rate = failures / runs if runs else 0.0
+        result.rate, result.runs, result.failures = rate, runs, failures
+        detail: dict[str, Any] = {
+            "rate": rate,
+            "runs": runs,
+            "failures": failures,
+            "window": watch.rate_window,
+            "threshold": threshold,
+        }
+        current = self.db.open_signal(app.id, FAILURE_RATE)
+        if current is None:
+            if runs >= watch.rate_min_runs and rate > threshold:
+                detail["shapes"] = self._shapes(app, start, now)
+                detail["peak"] = rate
+                self.db.open_new_signal(app.id, FAILURE_RATE, detail, now)
+                log.info("%s: failure rate %.1f%% (%d of %d runs)", app.label, rate * 100, failures, runs)
+            return
+        previous = current["detail"]
+        detail["peak"] = max(rate, float(previous.get("peak") or 0.0))
+        detail["shapes"] = self._shapes(app, start, now) if failures else previous.get("shapes", [])
+        detail["opened"] = {k: previous.get(k) for k in ("rate", "runs", "failures")}
+        if "opened" in previous:
+            detail["opened"] = previous["opened"]
+        self.db.update_signal(current["id"], detail, now, resolve=rate < threshold)
+
+    def _shapes(self, app: AppConfig, start: int, end: int) -> list[dict[str, Any]]:
+        out = []
+        for row in self.db.top_shapes(app.id, start, end):
+            status, _, shape = str(row["group_key"]).partition(":")
+            out.append(
+                {
+                    "status": status,
+                    "shape": shape,
+                    "runs": int(row["runs"]),
+                    "error": (row["entry"] or {}).get("error"),
+                }
+            )
+        return out
+
+    # -- stuck runs ----------------------------------------------------------------
+
+    def _stuck(self, app: AppConfig, client: DifyClient, now: int, result: WatchResult) -> None:
+        after = stuck_after_for(self.settings, app)
+        cut = now - after
+        checked = self.db.stuck_checked_until(app.id)
+        start = cut - self.settings.lookback if checked is None else checked + 1
+        start = max(start, cut - STUCK_CATCHUP)
+        if start <= cut:
+            rows = self._running_between(client, start, cut)
+            found = [
+                {
+                    "log_id": row.log_id,
+                    "run_id": row.run_id or row.log_id,
+                    "started_at": row.run_created_at or row.created_at,
+                    "found_at": now,
+                    "next_check": now + self.settings.poll_interval,
+                    "entry": row.to_dict(),
+                }
+                for row in rows
+            ]
+            result.new_stuck = self.db.record_stuck(app.id, found, cut)
+        for run in self.db.stuck_due(app.id, now, MAX_STUCK_CHECKS):
+            try:
+                detail = client.run(run["run_id"])
+            except DifyNotFound:
+                self.db.stuck_ended(app.id, run["log_id"], "gone", now)
+                result.ended_stuck += 1
+                continue
+            status = str(detail.get("status") or "")
+            if status and status != "running":
+                ended = int(detail.get("finished_at") or now)
+                self.db.stuck_ended(app.id, run["log_id"], status, ended)
+                result.ended_stuck += 1
+            else:
+                self.db.stuck_checked(app.id, run["log_id"], now + self._pause(now - int(run["found_at"])))
+        self._stuck_signal(app, after, now)
+
+    def _pause(self, stuck_for: int) -> int:
+        """How long to wait before looking at a stuck run again: every cycle for an hour, then
+        a tenth of how long it has been stuck, at most an hour."""
+        if stuck_for < 3600:
+            return self.settings.poll_interval
+        return max(self.settings.poll_interval, min(3600, stuck_for // 10))
+
+    def _running_between(self, client: DifyClient, a: int, b: int) -> list[LogEntry]:
+        """The rows of [a, b] still running: one page when it holds them all, else counted first."""
+        page = client.logs(after=a, before=b, limit=MAX_LIMIT)
+        if page.total <= len(page.data):
+            return [r for r in page.data if r.status == "running"]
+        finished = sum(client.logs(status=s, after=a, before=b, limit=1).total for s in FINISHED)
+        if finished >= page.total:
+            return []
+        return self._read_running(client, a, b)
+
+    def _read_running(self, client: DifyClient, a: int, b: int) -> list[LogEntry]:
+        page = client.logs(after=a, before=b, limit=MAX_LIMIT)
+        if page.total <= len(page.data):
+            return [r for r in page.data if r.status == "running"]
+        if a >= b:
+            # More than a page in one second, ordered differently per call: read the pages twice.
+            rows = {r.log_id: r for r in page.data}
+            for _round in range(2):
+                for number in range(1, -(-page.total // MAX_LIMIT) + 1):
+                    more = client.logs(after=a, before=b, page=number, limit=MAX_LIMIT)
+                    rows.update((r.log_id, r) for r in more.data)
+            return [r for r in rows.values() if r.status == "running"]
+        mid = (a + b) // 2
+        return self._read_running(client, a, mid) + self._read_running(client, mid + 1, b)
+
+    def _stuck_signal(self, app: AppConfig, after: int, now: int) -> None:
+        running = self.db.stuck_runs(app.id, open_only=True)
+        current = self.db.open_signal(app.id, STUCK_RUNS)
+        if current is None:
+            if not running:
+                return
+            signal_id = self.db.open_new_signal(app.id, STUCK_RUNS, {"after": after, "running": 0}, now)
+        else:
+            signal_id = int(current["id"])
+        self.db.attach_stuck(app.id, signal_id)
+        mine = self.db.stuck_runs(app.id, signal_id=signal_id)
+        still = [r for r in mine if r["ended_at"] is None]
+        detail = {"after": after, "running": len(still), "runs": len(mine)}
+        self.db.update_signal(signal_id, detail, now, resolve=not still)
+
+    # -- telling the channel -------------------------------------------------------
+
+    def announce(self, report: WatchReport) -> None:
+        """Post what is new about signals: openings (with mentions), more stuck runs, resolutions.
+
+        Each is recorded as told only after Slack took it, so an outage delays and never loses;
+        a crash between the post and the record can repeat that one message.
+        """
+        apps = {a.id: a for a in self.settings.apps}
+        blocked: set[str] = set()
+        for signal in self.db.signals_to_announce():
+            app = apps.get(signal["app_id"])
+            if app is None:
+                self.db.mark_announced(signal["id"])
+                self.db.mark_announced(signal["id"], resolution=True)
+                continue
+            channel = alert_channel_for(self.settings, app) or "terminal"
+            if channel in blocked:
+                continue
+            try:
+                report.posts += self._announce(app, channel, signal)
+            except SlackError as exc:
+                blocked.add(channel)
+                report.errors[channel] = str(exc)
+                log.warning("cannot tell %s about %s yet: %s", channel, app.label, exc)
+
+    def _announce(self, app: AppConfig, channel: str, signal: dict[str, Any]) -> int:
+        name = self.name_of(app)
+        posts = 0
+        detail = signal["detail"]
+        if signal["kind"] == FAILURE_RATE:
+            if not signal["announced"]:
+                text, blocks = fmt.rate_opened(name, detail, mentions_for(self.settings, app))
+                self.sink.post(channel, text, blocks)
+                self.db.mark_announced(signal["id"])
+                posts += 1
+            if signal["resolved_at"] is not None and not signal["resolution_announced"]:
+                lasted = int(signal["resolved_at"]) - int(signal["opened_at"])
+                text, blocks = fmt.rate_resolved(name, detail, lasted)
+                self.sink.post(channel, text, blocks)
+                self.db.mark_announced(signal["id"], resolution=True)
+                posts += 1
+            return posts
+        runs = self.db.stuck_runs(app.id, signal_id=signal["id"])
+        fresh = [r for r in runs if not r["reported"]]
+        if fresh or not signal["announced"]:
+            first = not signal["announced"]
+            mentions = mentions_for(self.settings, app) if first else ()
+            after = int(detail.get("after") or 0)
+            text, blocks = fmt.stuck_found(
+                name, fresh, after=after, now=int(self._now()), first=first, mentions=mentions
+            )
+            self.sink.post(channel, text, blocks)
+            with self.store.transaction():
+                self.db.mark_stuck_reported(app.id, [r["log_id"] for r in fresh])
+                if first:
+                    self.db.mark_announced(signal["id"])
+            posts += 1
+        if signal["resolved_at"] is not None and not signal["resolution_announced"]:
+            text, blocks = fmt.stuck_ended(name, runs)
+            self.sink.post(channel, text, blocks)
+            self.db.mark_announced(signal["id"], resolution=True)
+            posts += 1
+        return posts
