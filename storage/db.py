@@ -376,7 +376,7 @@ def m003_health(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m004_watch(db: sqlite_utils.Database) -> None:
+def m006_watch(db: sqlite_utils.Database) -> None:
     """Signals (failure rate, stuck runs), the running rows found stuck, and how far each app's
     runs were checked for being stuck."""
     db["watch_state"].create({"app_id": str, "stuck_checked_until": int}, pk="app_id")  # type: ignore[union-attr]

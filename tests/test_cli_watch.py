@@ -1,9 +1,13 @@
-"""``wflogs check`` resolves the configured mentions through Slack, or says why it cannot."""
+"""The CLI and the watch settings: `wflogs check` resolves mentions; start-up warnings are logged."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +87,25 @@ def test_check_asks_nothing_about_here_and_channel(tmp_path, server):
         code, out = _check(tmp_path, server, slack, WFLOGS_MENTION="here,channel")
         assert not slack.calls_to("users.info") and not slack.calls_to("usergroups.list")
     assert code == 0 and "mention" not in out
+
+
+def test_poll_logs_the_start_up_warning_for_a_short_stuck_limit(tmp_path, server):
+    app = server.fake.add_app("Flow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    env.update(
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        WFLOGS_DB=str(tmp_path / "wflogs.db"),
+        DIFY_API_KEY=app.key,
+        DIFY_API_URL=server.url,
+        WFLOGS_STUCK_AFTER="600",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "poll", "--once"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" in done.stderr and "below Dify's WORKFLOW_MAX_EXECUTION_TIME" in done.stderr
