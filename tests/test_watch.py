@@ -313,3 +313,23 @@ def test_stuck_runs_print_to_the_terminal_without_slack(tmp_path, dify, clock):
     rt = build_runtime(settings, dify, clock, stream=out)
     rt.cycle()
     assert "1 run stuck in running" in out.getvalue() and run.run_id in out.getvalue()
+
+
+def test_dify_failing_the_rate_count_is_a_problem_of_the_cycle_and_retried(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
+    left = [3]  # the client's first try and both retries
+
+    def unfiltered_fails(request):
+        if not request.url.path.endswith("/logs") or "status" in request.url.params or left[0] <= 0:
+            return None
+        left[0] -= 1
+        return dify._error(500, "unknown", "Internal Server Error")
+
+    dify.faults.append(unfiltered_fails)
+    report = rt.cycle()
+    assert any("Support Bot" in p and "HTTP 500" in p for p in report.problems)
+    assert messages_mentioning(slack, "failure rate") == 0
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert messages_mentioning(slack, "failure rate 50.0%") == 1
