@@ -131,3 +131,28 @@ def stuck_ended(name: str, runs: list[dict[str, Any]]) -> tuple[str, list[Block]
     if lines:
         blocks.append(section("\n".join(lines)))
     return text, fit(blocks)
+
+
+def with_mentions(
+    text: str, blocks: list[Block], mentions: tuple[str, ...] | list[str]
+) -> tuple[str, list[Block]]:
+    """A message that mentions ``mentions``: their syntax first in the text and in a section after
+    the header (the one place a mention is added; replies and edits never call this)."""
+    if not mentions:
+        return text, blocks
+    line = mention_text(tuple(mentions))
+    at = 1 if blocks and blocks[0].get("type") == "header" else 0
+    return f"{line} {text}", fit([*blocks[:at], section(line), *blocks[at:]])
+
+
+def escalation(
+    name: str, what: str, targets: tuple[str, ...], *, failing_for: int, runs: int
+) -> tuple[str, list[Block]]:
+    """The one escalation of an incident nobody acknowledged: a thread reply also sent to the channel."""
+    who = mention_text(targets)
+    body = (
+        f"🚨 {escape(name)}: {escape(what)} has been failing for {duration(failing_for)} "
+        f"({plural(runs, 'run')}) and nobody has acknowledged it."
+    )
+    text = f"{who} {body}" if who else body
+    return text, [section(text)]
