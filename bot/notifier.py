@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -66,14 +67,14 @@ class TerminalSink:
         with self._lock:
             self._count += 1
             prefix = "  ↳ " if thread_ts else ""
-            body = _plain(blocks) if blocks else text
+            body = _plain(blocks) if blocks else terminal_safe(text)
             self.stream.write(f"{prefix}{body}\n\n")
             self.stream.flush()
             return f"terminal.{self._count}"
 
     def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
         with self._lock:
-            self.stream.write(f"  ↳ {comment} ({filename})\n{content}\n")
+            self.stream.write(f"  ↳ {comment} ({filename})\n{terminal_safe(content)}\n")
             self.stream.flush()
 
 
@@ -97,7 +98,23 @@ def _plain(blocks: list[Block]) -> str:
 
 
 def _unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return terminal_safe(text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+
+
+# Escape sequences a terminal would act on: CSI (colours, cursor, screen clears), OSC (window
+# titles, hyperlinks), other ESC sequences and their 8-bit forms; then every control character.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Untrusted text as plain text for a terminal: escape sequences and control characters removed
+    (newlines and tabs kept), as ``wflogs search`` prints."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 class SlackSink:

@@ -11,7 +11,7 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings
+from bot.config import Settings, alert_channel_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.health import check_health
@@ -104,20 +104,38 @@ class Runtime:
         web = web or build_web_client(settings)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
-        deliverer = Deliverer(store=store, sink=sink, now=now)
+        channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
+        deliverer = Deliverer(store=store, sink=sink, now=now, channels=channels)
         return cls(settings, store, http, clients, sink, web, poller, deliverer, now)
 
-    def cycle(self) -> CycleReport:
-        """Poll every app, then deliver everything pending (including older alerts)."""
-        started = time.monotonic()
+    def poll(self) -> list[AppResult]:
+        """Poll every app and tell channels about apps that cannot be read (or read again).
+
+        The health notices go first, so "recovered; missed failures follow" comes
+        before the failures that delivery then posts."""
         apps = self.poller.poll_all()
-        delivery = self.deliverer.deliver_all()
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
+        return apps
+
+    def deliver(self) -> DeliveryResult:
+        """Deliver everything pending (safe to call from another thread than :meth:`poll`)."""
+        return self.deliverer.deliver_all()
+
+    def cycle(self) -> CycleReport:
+        """One whole cycle: poll every app, then deliver everything pending (including older alerts)."""
+        started = time.monotonic()
+        apps = self.poll()
+        delivery = self.deliver()
+        report = self.report(apps, delivery, time.monotonic() - started)
+        return report
+
+    def report(self, apps: list[AppResult], delivery: DeliveryResult, seconds: float) -> CycleReport:
+        """Sum up a cycle (and log it)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        report = CycleReport(apps, delivery, time.monotonic() - started, problems)
+        report = CycleReport(apps, delivery, seconds, problems)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
             len(apps),

@@ -360,6 +360,62 @@ class Store:
             row["shapes"] = json.loads(row["shapes"]) if row.get("shapes") else []
         return rows
 
+    # -- delivery upkeep ------------------------------------------------------------
+
+    def release_unposted(self, channel: str) -> int:
+        """Dissolve the channel's planned messages that never reached Slack, so that their alerts
+        are planned again together with what is pending; returns how many were dissolved."""
+        with self.transaction():
+            rows = list(
+                self.db.query(
+                    "select id from messages where channel = ? and done = 0 and parent_ts is null "
+                    "and not exists (select 1 from alerts "
+                    "where alerts.message_id = messages.id and alerts.sent_at is not null)",
+                    [channel],
+                )
+            )
+            ids = [int(r["id"]) for r in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"update alerts set message_id = null where message_id in ({marks})", chunk)
+                self.db.execute(f"delete from messages where id in ({marks})", chunk)
+            return len(ids)
+
+    def rebind_channels(self, channels: dict[str, str]) -> int:
+        """Move the unsent alerts of each app (``app_id -> channel``) to its current channel,
+        out of messages planned for the old one; returns how many alerts moved."""
+        moved = 0
+        with self.transaction():
+            for app_id, channel in channels.items():
+                before = self.db.conn.total_changes
+                self.db.execute(
+                    "update alerts set channel = ?, message_id = null "
+                    "where app_id = ? and sent_at is null and channel != ?",
+                    [channel, app_id, channel],
+                )
+                moved += self.db.conn.total_changes - before
+            if moved:
+                # Messages left with nothing to send are complete; unposted empty ones go.
+                self.db.execute(
+                    "delete from messages where done = 0 and parent_ts is null and not exists "
+                    "(select 1 from alerts where alerts.message_id = messages.id)"
+                )
+                self.db.execute(
+                    "update messages set done = 1 where done = 0 and not exists "
+                    "(select 1 from alerts where alerts.message_id = messages.id and alerts.sent_at is null)"
+                )
+        return moved
+
+    def tell_once(self, key: str, text: str, now: int) -> bool:
+        """Record that the operator was told ``key``; True only the first time."""
+        with self.transaction():
+            before = self.db.conn.total_changes
+            self.db.execute(
+                "insert or ignore into notices (key, told_at, text) values (?, ?, ?)", [key, now, text]
+            )
+            return self.db.conn.total_changes > before
+
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
@@ -373,3 +429,9 @@ def m003_health(db: sqlite_utils.Database) -> None:
     table = db["app_state"]
     table.add_column("failing_since", int)  # type: ignore[union-attr]
     table.add_column("health_notice", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m004_delivery_notices(db: sqlite_utils.Database) -> None:
+    """Things the operator has been told once (e.g. a refused CSV upload), by key."""
+    db["notices"].create({"key": str, "told_at": int, "text": str}, pk="key")  # type: ignore[union-attr]
