@@ -11,10 +11,11 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings, alert_channel_for
+from bot.config import Settings, alert_channel_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.health import check_health
+from bot.incidents import IncidentActions, IncidentKeeper
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from storage import Store
@@ -83,7 +84,10 @@ class Runtime:
     web: WebClient | None
     poller: Poller
     deliverer: Deliverer
+    actions: IncidentActions
     _now: Callable[[], float] = time.time
+    # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
+    wake: Callable[[], None] | None = None
 
     @classmethod
     def build(
@@ -105,8 +109,24 @@ class Runtime:
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
-        deliverer = Deliverer(store=store, sink=sink, now=now, channels=channels)
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, now)
+        resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
+
+        def successes(app_id: str, after: int, before: int) -> int | None:
+            client = clients.get(app_id)
+            if client is None or after > before:
+                return None
+            return client.logs(status="succeeded", after=after, before=before, limit=1).total
+
+        keeper = IncidentKeeper(
+            store,
+            resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
+            successes=successes,
+        )
+        deliverer = Deliverer(
+            store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
+        )
+        actions = IncidentActions(store, successes=successes)
+        return cls(settings, store, http, clients, sink, web, poller, deliverer, actions, now)
 
     def poll(self) -> list[AppResult]:
         """Poll every app and tell channels about apps that cannot be read (or read again).

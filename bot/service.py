@@ -143,6 +143,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     runtime = Runtime.build(settings, stream=out)
     scheduler = BackgroundScheduler(timezone=settings.tz)
     delivery = DeliveryLoop(runtime).start()
+    runtime.wake = delivery.wake
     add_poll_job(scheduler, runtime, delivery=delivery)
     add_digest_jobs(scheduler, runtime, Digester.for_runtime(runtime))
     scheduler.start()
