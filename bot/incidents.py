@@ -130,9 +130,15 @@ class IncidentActions:
         self.incidents = IncidentStore(store)
         self._successes = successes
 
-    def acknowledge(self, incident_id: int, user: str, now: int) -> str:
-        """Acknowledge; returns what to tell the person."""
+    def _find(self, incident_id: int, channel: str | None) -> dict[str, Any] | None:
         row = self.incidents.get(incident_id)
+        if row is None or (channel is not None and row["channel"] != channel):
+            return None  # a click must come from the incident's own channel
+        return row
+
+    def acknowledge(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
+        """Acknowledge; returns what to tell the person."""
+        row = self._find(incident_id, channel)
         if row is None:
             return "That incident is not known to wflogs any more."
         if not self.incidents.acknowledge(incident_id, user, now):
@@ -142,9 +148,9 @@ class IncidentActions:
         self.incidents.add_event(incident_id, row["channel"], ifmt.acknowledged_text(user), now)
         return "Acknowledged. The message shows it in a moment."
 
-    def mute(self, incident_id: int, choice: str, user: str, now: int) -> str:
+    def mute(self, incident_id: int, choice: str, user: str, now: int, *, channel: str | None = None) -> str:
         """Mute an incident for ``choice`` seconds (or "resolved")."""
-        row = self.incidents.get(incident_id)
+        row = self._find(incident_id, channel)
         if row is None:
             return "That incident is not known to wflogs any more."
         if row["state"] != "open":
@@ -173,9 +179,9 @@ class IncidentActions:
         self.incidents.add_event(incident_id, row["channel"], ifmt.muted_text(user, until), now)
         return "Muted. New failures of this error are counted but not posted."
 
-    def resolve(self, incident_id: int, user: str, now: int) -> str:
+    def resolve(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
         """Resolve now; the next failure opens a new incident."""
-        row = self.incidents.get(incident_id)
+        row = self._find(incident_id, channel)
         if row is None:
             return "That incident is not known to wflogs any more."
         successes = None
