@@ -26,6 +26,8 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_LOOKBACK = 1800
 DEFAULT_BACKFILL = 3600
 DEFAULT_POLL_INTERVAL = 60
+# An incident resolves after this many seconds without a failure of its kind.
+DEFAULT_RESOLVE_AFTER = 1800
 
 _APP_FIELDS = {
     "name",
@@ -38,6 +40,7 @@ _APP_FIELDS = {
     "digest",
     "channels",
     "alert_partial",
+    "resolve_after",
 }
 # Who is told and when (mentions, escalation, failure rate, stuck runs): see _watch_app_fields.
 _WATCH_APP_FIELDS = {"mention", "escalate_after", "escalate_to", "rate_threshold", "stuck_after"}
@@ -61,6 +64,7 @@ class AppConfig:
     digest: bool = True
     channels: tuple[str, ...] | None = None
     alert_partial: bool = False
+    resolve_after: int | None = None
     source: str = "environment"
     # None: the environment's default applies.
     mention: tuple[str, ...] | None = None
@@ -102,6 +106,7 @@ class Settings:
     backfill: int = DEFAULT_BACKFILL
     lookback: int = DEFAULT_LOOKBACK
     concurrency: int = 16
+    resolve_after: int = DEFAULT_RESOLVE_AFTER
     digest_channel: str | None = None
     digest_time: str = "09:00"
     timezone: str = "UTC"
@@ -115,6 +120,11 @@ class Settings:
     def slack_enabled(self) -> bool:
         """Whether alerts go to Slack (otherwise they are printed)."""
         return bool(self.slack_bot_token)
+
+    @property
+    def interactive(self) -> bool:
+        """Whether Slack can send clicks to wflogs (Socket Mode or a signing secret)."""
+        return bool(self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret))
 
     @property
     def tz(self) -> ZoneInfo:
@@ -138,6 +148,14 @@ def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
         raise ConfigError(f"{name}={raw!r} is not a whole number of seconds; e.g. {name}={default}")
     if value < minimum:
         raise ConfigError(f"{name}={value} is too small; use {minimum} or more")
+    return value
+
+
+def _seconds(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a whole number of seconds, 1 or more (e.g. 1800), not {value!r}")
     return value
 
 
@@ -242,6 +260,7 @@ def _apps_from_toml(
                 digest=_bool(raw.get("digest", True), f"{where}: digest"),
                 channels=_str_list(raw["channels"], f"{where}: channels") if "channels" in raw else None,
                 alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
+                resolve_after=_seconds(raw.get("resolve_after"), f"{where}: resolve_after"),
                 source=f"{path} #{number}",
                 **_watch_app_fields(raw, where),
             )
@@ -353,6 +372,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         backfill=_int_env(env, "WFLOGS_BACKFILL", DEFAULT_BACKFILL, minimum=0),
         lookback=lookback,
         concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1),
+        resolve_after=_int_env(env, "WFLOGS_RESOLVE_AFTER", DEFAULT_RESOLVE_AFTER, minimum=1),
         digest_channel=digest_channel,
         digest_time=digest_time,
         timezone=timezone,
@@ -367,6 +387,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
 def alert_channel_for(settings: Settings, app: AppConfig) -> str | None:
     """The channel an app's alerts go to."""
     return app.channel or settings.alert_channel
+
+
+def resolve_after_for(settings: Settings, app: AppConfig) -> int:
+    """Seconds without a failure after which an incident of ``app`` resolves."""
+    return app.resolve_after or settings.resolve_after
 
 
 def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:
@@ -435,7 +460,7 @@ def _mentions(value: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _seconds(value: Any, where: str, *, minimum: int = 0) -> int:
+def _watch_seconds(value: Any, where: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where} must be a whole number of seconds, not {value!r}")
     if value < minimum:
@@ -469,11 +494,11 @@ def _watch_app_fields(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if "escalate_to" in raw:
         out["escalate_to"] = _mentions(raw["escalate_to"], f"{where}: escalate_to")
     if "escalate_after" in raw:
-        out["escalate_after"] = _seconds(raw["escalate_after"], f"{where}: escalate_after")
+        out["escalate_after"] = _watch_seconds(raw["escalate_after"], f"{where}: escalate_after")
     if "rate_threshold" in raw:
         out["rate_threshold"] = _fraction(raw["rate_threshold"], f"{where}: rate_threshold")
     if "stuck_after" in raw:
-        out["stuck_after"] = _seconds(raw["stuck_after"], f"{where}: stuck_after", minimum=0)
+        out["stuck_after"] = _watch_seconds(raw["stuck_after"], f"{where}: stuck_after", minimum=0)
         if 0 < out["stuck_after"] < 60:
             raise ConfigError(f"{where}: stuck_after = {out['stuck_after']} is too small; use 60 or more")
     return out

@@ -11,11 +11,12 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings
+from bot.config import Settings, alert_channel_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
 from bot.health import check_health
+from bot.incidents import IncidentActions, IncidentKeeper
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from bot.watch import Watcher, WatchReport
@@ -87,8 +88,13 @@ class Runtime:
     poller: Poller
     deliverer: Deliverer
     digester: Digester
+    actions: IncidentActions
     _now: Callable[[], float] = time.time
+    # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
+    wake: Callable[[], None] | None = None
     watcher: Watcher | None = None
+    # What the last watch found (failure rates, stuck runs), for the cycle's report.
+    last_watch: WatchReport | None = None
 
     @classmethod
     def build(
@@ -109,29 +115,63 @@ class Runtime:
         web = web or build_web_client(settings)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
-        deliverer = Deliverer(store=store, sink=sink, now=now)
+        channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
+        resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
+
+        def successes(app_id: str, after: int, before: int) -> int | None:
+            client = clients.get(app_id)
+            if client is None or after > before:
+                return None
+            return client.logs(status="succeeded", after=after, before=before, limit=1).total
+
+        keeper = IncidentKeeper(
+            store,
+            resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
+            successes=successes,
+        )
+        deliverer = Deliverer(
+            store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
+        )
+        actions = IncidentActions(store, successes=successes)
         digester = Digester(
             settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
         )
-        runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now)
+        runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now)
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name, now=now
         )
         return runtime
 
-    def cycle(self) -> CycleReport:
-        """Poll every app, then deliver everything pending (including older alerts)."""
-        started = time.monotonic()
+    def poll(self) -> list[AppResult]:
+        """Poll every app and tell channels about apps that cannot be read (or read again).
+
+        The health notices go first, so "recovered; missed failures follow" comes
+        before the failures that delivery then posts."""
         apps = self.poller.poll_all()
-        delivery = self.deliverer.deliver_all()
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
-        watch = self._watch(apps)
+        self.last_watch = self._watch(apps)
+        return apps
+
+    def deliver(self) -> DeliveryResult:
+        """Deliver everything pending (safe to call from another thread than :meth:`poll`)."""
+        return self.deliverer.deliver_all()
+
+    def cycle(self) -> CycleReport:
+        """One whole cycle: poll every app, then deliver everything pending (including older alerts)."""
+        started = time.monotonic()
+        apps = self.poll()
+        delivery = self.deliver()
+        report = self.report(apps, delivery, time.monotonic() - started)
+        return report
+
+    def report(self, apps: list[AppResult], delivery: DeliveryResult, seconds: float) -> CycleReport:
+        """Sum up a cycle (and log it)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        problems += self._watch_problems(watch, delivery.errors)
-        report = CycleReport(apps, delivery, time.monotonic() - started, problems, watch)
+        problems += self._watch_problems(self.last_watch, delivery.errors)
+        report = CycleReport(apps, delivery, seconds, problems, self.last_watch)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
             len(apps),

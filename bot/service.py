@@ -21,17 +21,64 @@ from bot.slack_app import start_slack
 log = logging.getLogger(__name__)
 
 
-def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
-    """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped."""
+DELIVERY_INTERVAL = 15
+
+
+class DeliveryLoop:
+    """Delivery on its own thread: a slow Slack does not hold up polling and a slow Dify does
+    not hold up alerts already found. It runs at once, when woken (after each poll, after a
+    click), and every ``interval`` seconds to retry what waits."""
+
+    def __init__(self, runtime: Runtime, *, interval: float = DELIVERY_INTERVAL) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
+
+    def start(self) -> DeliveryLoop:
+        """Start the thread; returns self."""
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Deliver as soon as the current pass (if any) ends."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current pass and stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.runtime.deliver()
+            except Exception:
+                log.exception("delivery crashed; the next pass will retry")
+            self._wake.wait(self.interval)
+
+
+def add_poll_job(
+    scheduler: BackgroundScheduler, runtime: Runtime, *, delivery: DeliveryLoop | None = None
+) -> None:
+    """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped.
+
+    With a :class:`DeliveryLoop`, each poll wakes it; without one, each poll delivers itself."""
 
     def job() -> None:
         try:
-            runtime.cycle()
+            if delivery is None:
+                runtime.cycle()
+                return
+            apps = runtime.poll()
+            delivery.wake()
+            log.info("poll: %d apps, %d new alerts", len(apps), sum(r.new_alerts for r in apps))
         except Exception:
             # A cycle must never kill the scheduler; the next one starts from the stored state.
             log.exception("poll cycle crashed; the next cycle will retry")
-
-    from datetime import datetime
 
     scheduler.add_job(
         job,
@@ -102,7 +149,9 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     install_stop_signals(stop)
     runtime = Runtime.build(settings, stream=out)
     scheduler = BackgroundScheduler(timezone=settings.tz)
-    add_poll_job(scheduler, runtime)
+    delivery = DeliveryLoop(runtime).start()
+    runtime.wake = delivery.wake
+    add_poll_job(scheduler, runtime, delivery=delivery)
     add_digest_jobs(scheduler, runtime, runtime.digester)
     scheduler.start()
     stop_slack = start_slack(runtime)
@@ -119,5 +168,6 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
         if stop_slack is not None:
             stop_slack()
         scheduler.shutdown(wait=True)
+        delivery.stop()
         runtime.close()
     return 0

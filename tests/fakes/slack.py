@@ -65,7 +65,9 @@ def check_blocks(blocks: list[dict[str, Any]]) -> str | None:
                 return "invalid_blocks"
         elif kind == "actions":
             ids = [e.get("action_id") for e in block.get("elements", [])]
-            if len(ids) != len(set(ids)) or any(len(e["text"]["text"]) > 75 for e in block["elements"]):
+            if len(ids) != len(set(ids)) or any(
+                len(e.get("text", {}).get("text", "")) > 75 for e in block["elements"]
+            ):
                 return "invalid_blocks"
         elif kind not in ("divider", "image", "rich_text", "input"):
             return "invalid_blocks"
@@ -327,6 +329,22 @@ class FakeSlack:
                 if include_disabled or not group.get("date_delete")
             ]
             return {"ok": True, "usergroups": groups}
+        if method == "chat.getPermalink":
+            ts = p.get("message_ts")
+            if not any(m["ts"] == ts for m in self.messages):
+                return {"ok": False, "error": "message_not_found"}
+            return {
+                "ok": True,
+                "channel": channel,
+                "permalink": f"https://test.slack.com/archives/{channel}/p{ts}",
+            }
+        if method == "chat.delete":
+            with self.lock:
+                before = len(self.messages)
+                self.messages[:] = [m for m in self.messages if m["ts"] != p.get("ts")]
+            return (
+                {"ok": True} if len(self.messages) < before else {"ok": False, "error": "message_not_found"}
+            )
         if method == "files.info":
             return {"ok": True, "file": {"id": p.get("file")}}
         return {"ok": False, "error": "unknown_method"}

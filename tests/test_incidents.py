@@ -1,0 +1,262 @@
+"""Incidents: one channel message per ongoing error, kept current in place, its later runs in its
+thread; resolved when quiet, back again with a link; storms capped; parents deleted in Slack;
+outages and crashes in the middle of an incident. Slack is the fake at the wire."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning, slack_env
+from tests.fakes.dify import FakeDify
+from tests.fakes.slack import FakeSlack, assert_valid_blocks
+
+CHANNEL = "C0ALERTS"
+
+
+def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key: str, **env: str):
+    return build_runtime(
+        make_settings(tmp_path, {"DIFY_API_KEY": key, **slack_env(slack), **env}), dify, clock
+    )
+
+
+def top(slack: FakeSlack) -> list[dict]:
+    return [m for m in slack.posts() if not m["thread_ts"]]
+
+
+def replies(slack: FakeSlack, ts: str) -> list[dict]:
+    return [m for m in slack.posts() if m["thread_ts"] == ts]
+
+
+def shown(message: dict) -> str:
+    return (message.get("text") or "") + json.dumps(message.get("blocks") or [], ensure_ascii=False)
+
+
+def fail_some(dify: FakeDify, app, clock: Clock, n: int, error: str = "model overloaded after {i}s", **kw):
+    return [dify.add_log(app, at=int(clock.now) - 30 + i, error=error.format(i=i), **kw) for i in range(n)]
+
+
+def test_an_error_that_keeps_failing_is_one_message_with_its_runs_in_the_thread(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    runs = []
+    for cycle in range(3):
+        runs += fail_some(dify, app, clock, 3, session=f"user_{cycle}")
+        assert rt.cycle().ok
+        clock.advance(60)
+    (parent,) = top(slack)
+    thread = replies(slack, parent["ts"])
+    assert len(thread) == 2  # one reply per later cycle
+    for run in runs:
+        assert messages_mentioning(slack, run.run_id) == 1
+    # The parent was edited in place to show the running total, sessions and the state.
+    assert len(slack.calls_to("chat.update")) == 2
+    assert "9 runs failed" in shown(parent) and "3 sessions" in shown(parent) and "*Open*" in shown(parent)
+    assert "Runs 7–9 of 9" in thread[-1]["text"]
+    assert_valid_blocks(parent["blocks"])
+
+
+def test_at_most_one_edit_per_parent_per_pass(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, SLACK_SIGNING_SECRET="s" * 32)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    clock.advance(60)
+    fail_some(dify, app, clock, 2)
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    rt.actions.mute(incident_id, "3600", "U0BOB", int(clock.now))
+    before = len(slack.calls_to("chat.update"))
+    rt.cycle()
+    assert len(slack.calls_to("chat.update")) - before == 1
+    assert "Acknowledged by <@U0ALICE>" in shown(parent) and "Muted by <@U0BOB>" in shown(parent)
+
+
+def test_an_incident_resolves_when_quiet_and_a_new_failure_is_back_with_a_link(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RESOLVE_AFTER="600")
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    for i in range(4):
+        dify.add_log(app, status="succeeded", at=int(clock.now) + 60 + i)
+    for _ in range(9):  # 9 minutes: not yet
+        clock.advance(60)
+        rt.cycle()
+    assert "Resolved" not in shown(parent)
+    clock.advance(120)
+    rt.cycle()
+    assert "✅ Resolved" in shown(parent) and "after " in shown(parent)
+    assert "4 successful runs" in shown(parent)
+    said = replies(slack, parent["ts"])[-1]["text"]
+    assert "Resolved after" in said and "2 runs" in said
+    back = dify.add_log(app, at=int(clock.now) + 5, error="model overloaded after 99s")
+    clock.advance(60)
+    rt.cycle()
+    new = top(slack)[-1]
+    assert new["ts"] != parent["ts"] and messages_mentioning(slack, back.run_id) == 1
+    assert "back" in shown(new) and f"p{parent['ts']}" in shown(new)  # links the previous thread
+
+
+def test_resolve_after_can_be_set_per_app(tmp_path, dify, clock, slack):
+    quick, slow = dify.add_app("Quick"), dify.add_app("Slow")
+    toml = (
+        f'[[apps]]\napi_key = "{quick.key}"\nname = "Quick"\nresolve_after = 120\n'
+        f'[[apps]]\napi_key = "{slow.key}"\nname = "Slow"\n'
+    )
+    rt = build_runtime(make_settings(tmp_path, slack_env(slack), toml=toml), dify, clock)
+    fail_some(dify, quick, clock, 1)
+    fail_some(dify, slow, clock, 1)
+    rt.cycle()
+    for _ in range(4):
+        clock.advance(60)
+        rt.cycle()
+    states = {r["app_name"]: r["state"] for r in rt.store.query("select app_name, state from incidents")}
+    assert states == {"Quick": "resolved", "Slow": "open"}
+
+
+def test_a_storm_of_new_shapes_is_capped_and_each_shape_keeps_its_thread(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    for i, word in enumerate(words):
+        dify.add_log(app, at=int(clock.now) - 60 + i, error=f"node {word} exploded")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    first = top(slack)
+    assert len(first) == 5 and "8 failed or stopped runs" not in first[-1]["text"]
+    summary = next(m for m in first if "failed or stopped runs" in m["text"])
+    later = dify.add_log(app, at=int(clock.now) + 5, error="node theta exploded")
+    clock.advance(60)
+    rt.cycle()
+    assert len(top(slack)) <= 10
+    assert messages_mentioning(slack, later.run_id) == 1
+    rows = rt.store.query("select count(*) as n from incidents")
+    assert rows[0]["n"] == 8
+    assert replies(slack, summary["ts"])  # the summarised shapes' runs are in its thread
+
+
+def test_a_parent_deleted_in_slack_gets_a_new_one_and_no_run_is_lost(tmp_path, dify, clock, slack, web):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    first = fail_some(dify, app, clock, 3)
+    rt.cycle()
+    (parent,) = top(slack)
+    web.chat_delete(channel=CHANNEL, ts=parent["ts"])
+    clock.advance(60)
+    more = fail_some(dify, app, clock, 2, error="model overloaded after {i}0s")
+    rt.cycle()
+    assert slack.calls_to("chat.update")[-1].params["ts"] == parent["ts"]
+    (new,) = top(slack)
+    assert new["ts"] != parent["ts"] and "5 runs failed" in shown(new)
+    for run in first:  # the runs the deleted parent listed are shown again
+        assert run.run_id in shown(new)
+    clock.advance(60)
+    again = fail_some(dify, app, clock, 1, error="model overloaded after {i}00s")
+    rt.cycle()
+    assert messages_mentioning(slack, again[0].run_id) == 1
+    assert any(again[0].run_id in shown(m) for m in replies(slack, new["ts"]))
+    for run in more:
+        assert any(run.run_id in shown(m) for m in slack.posts())
+
+
+def test_a_slack_outage_mid_incident_loses_nothing_and_sends_one_reply(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    runs = fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    slack.fail("chat.postMessage", "status", 503, times=5)
+    for _ in range(5):
+        clock.advance(60)
+        runs += fail_some(dify, app, clock, 1, error="model overloaded after {i}9s")
+        assert not rt.cycle().ok
+    slack.fail("chat.update", "status", 503)  # the first edit after the outage fails too
+    clock.advance(60)
+    assert not rt.cycle().ok
+    assert "2 runs failed" in shown(parent)
+    clock.advance(60)
+    assert rt.cycle().ok  # the edit is retried; it never posts
+    assert len(top(slack)) == 1
+    assert len(replies(slack, parent["ts"])) == 1  # the backlog regrouped into one reply
+    for run in runs:
+        assert messages_mentioning(slack, run.run_id) == 1
+    assert "7 runs failed" in shown(parent)
+
+
+def test_a_reply_slack_took_but_did_not_confirm_is_doubled_at_most_once(tmp_path, dify, clock, slack, web):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 1)
+    rt.cycle()
+    web.timeout = 1
+    web.retry_handlers = []
+    slack.fail("chat.postMessage", "accept_hang", 1.5)
+    clock.advance(60)
+    run = fail_some(dify, app, clock, 1, error="model overloaded after {i}1s")[0]
+    rt.web.timeout = 1  # type: ignore[union-attr]
+    rt.web.retry_handlers = []  # type: ignore[union-attr]
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert 1 <= messages_mentioning(slack, run.run_id) <= 2
+    assert rt.store.outbox_size() == 0
+
+
+def test_terminal_mode_prints_incident_lines(tmp_path, dify, clock):
+    app = dify.add_app("Support Bot")
+    out = io.StringIO()
+    settings = make_settings(tmp_path, {"DIFY_API_KEY": app.key, "WFLOGS_RESOLVE_AFTER": "300"})
+    rt = build_runtime(settings, dify, clock, stream=out)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    for _ in range(2):
+        clock.advance(60)
+        fail_some(dify, app, clock, 1, error="model overloaded after {i}7s")
+        rt.cycle()
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    rt.cycle()
+    clock.advance(60)
+    rt.actions.mute(incident_id, "3600", "U0BOB", int(clock.now))
+    rt.cycle()
+    clock.advance(400)
+    rt.cycle()
+    text = out.getvalue()
+    assert "Support Bot: 2 runs failed" in text  # opened
+    assert "still failing: 4 runs" in text
+    assert "acknowledged by <@U0ALICE>" in text
+    assert "muted until" in text
+    assert "resolved after 9m 40s (4 runs)" in text
+
+
+def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    fail_some(dify, app, clock, 2)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    assert "incident_ack" not in shown(top(slack)[0])
+    other = dify.add_app()
+    fail_some(dify, other, clock, 2)
+    rt2 = _runtime(
+        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
+        dify,
+        clock,
+        slack,
+        other.key,
+        SLACK_APP_TOKEN="xapp-1-test",
+    )
+    rt2.cycle()
+    blocks = json.dumps(top(slack)[-1]["blocks"])
+    for needle in (
+        "incident_ack",
+        "incident_mute",
+        "incident_resolve",
+        "Acknowledge",
+        "Resolve",
+        "7 days",
+        "until resolved",
+    ):
+        assert needle in blocks
+    assert_valid_blocks(top(slack)[-1]["blocks"])
