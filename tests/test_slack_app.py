@@ -273,7 +273,7 @@ def _bad(h: Harness, kind: str) -> str:
         ("dify unreachable", "cannot reach Dify", False),
         ("rejected key", "Dify rejected the API key of app …", False),
         ("page out of range", "page 5 is out of range: 1 matching run fills 1 page", True),
-        ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", True),
+        ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", False),
     ],
 )
 def test_every_failure_gets_a_clear_answer_and_the_bot_keeps_serving(
