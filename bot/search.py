@@ -473,7 +473,8 @@ def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
     The id must be a UUID (it goes into Dify's URL); no app having it is a
     :class:`QueryError` without the usage line (the query itself was right)."""
     run_id = check_run_id(query.run_id)
-    problems = []
+    problems: list[str] = []
+    failed: set[str] = set()
     for target in targets:
         try:
             body = target.client.run(run_id)
@@ -481,6 +482,7 @@ def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
             continue
         except DifyError as exc:
             problems.append(f"{target.name}: {exc}")
+            failed.add(target.name)
             continue
         return RunDetail(
             app_name=target.name,
@@ -489,8 +491,8 @@ def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
             outputs=_decode(body.get("outputs")),
             console_url=target.app.console_url,
         )
-    names = ", ".join(t.name for t in targets)
-    message = f"no run {run_id} in {names}"
+    asked = ", ".join(t.name for t in targets if t.name not in failed)
     if problems:
-        raise DifyUnavailable(message + "; could not ask " + "; ".join(problems))
-    raise RunNotFound(message)
+        told = f"no run {run_id} in {asked}; " if asked else ""
+        raise DifyUnavailable(f"{told}could not look for run {run_id} in " + "; ".join(problems))
+    raise RunNotFound(f"no run {run_id} in {asked}")
