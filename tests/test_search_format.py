@@ -306,3 +306,21 @@ def test_apps_that_could_not_be_searched_are_not_counted_as_zero_runs():
         result(query, AppHits(name="A", entries=[entry(1)], total=1), AppHits(name="B", error="x"))
     )
     assert "1 run: failed runs" in out and "could not search (the errors are on stderr): B" in out
+
+
+def test_help_readme_and_manifest_show_the_same_grammar():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Slash command") : readme.index("Who may use it")]
+    hint = next(line for line in (root / "manifest.yml").read_text().splitlines() if "usage_hint:" in line)
+    _, blocks = fmt.help_message()
+    helps = json.dumps(blocks, ensure_ascii=False)
+    for form in ("session:ID", "error:TEXT", "similar:RUN_ID", "run RUN_ID", "since:"):
+        assert form in section and form in hint and form in helps, form
+    assert "session ID]" not in section  # one spelling in the grammar
+    # Every example in the README is a query the grammar takes, and each new filter has one.
+    examples = [e for e in section.split("`") if e.startswith("/wflogs ") and "[" not in e]
+    parsed = [parse(e.removeprefix("/wflogs "), now=T0) for e in examples]
+    assert any(q.error for q in parsed) and any(q.similar for q in parsed) and any(q.keyword for q in parsed)
