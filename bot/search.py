@@ -177,10 +177,12 @@ class _Found:
     dify_total: int = 0
 
     def add(self, other: _Found) -> None:
+        """Take in another read's matches; only reads that stopped at their cap count for the note."""
         self.entries += other.entries
-        self.complete = self.complete and other.complete
-        self.scanned += other.scanned
-        self.dify_total += other.dify_total
+        if not other.complete:
+            self.scanned += other.scanned
+            self.dify_total += other.dify_total
+            self.complete = False
 
 
 def _scan_found(client: DifyClient, params: dict[str, Any], keep: Callable[[LogEntry], bool]) -> _Found:
@@ -304,10 +306,9 @@ def _text_search(query: Query, target: Target, page_size: int) -> AppHits:
         hits.found = {e.log_id: _keyword_where(e, query.keyword) for e in hits.entries}
         return hits
     keyword = _keyword_found(query, client)
-    merged = _Found([*errors.entries, *keyword.entries])
-    merged.complete = errors.complete and keyword.complete
-    merged.scanned = errors.scanned + keyword.scanned
-    merged.dify_total = errors.dify_total + keyword.dify_total
+    merged = _Found([])
+    merged.add(errors)
+    merged.add(keyword)
     _fill(hits, merged, start, page_size)
     in_error = {e.log_id for e in errors.entries}
     by_keyword = {e.log_id: _keyword_where(e, query.keyword) for e in keyword.entries}
@@ -326,7 +327,8 @@ def _error_search(
     hits = AppHits(name=target.name, console_url=target.app.console_url)
     found = _error_scan(query, target.client, keep) if error_statuses(query) else _Found([])
     _fill(hits, found, (query.page - 1) * page_size, page_size)
-    hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
+    if not query.similar:  # similar: matches shapes, not text: there is nothing to say "found in"
+        hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
     return hits, found.entries
 
 
