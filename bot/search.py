@@ -11,7 +11,13 @@ What Dify cannot do is done here, and said in the result:
   session is matched on our side;
 - the list has no tie-breaker inside one second, so each page is cut from a
   chunk of 100 rows sorted here, and ``until`` is frozen at the first search so
-  that Previous/Next page through the same window.
+  that Previous/Next page through the same window;
+- ``keyword`` never matches a run's error: search text is also looked for in the
+  errors of the window's failed, stopped and partial-succeeded runs, read from
+  Dify (failed and stopped through its status filter) and compared here, then
+  merged with Dify's keyword matches (each run once, newest first, each saying
+  where the text was found); ``error:`` reads only errors, and ``similar:``
+  compares each error's shape with one run's and counts the matches per day.
 """
 
 from __future__ import annotations

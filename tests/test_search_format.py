@@ -324,3 +324,12 @@ def test_help_readme_and_manifest_show_the_same_grammar():
     examples = [e for e in section.split("`") if e.startswith("/wflogs ") and "[" not in e]
     parsed = [parse(e.removeprefix("/wflogs "), now=T0) for e in examples]
     assert any(q.error for q in parsed) and any(q.similar for q in parsed) and any(q.keyword for q in parsed)
+
+
+def test_search_lines_mask_secrets_in_errors():
+    hits = AppHits(
+        name="A", entries=[entry(1, error="GET https://bot:hunter22@api.example.com failed: 401")], total=1
+    )
+    res = result(parse("failed", now=T0), hits)
+    shown = mrkdwn(fmt.results(res)[1]) + fmt.table(res)
+    assert "hunter22" not in shown and "api.example.com failed: 401" in shown
