@@ -61,7 +61,13 @@ _SECRET_VALUE = re.compile(
 )
 # Secrets inside longer text: auth headers, passwords in URLs, known token formats, key=value pairs.
 _TEXT_SECRETS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=:-]{4,}"), rf"\1\2{MASK}"),
+    (
+        re.compile(
+            r"(?i)\b(authorization\s*[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;]+"
+        ),
+        rf"\1{MASK}",
+    ),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MASK}"),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@"), rf"\1{MASK}@"),
     (
         re.compile(
@@ -72,7 +78,7 @@ _TEXT_SECRETS: list[tuple[re.Pattern[str], str]] = [
     ),
     (
         re.compile(
-            r"(?i)((?:pass(?:word|wd|phrase)?|secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token"
+            r"(?i)((?<![a-z])(?:pass(?:word|wd|phrase)?|secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token"
             r"|client[_-]?secret|private[_-]?key)[\"']?\s*[:=]\s*[\"']?)(?!\s*[\[{])([^\s\"'&,;}]+)"
         ),
         rf"\1{MASK}",

@@ -193,11 +193,14 @@ def test_formatters_do_not_import_slack_sdk():
         # an Authorization header inside a value
         ({"curl": "curl -H 'Authorization: Bearer eyJhbGciOi.abc' https://x"}, "eyJhbGciOi", "curl -H"),
         ({"headers": "authorization=Basic dXNlcjpwYXNz"}, "dXNlcjpwYXNz", "headers"),
+        ({"log": 'sent {"Authorization": "Bearer abc123"}'}, "abc123", "sent"),
+        ({"log": "retry with Bearer eyJhbGciOiJIUzI1NiJ9 again"}, "eyJhbGciOiJIUzI1NiJ9", "again"),
         # a URL with a password
         ({"db": "postgres://admin:s3cr3t@db.internal:5432/app"}, "s3cr3t", "admin:"),
         ({"note": "see https://bob:pa55@example.com/x"}, "pa55", "example.com/x"),
         # key=value pairs and known tokens inside text
         ({"note": "retry with password=hunter2 later"}, "hunter2", "later"),
+        ({"note": "DB_PASSWORD: hunter2"}, "hunter2", "DB_PASSWORD"),
         ({"note": "token is xoxb-1234-5678-abcdef ok"}, "xoxb-1234", " ok"),
     ],
 )
@@ -207,7 +210,14 @@ def test_secrets_inside_text_are_masked(value, secret, kept):
 
 
 def test_masking_leaves_plain_text_and_json_alone():
-    plain = {"q": "how do I reset my password?", "payload": '{"a": 1}', "url": "https://example.com/a:b@c"}
+    plain = {
+        "q": "how do I reset my password?",
+        "payload": '{"a": 1}',
+        "url": "https://example.com/a:b@c",
+        "error": "Invalid token provided; see the basic usage guide",
+        "flags": "bypass=true",
+        "bearer": "",
+    }
     assert fmt.mask_secrets(plain) == plain
 
 
