@@ -1,6 +1,6 @@
 """The Dify fake as a standalone server, for running wflogs against it by hand or from a container.
 
-    python -m tests.fakes.dify_server [--host 127.0.0.1] [--port 0] [--failed 3] [--stopped 1]
+    python -m tests.fakes.dify_server [--host 127.0.0.1] [--port 0] [--key app-...] [--failed 3] [--stopped 1]
 
 It serves one workflow app holding a few succeeded runs plus ``--failed`` failed and ``--stopped``
 stopped runs that ended in the last minutes, prints what a client needs as ``NAME=value`` lines
@@ -25,9 +25,11 @@ ERRORS = (
 )
 
 
-def populate(fake: FakeDify, *, failed: int, stopped: int, now: int) -> tuple[str, list[FakeRun]]:
+def populate(
+    fake: FakeDify, *, failed: int, stopped: int, now: int, key: str | None = None
+) -> tuple[str, list[FakeRun]]:
     """One workflow app with succeeded runs and the given failed/stopped ones; returns (key, alertable)."""
-    app = fake.add_app("Support Bot")
+    app = fake.add_app("Support Bot", key=key)
     for i in range(3):
         fake.add_log(app, status="succeeded", at=now - 200 - 10 * i, session=f"user_ok_{i}")
     alertable = [
@@ -51,12 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.dify_server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    parser.add_argument("--key", help="the app's API key (default: a random app-... key)")
     parser.add_argument("--failed", type=int, default=3, help="failed runs to serve (default 3)")
     parser.add_argument("--stopped", type=int, default=1, help="stopped runs to serve (default 1)")
     args = parser.parse_args(argv)
 
     fake = FakeDify()
-    key, alertable = populate(fake, failed=args.failed, stopped=args.stopped, now=int(time.time()))
+    key, alertable = populate(
+        fake, failed=args.failed, stopped=args.stopped, now=int(time.time()), key=args.key
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
