@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot import alert_format as fmt
-from bot.alert_format import Alert
 from bot.errors import SlackError, SlackPermanentError
 from bot.notifier import Sink
+from bot.records import Alert
 from storage import Store
 
 log = logging.getLogger(__name__)

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from bot.alert_format import STATUS_EMOJI
-from bot.blocks import TEXT_LIMIT, Block, context, fields, fit, header, section
+from bot.blocks import STATUS_EMOJI, TEXT_LIMIT, Block, context, fields, fit, header, section
+from bot.records import AppDigest, Counts
 from bot.text import duration, escape, escape_cut, plural, truncate
-
-if TYPE_CHECKING:
-    from bot.digest import AppDigest, Counts
 
 SPARK = "▁▂▃▄▅▆▇█"
 ZERO = "·"

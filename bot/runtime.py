@@ -14,6 +14,7 @@ from slack_sdk import WebClient
 from bot.config import Settings
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
+from bot.digest import Digester
 from bot.health import check_health
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
@@ -83,6 +84,7 @@ class Runtime:
     web: WebClient | None
     poller: Poller
     deliverer: Deliverer
+    digester: Digester
     _now: Callable[[], float] = time.time
 
     @classmethod
@@ -105,7 +107,10 @@ class Runtime:
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         deliverer = Deliverer(store=store, sink=sink, now=now)
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, now)
+        digester = Digester(
+            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
+        )
+        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now)
 
     def cycle(self) -> CycleReport:
         """Poll every app, then deliver everything pending (including older alerts)."""

@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
-from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient, LogEntry
+from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient
 from bot.errors import DifyBadRequest, DifyError, DifyNotFound, QueryError
 from bot.query import USAGE, Query
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from bot.records import AppHits, LogEntry, RunDetail, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -47,55 +44,6 @@ class Target:
     app: AppConfig
     name: str
     client: DifyClient
-
-
-@dataclass
-class AppHits:
-    """One app's share of a search result."""
-
-    name: str
-    entries: list[LogEntry] = field(default_factory=list)
-    total: int = 0  # matching runs
-    exact: bool = True  # False: the scan stopped at its cap, more may match
-    scanned: int = 0  # rows read when filtering on our side (0: Dify filtered)
-    dify_total: int | None = None  # rows Dify had for the part of the query it could take
-    error: str | None = None
-    bad_request: bool = False  # Dify refused a value the user typed (e.g. an unknown account)
-    console_url: str | None = None
-
-    def pages(self, page_size: int) -> int:
-        """How many pages this app's matches fill."""
-        return math.ceil(self.total / page_size) if self.total else 0
-
-
-@dataclass
-class SearchResult:
-    """Everything the formatter shows for one page of a search."""
-
-    query: Query
-    page_size: int
-    apps: list[AppHits]
-
-    @property
-    def pages(self) -> int:
-        """The number of pages (at least 1): the most any app needs."""
-        return max([1, *(a.pages(self.page_size) for a in self.apps)])
-
-    @property
-    def total(self) -> int:
-        """Matching runs across apps (a lower bound where a scan was capped)."""
-        return sum(a.total for a in self.apps)
-
-
-@dataclass(frozen=True)
-class RunDetail:
-    """One run in full, with ``inputs`` and ``outputs`` decoded where they are JSON."""
-
-    app_name: str
-    run: dict[str, Any]
-    inputs: Any
-    outputs: Any
-    console_url: str | None = None
 
 
 # -- which apps ----------------------------------------------------------------------
@@ -140,12 +88,19 @@ def choose_apps(
     return here or apps
 
 
-def targets_for(runtime: Runtime, *, channel: str | None, wanted: str | None) -> list[Target]:
+def targets_for(
+    settings: Settings,
+    clients: Mapping[str, DifyClient],
+    name_of: Callable[[AppConfig], str],
+    *,
+    channel: str | None,
+    wanted: str | None,
+) -> list[Target]:
     """The apps to search (see :func:`choose_apps`), with their names and clients."""
-    apps = visible_apps(runtime.settings, channel)
-    names = {a.id: runtime.poller.app_name(a) for a in apps}
-    chosen = choose_apps(runtime.settings, names, channel=channel, wanted=wanted)
-    return [Target(app=a, name=names[a.id], client=runtime.clients[a.id]) for a in chosen]
+    apps = visible_apps(settings, channel)
+    names = {a.id: name_of(a) for a in apps}
+    chosen = choose_apps(settings, names, channel=channel, wanted=wanted)
+    return [Target(app=a, name=names[a.id], client=clients[a.id]) for a in chosen]
 
 
 # -- searching -------------------------------------------------------------------------

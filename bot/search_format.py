@@ -13,25 +13,26 @@ from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.alert_format import STATUS_EMOJI, code_block, who_text
 from bot.blocks import (
     BLOCKS_BUDGET,
     BUTTON_VALUE_LIMIT,
     MAX_BLOCKS,
+    STATUS_EMOJI,
     Block,
     actions,
     blocks_size,
     button,
+    code_block,
     context,
     fields,
     fit,
     header,
     section,
+    who_text,
 )
-from bot.dify import LogEntry
 from bot.errors import QueryError
 from bot.query import USAGE, Query, describe
-from bot.search import RunDetail, SearchResult
+from bot.records import LogEntry, RunDetail, SearchResult
 from bot.text import clock, duration, escape, escape_cut, one_line, plural, strip_controls, truncate
 
 ACTION_PREV = "wflogs_prev"

@@ -82,7 +82,13 @@ class Searcher:
         try:
             if query.kind == "help":
                 return fmt.help_message()
-            targets = targets_for(self.runtime, channel=channel, wanted=query.app)
+            targets = targets_for(
+                self.runtime.settings,
+                self.runtime.clients,
+                self.runtime.poller.app_name,
+                channel=channel,
+                wanted=query.app,
+            )
             if query.kind == "run":
                 return fmt.run_detail(find_run(query, targets), tz=tz)
             result = search(query, targets, now=self.now(), workers=self.runtime.settings.concurrency)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from slack_sdk.models.blocks import Block
 
-from bot.digest import AppDigest, Counts, ErrorLine, RunLine, Window
 from bot.digest_format import delta, rate, rate_delta, render, sparkline
+from bot.records import AppDigest, Counts, ErrorLine, RunLine, Window
 from tests.fakes.slack import check_blocks
 from tests.fakes.slack import mrkdwn_texts as slack_mrkdwn
 

@@ -9,10 +9,9 @@ import sys
 import pytest
 
 from bot import search_format as fmt
-from bot.dify import LogEntry
 from bot.errors import QueryError
 from bot.query import Query, parse
-from bot.search import AppHits, RunDetail, SearchResult
+from bot.records import AppHits, LogEntry, RunDetail, SearchResult
 from tests.conftest import T0
 from tests.fakes.slack import assert_valid_blocks, mrkdwn_texts
 
