@@ -11,7 +11,7 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings, alert_channel_for, resolve_after_for
+from bot.config import Settings, alert_channel_for, mentions_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
@@ -19,7 +19,7 @@ from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
-from bot.watch import Watcher, WatchReport
+from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class Runtime:
     # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
     wake: Callable[[], None] | None = None
     watcher: Watcher | None = None
+    escalator: Escalator | None = None
     # What the last watch found (failure rates, stuck runs), for the cycle's report.
     last_watch: WatchReport | None = None
 
@@ -129,8 +130,16 @@ class Runtime:
             resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
             successes=successes,
         )
+        mentions = {app.id: mentions_for(settings, app) for app in settings.apps}
         deliverer = Deliverer(
-            store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
+            store=store,
+            sink=sink,
+            now=now,
+            channels=channels,
+            keeper=keeper,
+            controls=settings.interactive,
+            mentions=mentions,
+            signals=SignalMessages(store, mentions=lambda app_id: mentions.get(app_id, ())),
         )
         actions = IncidentActions(store, successes=successes)
         digester = Digester(
@@ -138,8 +147,9 @@ class Runtime:
         )
         runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now)
         runtime.watcher = Watcher(
-            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name, now=now
+            settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
         )
+        runtime.escalator = Escalator(settings=settings, store=store)
         return runtime
 
     def poll(self) -> list[AppResult]:
@@ -156,6 +166,11 @@ class Runtime:
 
     def deliver(self) -> DeliveryResult:
         """Deliver everything pending (safe to call from another thread than :meth:`poll`)."""
+        if self.escalator is not None:
+            try:
+                self.escalator.evaluate(int(self._now()))
+            except Exception:
+                log.exception("evaluating escalations failed; the next pass retries")
         return self.deliverer.deliver_all()
 
     def cycle(self) -> CycleReport:
@@ -170,7 +185,7 @@ class Runtime:
         """Sum up a cycle (and log it)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        problems += self._watch_problems(self.last_watch, delivery.errors)
+        problems += self._watch_problems(self.last_watch)
         report = CycleReport(apps, delivery, seconds, problems, self.last_watch)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
@@ -192,15 +207,14 @@ class Runtime:
         except Exception:
             # Watching must never stop alerting; the stored state lets the next cycle redo it.
             log.exception("watching failure rates and stuck runs failed; the next cycle retries")
-            return WatchReport(errors={"watch": "crashed; see the log"})
+            return WatchReport(error="watching failure rates and stuck runs crashed; see the log")
 
     @staticmethod
-    def _watch_problems(watch: WatchReport | None, known: dict[str, str]) -> list[str]:
+    def _watch_problems(watch: WatchReport | None) -> list[str]:
         if watch is None:
             return []
-        out = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
-        out += [f"Slack {ch}: {error}" for ch, error in watch.errors.items() if ch not in known]
-        return out
+        problems = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
+        return problems + ([watch.error] if watch.error else [])
 
     def close(self) -> None:
         """Release connections."""

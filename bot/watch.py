@@ -29,6 +29,7 @@ watch there and no request is made.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -41,16 +42,18 @@ from bot.config import (
     AppConfig,
     Settings,
     alert_channel_for,
-    mentions_for,
+    escalation_for,
     rate_threshold_for,
     stuck_after_for,
 )
 from bot.dify import MAX_LIMIT, DifyClient
-from bot.errors import DifyError, DifyNotFound, SlackError
-from bot.notifier import Sink
+from bot.errors import DifyError, DifyNotFound
+from bot.incident_format import Incident
+from bot.incident_format import controls as incident_controls
 from bot.poller import AppResult
 from bot.records import LogEntry
 from storage import Store, WatchStore
+from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,7 @@ class WatchReport:
     """One watch cycle over every app."""
 
     apps: list[WatchResult] = field(default_factory=list)
-    posts: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
 
 
 def dify_logs_at_start(version: str | None) -> bool:
@@ -100,7 +102,7 @@ def dify_logs_at_start(version: str | None) -> bool:
 
 
 class Watcher:
-    """Evaluates failure rates and stuck runs, and tells the apps' channels."""
+    """Evaluates failure rates and stuck runs, and keeps the incidents that show them."""
 
     def __init__(
         self,
@@ -108,7 +110,6 @@ class Watcher:
         settings: Settings,
         store: Store,
         clients: dict[str, DifyClient],
-        sink: Sink,
         name_of: Callable[[AppConfig], str],
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -116,7 +117,7 @@ class Watcher:
         self.store = store
         self.db = WatchStore(store)
         self.clients = clients
-        self.sink = sink
+        self.incidents = IncidentStore(store)
         self.name_of = name_of
         self._now = now
 
@@ -142,7 +143,7 @@ class Watcher:
             workers = min(self.settings.concurrency, len(readable))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="watch") as pool:
                 report.apps = list(pool.map(self.watch_app, readable))
-        self.announce(report)
+        self.sync(int(self._now()))
         self.db.forget_stuck(int(self._now()) - KEEP_ENDED)
         return report
 
@@ -296,67 +297,207 @@ class Watcher:
         detail = {"after": after, "running": len(still), "runs": len(mine)}
         self.db.update_signal(signal_id, detail, now, resolve=not still)
 
-    # -- telling the channel -------------------------------------------------------
+    # -- incidents ------------------------------------------------------------------
 
-    def announce(self, report: WatchReport) -> None:
-        """Post what is new about signals: openings (with mentions), more stuck runs, resolutions.
-
-        Each is recorded as told only after Slack took it, so an outage delays and never loses;
-        a crash between the post and the record can repeat that one message.
-        """
+    def sync(self, now: int) -> None:
+        """Open, keep current and resolve the incidents that show the signals. Only SQLite is
+        written; the deliverer posts and edits from it."""
         apps = {a.id: a for a in self.settings.apps}
-        blocked: set[str] = set()
-        for signal in self.db.signals_to_announce():
+        for signal in self.db.signals_to_sync():
             app = apps.get(signal["app_id"])
             if app is None:
-                self.db.mark_announced(signal["id"])
-                self.db.mark_announced(signal["id"], resolution=True)
-                continue
-            channel = alert_channel_for(self.settings, app) or "terminal"
-            if channel in blocked:
-                continue
+                continue  # no longer configured: its incident stays as it is
             try:
-                report.posts += self._announce(app, channel, signal)
-            except SlackError as exc:
-                blocked.add(channel)
-                report.errors[channel] = str(exc)
-                log.warning("cannot tell %s about %s yet: %s", channel, app.label, exc)
+                self._sync(app, signal, now)
+            except Exception:
+                log.exception("cannot update the incident of %s's %s", app.label, signal["kind"])
 
-    def _announce(self, app: AppConfig, channel: str, signal: dict[str, Any]) -> int:
-        name = self.name_of(app)
-        posts = 0
+    def _sync(self, app: AppConfig, signal: dict[str, Any], now: int) -> None:
+        kind = signal["kind"]
         detail = signal["detail"]
-        if signal["kind"] == FAILURE_RATE:
-            if not signal["announced"]:
-                text, blocks = fmt.rate_opened(name, detail, mentions_for(self.settings, app))
-                self.sink.post(channel, text, blocks)
-                self.db.mark_announced(signal["id"])
-                posts += 1
-            if signal["resolved_at"] is not None and not signal["resolution_announced"]:
-                lasted = int(signal["resolved_at"]) - int(signal["opened_at"])
-                text, blocks = fmt.rate_resolved(name, detail, lasted)
-                self.sink.post(channel, text, blocks)
-                self.db.mark_announced(signal["id"], resolution=True)
-                posts += 1
-            return posts
-        runs = self.db.stuck_runs(app.id, signal_id=signal["id"])
-        fresh = [r for r in runs if not r["reported"]]
-        if fresh or not signal["announced"]:
-            first = not signal["announced"]
-            mentions = mentions_for(self.settings, app) if first else ()
-            after = int(detail.get("after") or 0)
-            text, blocks = fmt.stuck_found(
-                name, fresh, after=after, now=int(self._now()), first=first, mentions=mentions
+        runs = self._runs_of(signal)
+        count = len(runs) if kind == STUCK_RUNS else int(detail.get("failures") or 0)
+        if signal.get("incident_id") is None:
+            if signal["resolved_at"] is not None:
+                return
+            if self.incidents.mute_for(app.id, None, now) is not None:
+                return  # the whole app is muted: open it when the mute ends, if still true
+            incident_id = self.incidents.create(
+                {
+                    "app_id": app.id,
+                    "app_name": self.name_of(app),
+                    "channel": alert_channel_for(self.settings, app) or "terminal",
+                    "status": kind,
+                    "group_key": kind,
+                    "kind": kind,
+                    "detail": json.dumps(detail),
+                    "opened_at": now,
+                    "first_seen": int(signal["opened_at"]),
+                    "last_seen": now,
+                    "runs": count,
+                    "error": TITLES[kind],
+                    "console_url": app.console_url,
+                }
             )
-            self.sink.post(channel, text, blocks)
-            with self.store.transaction():
-                self.db.mark_stuck_reported(app.id, [r["log_id"] for r in fresh])
-                if first:
-                    self.db.mark_announced(signal["id"])
-            posts += 1
-        if signal["resolved_at"] is not None and not signal["resolution_announced"]:
-            text, blocks = fmt.stuck_ended(name, runs)
-            self.sink.post(channel, text, blocks)
-            self.db.mark_announced(signal["id"], resolution=True)
-            posts += 1
-        return posts
+            self.db.link_incident(int(signal["id"]), incident_id)
+            return
+        incident_id = int(signal["incident_id"])
+        if signal["resolved_at"] is None and signal.get("incident_state") != "open":
+            # Someone resolved it while it still holds. Stuck runs they resolved are not looked
+            # at again (they may never end); a failure rate opens anew once it fell below.
+            if kind == STUCK_RUNS:
+                self.db.dismiss_stuck(int(signal["id"]), now)
+                self.db.update_signal(int(signal["id"]), {**detail, "running": 0}, now, resolve=True)
+            return
+        self.db.show_figures(incident_id, detail, count, now)
+        if signal["resolved_at"] is None:
+            return
+        # The signal ended while its incident is open: resolve it and say so in its thread.
+        if self.incidents.resolve(incident_id, now, by=None, successes=None):
+            lasted = now - int(signal["opened_at"])
+            if kind == FAILURE_RATE:
+                text = fmt.rate_resolved_text(detail, lasted)
+            else:
+                text = fmt.stuck_resolved_text(runs, now)
+            row = self.incidents.get(incident_id) or {}
+            self.incidents.add_event(incident_id, row.get("channel") or "terminal", text, now)
+
+    def _runs_of(self, signal: dict[str, Any]) -> list[dict[str, Any]]:
+        if signal["kind"] != STUCK_RUNS:
+            return []
+        return self.db.stuck_runs(signal["app_id"], signal_id=int(signal["id"]))
+
+
+# What an incident of each kind is called where an error text would be (e.g. /wflogs mutes).
+TITLES = {FAILURE_RATE: "failure rate above the threshold", STUCK_RUNS: "runs stuck in running"}
+
+
+class SignalMessages:
+    """How the deliverer draws incidents that show signals: their parents (with the mention list
+    on the first post only), edits, and the thread replies listing more stuck runs."""
+
+    def __init__(self, store: Store, *, mentions: Callable[[str], tuple[str, ...]]) -> None:
+        self.store = store
+        self.db = WatchStore(store)
+        self.incidents = IncidentStore(store)
+        self.mentions = mentions
+
+    @staticmethod
+    def shows_signal(incident: dict[str, Any]) -> bool:
+        """Whether the incident is a failure rate or stuck runs rather than one error's runs."""
+        return incident.get("kind") in TITLES
+
+    def channels_with_work(self) -> list[str]:
+        """Channels with a signal incident to post, or stuck runs to tell."""
+        rows = self.store.query(
+            "select channel from incidents where kind is not null and parent_ts is null "
+            "and thread_ts is null union select i.channel from stuck_runs r "
+            "join signals s on s.id = r.signal_id join incidents i on i.id = s.incident_id "
+            "where r.reported = 0 and i.thread_ts is not null and i.state = 'open'"
+        )
+        return [r["channel"] for r in rows]
+
+    def unposted(self, channel: str) -> list[dict[str, Any]]:
+        """Signal incidents of ``channel`` whose parent is not in Slack yet, oldest first."""
+        return self.store.query(
+            "select * from incidents where channel = ? and kind is not null and parent_ts is null "
+            "and thread_ts is null order by id",
+            [channel],
+        )
+
+    def render(
+        self, incident: dict[str, Any], *, controls: bool, now: int, first: bool = False
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The parent as it should look now; ``first`` adds the mention list (a new incident)."""
+        mute = self.incidents.mute_for(incident["app_id"], int(incident["id"]), now)
+        view = Incident.from_row(incident, mute)
+        elements = incident_controls(view) if controls else []
+        detail = json.loads(incident["detail"]) if incident.get("detail") else {}
+        if incident["kind"] == FAILURE_RATE:
+            text, blocks = fmt.rate_incident(view, detail, controls=elements)
+        else:
+            text, blocks = fmt.stuck_incident(
+                view, detail, self._runs(int(incident["id"])), controls=elements, now=now
+            )
+        if first and not view.resolved:
+            text, blocks = fmt.with_mentions(text, blocks, self.mentions(incident["app_id"]))
+        return text, blocks
+
+    def posted(self, incident: dict[str, Any], ts: str) -> None:
+        """The parent is in Slack: it listed every stuck run it holds."""
+        with self.store.transaction():
+            self.incidents.set_parent(int(incident["id"]), ts, "[]")
+            runs = self._runs(int(incident["id"]))
+            if runs:
+                self.db.mark_stuck_reported(incident["app_id"], [r["log_id"] for r in runs])
+
+    def news(self, channel: str, now: int) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Stuck-runs incidents of ``channel`` in Slack with runs not told yet, and those runs."""
+        out = []
+        for incident in self.store.query(
+            "select * from incidents where channel = ? and kind = ? and thread_ts is not null "
+            "and state = 'open' order by id",
+            [channel, STUCK_RUNS],
+        ):
+            fresh = [r for r in self._runs(int(incident["id"])) if not r["reported"]]
+            if fresh:
+                out.append((incident, fresh))
+        return out
+
+    def muted(self, incident: dict[str, Any], now: int) -> bool:
+        """Whether the incident (or its app) is muted now."""
+        return self.incidents.mute_for(incident["app_id"], int(incident["id"]), now) is not None
+
+    def told(self, incident: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+        """These stuck runs were told (or, while muted, are counted on the parent only)."""
+        with self.store.transaction():
+            self.db.mark_stuck_reported(incident["app_id"], [r["log_id"] for r in runs])
+            self.store.execute(
+                "update incidents set dirty = 1 where id = ? and parent_ts is not null", [incident["id"]]
+            )
+
+    def _runs(self, incident_id: int) -> list[dict[str, Any]]:
+        rows = self.store.query("select id, app_id from signals where incident_id = ?", [incident_id])
+        if not rows:
+            return []
+        return self.db.stuck_runs(rows[0]["app_id"], signal_id=int(rows[0]["id"]))
+
+
+class Escalator:
+    """Escalates each open incident nobody acknowledged within its app's ``escalate_after``:
+    ONE thread reply, also sent to the channel, mentioning ``escalate_to``. Acknowledging,
+    muting or resolving first cancels it. The escalation is recorded with its reply in one
+    transaction, so a restart neither repeats nor forgets it."""
+
+    def __init__(self, *, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.db = WatchStore(store)
+        self.incidents = IncidentStore(store)
+        self.apps = {a.id: a for a in settings.apps}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any app escalates."""
+        return any(escalation_for(self.settings, a)[0] for a in self.settings.apps)
+
+    def evaluate(self, now: int) -> int:
+        """Record the escalations that are due; returns how many."""
+        if not self.enabled:
+            return 0
+        done = 0
+        for row in self.db.escalation_candidates():
+            app = self.apps.get(row["app_id"])
+            if app is None:
+                continue
+            after, targets = escalation_for(self.settings, app)
+            if not after or now - int(row["opened_at"]) < after:
+                continue
+            if self.incidents.mute_for(app.id, int(row["id"]), now) is not None:
+                continue  # the whole app is muted for now
+            view = Incident.from_row(row)
+            what = fmt.incident_what(view, row.get("kind"))
+            text = fmt.escalation(view, what, targets, now=now)
+            if self.db.escalate(int(row["id"]), row["channel"], text, now):
+                done += 1
+                log.info("escalated incident %s of %s", row["id"], app.label)
+        return done

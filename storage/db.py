@@ -515,8 +515,8 @@ def m005_incidents(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m006_watch(db: sqlite_utils.Database) -> None:
-    """Signals (failure rate, stuck runs), the running rows found stuck, and how far each app's
-    runs were checked for being stuck."""
+    """Signals (failure rate, stuck runs) and the incidents they open, the running rows found
+    stuck, how far each app's runs were checked for being stuck, and escalations."""
     db["watch_state"].create({"app_id": str, "stuck_checked_until": int}, pk="app_id")  # type: ignore[union-attr]
     db["signals"].create(  # type: ignore[union-attr]
         {
@@ -527,8 +527,7 @@ def m006_watch(db: sqlite_utils.Database) -> None:
             "updated_at": int,
             "resolved_at": int,
             "detail": str,
-            "announced": int,
-            "resolution_announced": int,
+            "incident_id": int,
         },
         pk="id",
     )
@@ -550,4 +549,10 @@ def m006_watch(db: sqlite_utils.Database) -> None:
         pk=("app_id", "log_id"),
     )
     db["stuck_runs"].create_index(["app_id", "ended_at", "next_check"])  # type: ignore[union-attr]
-
+    # Incidents that are not one error shape's runs: "failure_rate" or "stuck_runs" (null: runs),
+    # with their figures as JSON; when an unacknowledged incident was escalated.
+    db["incidents"].add_column("kind", str)  # type: ignore[union-attr]
+    db["incidents"].add_column("detail", str)  # type: ignore[union-attr]
+    db["incidents"].add_column("escalated_at", int)  # type: ignore[union-attr]
+    # A thread reply also sent to the channel (an escalation).
+    db["incident_events"].add_column("broadcast", int)  # type: ignore[union-attr]

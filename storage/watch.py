@@ -2,7 +2,7 @@
 
 - ``signals``: one row per failure-rate or stuck-runs episode of an app (``kind``), open until
   ``resolved_at``; at most one open per app and kind (a unique index). ``detail`` holds the
-  latest figures as JSON; ``announced`` / ``resolution_announced`` say what was told.
+  latest figures as JSON; ``incident_id`` the incident that shows it in Slack.
 - ``stuck_runs``: runs found still ``running`` past the app's limit, remembered until they end
   (Dify can leave a row running for good), with when to look at each again.
 - ``watch_state``: per app, up to which start time runs were checked for being stuck.
@@ -62,8 +62,8 @@ class WatchStore:
         """Open a signal (at most one open per app and kind); returns its id."""
         with self.store.transaction():
             self.store.execute(
-                "insert or ignore into signals (app_id, kind, opened_at, updated_at, detail, announced, "
-                "resolution_announced) values (?, ?, ?, ?, ?, 0, 0)",
+                "insert or ignore into signals (app_id, kind, opened_at, updated_at, detail) "
+                "values (?, ?, ?, ?, ?)",
                 [app_id, kind, now, now, json.dumps(detail)],
             )
             rows = self.store.query(
@@ -86,25 +86,64 @@ class WatchStore:
                 [json.dumps(detail), now, signal_id],
             )
 
-    def signals_to_announce(self) -> list[dict[str, Any]]:
-        """Signals whose opening or resolution has not been told yet, oldest first."""
-        rows = self.store.query(
-            "select * from signals where announced = 0 "
-            "or (resolved_at is not null and resolution_announced = 0) "
-            "or id in (select signal_id from stuck_runs where reported = 0 and signal_id is not null) "
-            "order by id"
-        )
-        return [_signal(r) for r in rows]
-
-    def mark_announced(self, signal_id: int, *, resolution: bool = False) -> None:
-        """Record that a signal's opening (or resolution) was told."""
-        column = "resolution_announced" if resolution else "announced"
-        self.store.execute(f"update signals set {column} = 1 where id = ?", [signal_id])
-
     def signal(self, signal_id: int) -> dict[str, Any] | None:
         """One signal by id."""
         rows = self.store.query("select * from signals where id = ?", [signal_id])
         return _signal(rows[0]) if rows else None
+
+    def signals_to_sync(self) -> list[dict[str, Any]]:
+        """Signals whose incident may need opening, updating or resolving: the open ones, and the
+        resolved ones whose incident is still open; with the incident's state and mute status."""
+        rows = self.store.query(
+            "select s.*, i.state as incident_state from signals s "
+            "left join incidents i on i.id = s.incident_id "
+            "where s.resolved_at is null or (s.incident_id is not null and i.state = 'open') "
+            "order by s.id"
+        )
+        return [_signal(r) for r in rows]
+
+    def link_incident(self, signal_id: int, incident_id: int) -> None:
+        """The signal is shown as this incident."""
+        self.store.execute("update signals set incident_id = ? where id = ?", [incident_id, signal_id])
+
+    def show_figures(self, incident_id: int, detail: dict[str, Any], runs: int, last_seen: int) -> None:
+        """Keep a signal's incident current; its parent is edited when the figures changed."""
+        encoded = json.dumps(detail)
+        self.store.execute(
+            "update incidents set detail = ?, runs = ?, last_seen = ?, "
+            "dirty = case when parent_ts is not null and (detail is not ? or runs != ?) "
+            "then 1 else dirty end "
+            "where id = ?",
+            [encoded, runs, last_seen, encoded, runs, incident_id],
+        )
+
+    # -- escalation ------------------------------------------------------------------
+
+    def escalation_candidates(self) -> list[dict[str, Any]]:
+        """Open incidents nobody acknowledged, never muted and not escalated yet, oldest first."""
+        return self.store.query(
+            "select * from incidents i where state = 'open' and ack_by is null and escalated_at is null "
+            "and not exists (select 1 from mutes m where m.incident_id = i.id) order by id"
+        )
+
+    def escalate(self, incident_id: int, channel: str, text: str, now: int) -> bool:
+        """Record the one escalation of an incident and its broadcast reply, atomically; False when
+        it was acknowledged, resolved or escalated in the meantime."""
+        with self.store.transaction():
+            before = self.store.db.conn.total_changes
+            self.store.execute(
+                "update incidents set escalated_at = ? where id = ? and state = 'open' "
+                "and ack_by is null and escalated_at is null",
+                [now, incident_id],
+            )
+            if self.store.db.conn.total_changes == before:
+                return False
+            self.store.execute(
+                "insert into incident_events (incident_id, channel, text, created_at, broadcast) "
+                "values (?, ?, ?, ?, 1)",
+                [incident_id, channel, text, now],
+            )
+            return True
 
     # -- stuck runs ------------------------------------------------------------------
 
@@ -189,6 +228,14 @@ class WatchStore:
             [signal_id, app_id],
         )
 
+    def dismiss_stuck(self, signal_id: int, now: int) -> None:
+        """Someone resolved the stuck-runs incident: stop looking at its runs (they may never end)."""
+        self.store.execute(
+            "update stuck_runs set ended_at = ?, end_status = 'dismissed' "
+            "where signal_id = ? and ended_at is null",
+            [now, signal_id],
+        )
+
     def mark_stuck_reported(self, app_id: str, log_ids: list[str]) -> None:
         """Record that these stuck runs were told."""
         with self.store.transaction():
@@ -198,10 +245,10 @@ class WatchStore:
                 )
 
     def forget_stuck(self, older_than: int) -> None:
-        """Drop stuck runs that ended before ``older_than`` and whose signal is resolved and told."""
+        """Drop stuck runs that ended before ``older_than`` and whose signal is resolved."""
         self.store.execute(
             "delete from stuck_runs where ended_at < ? and signal_id in "
-            "(select id from signals where resolved_at is not null and resolution_announced = 1)",
+            "(select id from signals where resolved_at is not null)",
             [older_than],
         )
 

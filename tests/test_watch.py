@@ -1,7 +1,10 @@
-"""Failure-rate and stuck-run signals, over the Dify fake and the Slack fake."""
+"""Failure-rate and stuck-runs incidents, over the Dify fake and the Slack fake: when they open
+(mentioning the mention list), how they are kept current, and when they resolve."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning, slack_env
@@ -9,6 +12,7 @@ from tests.fakes.dify import FakeDify
 from tests.fakes.slack import FakeSlack, assert_valid_blocks, mrkdwn_texts
 
 MENTIONS = "U0ONCALL1,S0SUPPORT,here"
+CALLED = ("<@U0ONCALL1>", "<!subteam^S0SUPPORT>", "<!here>", "<!channel>")
 
 
 def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key: str, **env: str):
@@ -16,14 +20,31 @@ def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key
     return build_runtime(settings, dify, clock)
 
 
-def _unfiltered_counts(dify: FakeDify, since: int) -> list:
-    """Log requests without a status filter made after request number ``since``."""
-    return [r for r in dify.log_requests()[since:] if "status" not in r.url.params]
+def top(slack: FakeSlack) -> list[dict]:
+    """Channel messages (not thread replies), as Slack shows them now (edits applied)."""
+    return [m for m in slack.posts() if not m["thread_ts"]]
 
 
-def _has_mention(message: dict) -> bool:
-    texts = [message.get("text") or "", *mrkdwn_texts(message.get("blocks") or [])]
-    return any(s in t for t in texts for s in ("<@", "<!subteam^", "<!here>", "<!channel>"))
+def thread(slack: FakeSlack, ts: str) -> list[dict]:
+    return [m for m in slack.posts() if m["thread_ts"] == ts]
+
+
+def edits(slack: FakeSlack) -> list[dict]:
+    return [c.params for c in slack.calls_to("chat.update")]
+
+
+def texts(message: dict) -> str:
+    """Everything Slack parses for mentions in a message: its text and its mrkdwn."""
+    return "\n".join([message.get("text") or "", *mrkdwn_texts(message.get("blocks") or [])])
+
+
+def calls_anyone(message: dict) -> bool:
+    return any(c in texts(message) for c in CALLED)
+
+
+def posted_mentions(slack: FakeSlack) -> list[dict]:
+    """The posts (as first sent) that call anyone on the mention list."""
+    return [c.params for c in slack.calls_to("chat.postMessage") if calls_anyone(c.params)]
 
 
 def _rate_app(dify: FakeDify, clock: Clock, *, ok: int, failed: int, stopped: int = 0):
@@ -38,74 +59,77 @@ def _rate_app(dify: FakeDify, clock: Clock, *, ok: int, failed: int, stopped: in
     return app
 
 
-# -- failure rate -------------------------------------------------------------------
+def _rate_parents(slack: FakeSlack) -> list[dict]:
+    return [m for m in top(slack) if "failure rate" in json.dumps(m["blocks"][:1])]
 
 
-def test_a_failure_rate_above_the_threshold_opens_once_with_mentions_and_resolves_without(
+# -- failure rate ---------------------------------------------------------------------------
+
+
+def test_a_failure_rate_opens_one_incident_that_mentions_and_resolves_in_its_thread(
     tmp_path, dify, clock, slack
 ):
     app = _rate_app(dify, clock, ok=14, failed=5, stopped=1)
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", WFLOGS_MENTION=MENTIONS)
     rt.cycle()
-    rate = [m for m in slack.messages if "failure rate" in (m["text"] or "")]
-    assert len(rate) == 1
-    assert "failure rate 30.0% over the last 15 min: 6 of 20 runs" in rate[0]["text"]
-    body = "\n".join(mrkdwn_texts(rate[0]["blocks"]))
-    assert "<@U0ONCALL1> <!subteam^S0SUPPORT> <!here>" in body
-    assert "node llm timed out after 30s" in body  # the top error shape, with an example
-    assert_valid_blocks(rate[0]["blocks"])
-    # Still above: no second message.
+    (parent,) = _rate_parents(slack)
+    first = slack.calls_to("chat.postMessage")[[m["ts"] for m in slack.posts()].index(parent["ts"])].params
+    assert "failure rate 30.0% over the last 15 min: 6 of 20 runs" in first["text"]
+    assert "<@U0ONCALL1> <!subteam^S0SUPPORT> <!here>" in texts(first)
+    assert "node llm timed out after 30s" in texts(first)  # a top error shape, with an example
+    assert_valid_blocks(first["blocks"])
+    # Still above: no new channel message; the parent is kept current by edits, which never mention.
     for _ in range(3):
         clock.advance(60)
         rt.cycle()
-    assert messages_mentioning(slack, "failure rate") == 1
-    # Many successes bring it below the threshold: one resolution, mentioning nobody.
+    assert len(_rate_parents(slack)) == 1
+    # Many successes bring it below the threshold: resolved in place, told in the thread.
     for i in range(40):
         dify.add_log(app, status="succeeded", at=int(clock.now) - 30 + i % 30, error="")
     clock.advance(60)
     rt.cycle()
-    resolved = [m for m in slack.messages if "failure rate back to" in (m["text"] or "")]
-    assert len(resolved) == 1 and "Resolved after" in resolved[0]["text"]
-    assert "peak was 30.0%" in resolved[0]["text"]
-    assert not _has_mention(resolved[0])
-    # Only the opening mentions anyone (the per-run alerts never do).
-    assert [m for m in slack.messages if _has_mention(m)] == rate
+    (parent,) = _rate_parents(slack)
+    assert "Resolved" in json.dumps(parent["blocks"][0])
+    (reply,) = [m for m in thread(slack, parent["ts"]) if "Failure rate back to" in m["text"]]
+    assert "peak was 30.0%" in reply["text"] and "after" in reply["text"]
+    assert edits(slack) and not any(calls_anyone(e) for e in edits(slack))
+    assert not any(calls_anyone(m) for m in slack.posts() if m["thread_ts"])
+    # The mention list was called by the first messages of the three new incidents only: the
+    # failure rate, and the failed and the stopped error shapes.
+    assert len(posted_mentions(slack)) == 3
 
 
 def test_too_few_runs_open_nothing(tmp_path, dify, clock, slack):
     app = _rate_app(dify, clock, ok=2, failed=5)
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
     rt.cycle()
-    assert messages_mentioning(slack, "failure rate") == 0
-    assert (
-        rt.watcher is not None and rt.watcher.db.open_signal(rt.settings.apps[0].id, "failure_rate") is None
-    )
+    assert not _rate_parents(slack)
+    assert not rt.store.query("select * from incidents where kind is not null")
 
 
-def test_the_rate_resolves_below_the_threshold_and_a_new_burst_opens_it_again(tmp_path, dify, clock, slack):
+def test_the_rate_resolves_below_the_threshold_and_a_new_burst_opens_a_new_incident(
+    tmp_path, dify, clock, slack
+):
     app = _rate_app(dify, clock, ok=5, failed=5)
-    rt = _runtime(
-        tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.4", WFLOGS_RATE_MIN_RUNS="10"
-    )
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.4")
     rt.cycle()  # 50% > 40%
-    assert messages_mentioning(slack, "failure rate 50.0%") == 1
+    assert len(_rate_parents(slack)) == 1
     for i in range(3):  # 5 of 13 = 38.5%: below, resolves
         dify.add_log(app, status="succeeded", at=int(clock.now) - 10 + i, error="")
     clock.advance(60)
     rt.cycle()
-    assert messages_mentioning(slack, "failure rate back to 38.5%") == 1
-    # The window moves past every run: none left, nothing reopens.
-    clock.advance(900)
+    assert messages_mentioning(slack, "Failure rate back to 38.5%") == 1
+    clock.advance(900)  # the window moves past every run: nothing reopens
     rt.cycle()
-    # A new burst opens a new signal.
+    assert len(_rate_parents(slack)) == 1
     now = int(clock.now)
     for i in range(6):
         dify.add_log(app, at=now - 20 + i, error="boom")
-    for i in range(6):
         dify.add_log(app, status="succeeded", at=now - 20 + i, error="")
     clock.advance(60)
     rt.cycle()
-    assert messages_mentioning(slack, "failure rate 50.0% over the last 15 min: 6 of 12 runs") == 1
+    assert len(_rate_parents(slack)) == 2
+    assert "6 of 12 runs" in _rate_parents(slack)[-1]["text"]
 
 
 def test_the_rate_costs_one_request_per_app_per_cycle(tmp_path, dify, clock, slack):
@@ -117,22 +141,20 @@ def test_the_rate_costs_one_request_per_app_per_cycle(tmp_path, dify, clock, sla
     rt.cycle()  # quiet: the poller's two counts and the rate's total
     made = dify.log_requests()[before:]
     assert len(made) == 3
-    (total,) = _unfiltered_counts(dify, before)
+    (total,) = [r for r in made if "status" not in r.url.params]
     assert total.url.params["limit"] == "1"
 
 
-def test_the_rate_opens_through_a_slack_outage_exactly_once(tmp_path, dify, clock, slack):
+def test_a_failure_rate_through_a_slack_outage_is_posted_exactly_once(tmp_path, dify, clock, slack):
     app = _rate_app(dify, clock, ok=10, failed=10)
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
     slack.fail("chat.postMessage", "status", 503, times=50)
-    report = rt.cycle()
-    assert not report.ok
+    assert not rt.cycle().ok
     slack.faults.clear()
-    clock.advance(60)
-    rt.cycle()
-    clock.advance(60)
-    rt.cycle()
-    assert messages_mentioning(slack, "failure rate 50.0%") == 1
+    for _ in range(2):
+        clock.advance(60)
+        rt.cycle()
+    assert len(_rate_parents(slack)) == 1
 
 
 def test_a_restart_neither_repeats_nor_forgets_a_failure_rate(tmp_path, dify, clock, slack):
@@ -144,64 +166,130 @@ def test_a_restart_neither_repeats_nor_forgets_a_failure_rate(tmp_path, dify, cl
     clock.advance(60)
     rt = _runtime(tmp_path, dify, clock, slack, app.key, **env)
     rt.cycle()
-    assert messages_mentioning(slack, "failure rate 50.0%") == 1
+    assert len(_rate_parents(slack)) == 1
     clock.advance(901)
+    rt.close()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, **env)
     rt.cycle()
-    assert messages_mentioning(slack, "failure rate back to 0.0%") == 1
+    assert messages_mentioning(slack, "Failure rate back to 0.0%") == 1
 
 
-def test_muted_or_not_the_rate_counts_every_failure_and_escapes_error_text(tmp_path, dify, clock, slack):
+def test_the_rate_fires_even_when_every_error_shape_is_muted(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=30, failed=2)  # 6%: only the shape's own incident
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
+    rt.cycle()
+    (shape,) = rt.store.query("select id from incidents")
+    rt.actions.mute(int(shape["id"]), "resolved", "U0BOB", int(clock.now))
+    clock.advance(60)
+    for i in range(10):
+        dify.add_log(app, at=int(clock.now) - 30 + i, error=f"node llm timed out after {i}s")
+    posts = len(slack.posts())
+    rt.cycle()
+    new = slack.posts()[posts:]
+    assert not any("node llm timed out after 5s" in texts(m) for m in new)  # the muted runs stay quiet
+    (parent,) = _rate_parents(slack)
+    assert "12 of 42 runs" in parent["text"]
+
+
+def test_resolving_a_failure_rate_by_hand_waits_for_it_to_fall_before_a_new_one(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    rt = _runtime(
+        tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", SLACK_SIGNING_SECRET="s" * 32
+    )
+    rt.cycle()
+    (incident,) = rt.store.query("select id from incidents where kind = 'failure_rate'")
+    rt.actions.resolve(int(incident["id"]), "U0ALICE", int(clock.now))
+    for _ in range(3):  # still above: no new incident
+        clock.advance(60)
+        rt.cycle()
+    assert len(_rate_parents(slack)) == 1
+    assert "Resolved" in json.dumps(_rate_parents(slack)[0]["blocks"][0])
+    clock.advance(900)  # it falls (no runs at all), then a new burst
+    rt.cycle()
+    for i in range(10):
+        dify.add_log(app, at=int(clock.now) - 20 + i, error="boom")
+    clock.advance(60)
+    rt.cycle()
+    assert len(_rate_parents(slack)) == 2
+
+
+def test_error_text_in_a_failure_rate_cannot_mention_or_link(tmp_path, dify, clock, slack):
     app = dify.add_app("Support Bot")
-    now = int(clock.now)
     for i in range(12):
-        dify.add_log(app, at=now - 100 + i, error="<!channel> injected & <https://evil|x>")
+        dify.add_log(app, at=int(clock.now) - 100 + i, error="<!channel> injected & <https://evil|x>")
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.5")
     rt.cycle()
-    (rate,) = [m for m in slack.messages if "failure rate" in (m["text"] or "")]
-    assert "100.0%" in rate["text"]
-    assert not _has_mention(rate)
-    assert "&lt;!channel&gt; injected &amp;" in "\n".join(mrkdwn_texts(rate["blocks"]))
+    (parent,) = _rate_parents(slack)
+    assert "100.0%" in parent["text"]
+    assert not calls_anyone(parent) and "<https://evil" not in texts(parent)
+    assert "&lt;!channel&gt; injected &amp;" in texts(parent)
 
 
-# -- stuck runs ----------------------------------------------------------------------
+def test_dify_failing_the_rate_count_is_a_problem_of_the_cycle_and_retried(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
+    left = [3]  # the client's first try and both retries
+
+    def unfiltered_fails(request):
+        if not request.url.path.endswith("/logs") or "status" in request.url.params or left[0] <= 0:
+            return None
+        left[0] -= 1
+        return dify._error(500, "unknown", "Internal Server Error")
+
+    dify.faults.append(unfiltered_fails)
+    report = rt.cycle()
+    assert any("Support Bot" in p and "HTTP 500" in p for p in report.problems)
+    assert not _rate_parents(slack)
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert len(_rate_parents(slack)) == 1
 
 
-def test_a_stuck_run_is_reported_once_with_mentions_and_resolved_when_it_ends(tmp_path, dify, clock, slack):
+# -- stuck runs -----------------------------------------------------------------------------
+
+
+def _stuck_parents(slack: FakeSlack) -> list[dict]:
+    return [m for m in top(slack) if "stuck" in json.dumps(m["blocks"][:1])]
+
+
+def test_a_stuck_run_opens_one_incident_with_mentions_and_resolves_when_it_ends(tmp_path, dify, clock, slack):
     app = dify.add_app("Support Bot")
     now = int(clock.now)
     stuck = dify.start_run(app, at=now - 1500, session="user_stuck")
-    fine = dify.start_run(app, at=now - 100)
+    later = dify.start_run(app, at=now - 100)
     rt = _runtime(
         tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200", WFLOGS_MENTION="U0ONCALL1"
     )
     rt.cycle()
-    (found,) = [m for m in slack.messages if "stuck" in (m["text"] or "")]
-    assert "1 run stuck in running" in found["text"]
-    assert stuck.run_id in "\n".join(mrkdwn_texts(found["blocks"]))
-    assert fine.run_id not in str(found["blocks"])
-    assert "<@U0ONCALL1>" in found["text"]
-    assert_valid_blocks(found["blocks"])
+    (parent,) = _stuck_parents(slack)
+    assert "1 run stuck in running" in parent["text"] and "<@U0ONCALL1>" in parent["text"]
+    assert stuck.run_id in texts(parent) and later.run_id not in texts(parent)
+    assert_valid_blocks(parent["blocks"])
     for _ in range(3):
         clock.advance(60)
         rt.cycle()
     assert messages_mentioning(slack, stuck.run_id) == 1
-    # The other run also hangs: reported as one more, without a mention.
+    # The other run hangs too: one reply in the thread, no mention; the parent now shows both.
     clock.advance(1200)
     rt.cycle()
-    (more,) = [m for m in slack.messages if fine.run_id in str(m["blocks"])]
-    assert "1 more run stuck" in more["text"] and not _has_mention(more)
-    # Both end: one resolution saying how each ended, mentioning nobody.
+    (more,) = [m for m in thread(slack, parent["ts"]) if later.run_id in texts(m)]
+    assert "1 more run stuck" in more["text"] and not calls_anyone(more)
+    assert later.run_id in texts(_stuck_parents(slack)[0])
+    # Both end: resolved in place, and the thread says how each ended.
     dify.finish_run(stuck, status="failed", at=int(clock.now) - 10, error="worker died")
-    dify.finish_run(fine, status="succeeded", at=int(clock.now) - 5)
+    dify.finish_run(later, status="succeeded", at=int(clock.now) - 5)
     clock.advance(60)
     rt.cycle()
-    (ended,) = [m for m in slack.messages if "no stuck runs any more" in (m["text"] or "")]
-    assert "2 runs ended" in ended["text"] and not _has_mention(ended)
-    text = "\n".join(mrkdwn_texts(ended["blocks"]))
-    assert f"`{stuck.run_id}` failed after" in text and f"`{fine.run_id}` succeeded after" in text
+    (parent,) = _stuck_parents(slack)
+    assert "Resolved" in json.dumps(parent["blocks"][0])
+    (ended,) = [m for m in thread(slack, parent["ts"]) if "No stuck runs any more" in m["text"]]
+    assert f"`{stuck.run_id}`" in ended["text"] and "failed after" in ended["text"]
+    assert "succeeded after" in ended["text"]
+    assert not any(calls_anyone(e) for e in edits(slack))
+    assert len(posted_mentions(slack)) == 1
     clock.advance(60)
     rt.cycle()
-    assert messages_mentioning(slack, "no stuck runs any more") == 1
+    assert messages_mentioning(slack, "No stuck runs any more") == 1
 
 
 def test_stuck_watching_costs_one_request_a_cycle_when_nothing_is_stuck(tmp_path, dify, clock, slack):
@@ -257,10 +345,33 @@ def test_a_run_stuck_for_good_is_looked_at_less_and_less(tmp_path, dify, clock, 
         clock.advance(60)
     assert sum(checks[1:61]) >= 58  # every cycle in the first hour
     assert sum(checks[-60:]) <= 3  # a few times in the sixth
-    assert messages_mentioning(slack, "stuck in running") == 1
+    assert len(_stuck_parents(slack)) == 1
 
 
-def test_stuck_runs_survive_a_restart_and_still_resolve(tmp_path, dify, clock, slack):
+def test_resolving_stuck_runs_by_hand_stops_looking_at_them(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    run = dify.start_run(app, at=int(clock.now) - 1300)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200")
+    rt.cycle()
+    (incident,) = rt.store.query("select id from incidents where kind = 'stuck_runs'")
+    rt.actions.resolve(int(incident["id"]), "U0ALICE", int(clock.now))
+    clock.advance(60)
+    rt.cycle()
+    before = len(dify.requests)
+    for _ in range(5):
+        clock.advance(60)
+        rt.cycle()
+    assert not any("/workflows/run/" in r.url.path for r in dify.requests[before:])
+    (parent,) = _stuck_parents(slack)
+    assert "Resolved" in json.dumps(parent["blocks"][0]) and run.run_id in texts(parent)
+    # A run that gets stuck later opens a new incident.
+    dify.start_run(app, at=int(clock.now) - 1170)
+    clock.advance(60)
+    rt.cycle()
+    assert len(_stuck_parents(slack)) == 2
+
+
+def test_stuck_runs_survive_restarts_and_still_resolve(tmp_path, dify, clock, slack):
     app = dify.add_app("Support Bot")
     run = dify.start_run(app, at=int(clock.now) - 1300)
     env = {"WFLOGS_STUCK_AFTER": "1200"}
@@ -276,7 +387,7 @@ def test_stuck_runs_survive_a_restart_and_still_resolve(tmp_path, dify, clock, s
     rt.close()
     rt = _runtime(tmp_path, dify, clock, slack, app.key, **env)
     rt.cycle()
-    assert messages_mentioning(slack, "no stuck runs any more") == 1
+    assert messages_mentioning(slack, "No stuck runs any more") == 1
 
 
 def test_a_stuck_run_deleted_from_dify_ends_as_gone(tmp_path, dify, clock, slack):
@@ -287,7 +398,7 @@ def test_a_stuck_run_deleted_from_dify_ends_as_gone(tmp_path, dify, clock, slack
     app.runs.remove(run)
     clock.advance(60)
     rt.cycle()
-    assert messages_mentioning(slack, "is gone from Dify") == 1
+    assert messages_mentioning(slack, "gone from Dify") >= 1
 
 
 def test_dify_before_1_11_has_no_running_rows_and_costs_nothing(tmp_path, clock, slack):
@@ -304,32 +415,15 @@ def test_dify_before_1_11_has_no_running_rows_and_costs_nothing(tmp_path, clock,
 
 
 def test_stuck_runs_print_to_the_terminal_without_slack(tmp_path, dify, clock):
-    import io
-
     app = dify.add_app("Support Bot")
     run = dify.start_run(app, at=int(clock.now) - 1300)
     out = io.StringIO()
     settings = make_settings(tmp_path, {"DIFY_API_KEY": app.key, "WFLOGS_STUCK_AFTER": "1200"})
     rt = build_runtime(settings, dify, clock, stream=out)
     rt.cycle()
-    assert "1 run stuck in running" in out.getvalue() and run.run_id in out.getvalue()
-
-
-def test_dify_failing_the_rate_count_is_a_problem_of_the_cycle_and_retried(tmp_path, dify, clock, slack):
-    app = _rate_app(dify, clock, ok=10, failed=10)
-    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2")
-    left = [3]  # the client's first try and both retries
-
-    def unfiltered_fails(request):
-        if not request.url.path.endswith("/logs") or "status" in request.url.params or left[0] <= 0:
-            return None
-        left[0] -= 1
-        return dify._error(500, "unknown", "Internal Server Error")
-
-    dify.faults.append(unfiltered_fails)
-    report = rt.cycle()
-    assert any("Support Bot" in p and "HTTP 500" in p for p in report.problems)
-    assert messages_mentioning(slack, "failure rate") == 0
+    dify.finish_run(run, status="failed", at=int(clock.now), error="worker died")
     clock.advance(60)
-    assert rt.cycle().ok
-    assert messages_mentioning(slack, "failure rate 50.0%") == 1
+    rt.cycle()
+    text = out.getvalue()
+    assert "1 run stuck in running" in text and run.run_id in text
+    assert "No stuck runs any more" in text and "no stuck runs any more" in text  # reply, then edit

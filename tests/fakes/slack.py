@@ -284,6 +284,7 @@ class FakeSlack:
                         "channel": channel,
                         "ts": ts,
                         "thread_ts": p.get("thread_ts"),
+                        "reply_broadcast": str(p.get("reply_broadcast", "")).lower() in ("1", "true"),
                         "text": p.get("text"),
                         "blocks": p.get("blocks"),
                     }
