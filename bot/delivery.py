@@ -33,7 +33,7 @@ from storage import Store
 from storage.incidents import IncidentStore
 
 if TYPE_CHECKING:
-    from bot.watch import SignalMessages
+    from bot.watch import Escalator, SignalMessages
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Deliverer:
         controls: bool = False,
         mentions: dict[str, tuple[str, ...]] | None = None,
         signals: SignalMessages | None = None,
+        escalator: Escalator | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -103,6 +104,8 @@ class Deliverer:
         self.mentions = dict(mentions or {})
         # Failure-rate and stuck-runs incidents are drawn from their figures, not from runs.
         self.signals = signals
+        # Escalations are due from the incidents' state, evaluated right after it is brought up to date.
+        self.escalator = escalator
         self._lock = threading.Lock()
 
     def deliver_all(self) -> DeliveryResult:
@@ -115,6 +118,12 @@ class Deliverer:
                 if moved:
                     log.info("%d waiting alerts follow their app to its current channel", moved)
             self.keeper.evaluate(now)
+            if self.escalator is not None:
+                try:
+                    self.escalator.evaluate(now)
+                except Exception:
+                    # Escalating must never hold up alerts; the next pass evaluates again.
+                    log.exception("evaluating escalations failed")
             channels = self.incidents.channels_with_work()
             if self.signals is not None:
                 channels = sorted(set(channels) | set(self.signals.channels_with_work()))

@@ -93,7 +93,6 @@ class Runtime:
     # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
     wake: Callable[[], None] | None = None
     watcher: Watcher | None = None
-    escalator: Escalator | None = None
     # What the last watch found (failure rates, stuck runs), for the cycle's report.
     last_watch: WatchReport | None = None
 
@@ -140,6 +139,7 @@ class Runtime:
             controls=settings.interactive,
             mentions=mentions,
             signals=SignalMessages(store, mentions=lambda app_id: mentions.get(app_id, ())),
+            escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
         digester = Digester(
@@ -149,7 +149,6 @@ class Runtime:
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
         )
-        runtime.escalator = Escalator(settings=settings, store=store)
         return runtime
 
     def poll(self) -> list[AppResult]:
@@ -166,11 +165,6 @@ class Runtime:
 
     def deliver(self) -> DeliveryResult:
         """Deliver everything pending (safe to call from another thread than :meth:`poll`)."""
-        if self.escalator is not None:
-            try:
-                self.escalator.evaluate(int(self._now()))
-            except Exception:
-                log.exception("evaluating escalations failed; the next pass retries")
         return self.deliverer.deliver_all()
 
     def cycle(self) -> CycleReport:
