@@ -427,3 +427,17 @@ def test_stuck_runs_print_to_the_terminal_without_slack(tmp_path, dify, clock):
     text = out.getvalue()
     assert "1 run stuck in running" in text and run.run_id in text
     assert "No stuck runs any more" in text and "no stuck runs any more" in text  # reply, then edit
+
+
+def test_a_failure_rate_is_not_resolved_by_the_quiet_rule_of_error_incidents(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    rt = _runtime(
+        tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", WFLOGS_RESOLVE_AFTER="60"
+    )
+    rt.cycle()
+    clock.advance(3600)
+    rt.deliver()  # delivery passes go on while no poll has run (a slow Dify)
+    (rate,) = rt.store.query("select state from incidents where kind = 'failure_rate'")
+    assert rate["state"] == "open"
+    (shape,) = rt.store.query("select state from incidents where kind is null and status = 'failed'")
+    assert shape["state"] == "resolved"
