@@ -275,8 +275,12 @@ def _mute_app(runtime: Runtime, command: MuteCommand, user: str, at: int) -> str
         app.id: app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label
         for app in settings.apps
     }
-    wanted = (command.app or "").lower()
-    found = [app for app in settings.apps if names[app.id].lower() == wanted]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[\s_-]+", "-", name.strip().lower())
+
+    wanted = norm(command.app or "")
+    found = [app for app in settings.apps if norm(names[app.id]) == wanted]
     if len(found) != 1:
         known = ", ".join(f"`{escape(n)}`" for n in sorted(names.values())[:20])
         return f"No single app is called `{escape(command.app or '')}`; the apps are: {known}."
