@@ -39,6 +39,8 @@ MAX_MESSAGES_PER_PLAN = 5
 # More unlisted runs than this go into a CSV file rather than thread replies.
 CSV_THRESHOLD = 200
 KEEP_SENT_SECONDS = 7 * 86400
+# Resolved incidents are kept this long (the digest, "back again" links), then forgotten.
+KEEP_INCIDENTS_SECONDS = 30 * 86400
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Deliverer:
                     result.errors[channel] = str(exc)
                     log.warning("alerts for %s are waiting: %s", channel, exc)
             self.store.prune_outbox(now - KEEP_SENT_SECONDS)
+            self.incidents.prune(now - KEEP_INCIDENTS_SECONDS)
             return result
 
     # -- planning ---------------------------------------------------------------------------
@@ -204,7 +207,10 @@ class Deliverer:
         alerts = [Alert.from_row(r) for r in rows]
         sent = {r["id"] for r in rows if r["sent_at"] is not None}
         parent_ts = message["parent_ts"]
-        incident = self.incidents.get(message["incident_id"]) if message.get("incident_id") else None
+        incident_id = message.get("incident_id")
+        if incident_id is None and message["kind"] in ("single", "group") and rows:
+            incident_id = rows[0].get("incident_id")  # planned before incidents existed
+        incident = self.incidents.get(int(incident_id)) if incident_id else None
         now = int(self._now())
         # Numbering of replies: within the incident when there is one, else within the message.
         base, total = 0, len(alerts)

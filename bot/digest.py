@@ -59,6 +59,7 @@ from bot.errors import DifyError, SlackError
 from bot.notifier import Sink
 from bot.text import normalize_error, one_line, strip_controls
 from storage import Store
+from storage.incidents import IncidentStore
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -203,6 +204,8 @@ class AppDigest:
     usual_runs: int | None = None
     first_digest: bool = True
     shapes: list[str] = field(default_factory=list)
+    # Incidents in the window: opened, resolved, median_resolve (seconds or None), open (at its end).
+    incidents: dict[str, Any] | None = None
 
     @property
     def silent(self) -> bool:
@@ -447,6 +450,9 @@ class Digester:
             for h in self.store.recent_digests(app.id, before=digest.window.end, limit=HISTORY)
             if h.get("ok")
         ]
+        digest.incidents = IncidentStore(self.store).window_stats(
+            app.id, digest.window.start, digest.window.end + 1
+        )
         try:
             self._fill(client, digest, history)
         except DifyError as exc:

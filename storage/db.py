@@ -392,7 +392,7 @@ class Store:
             for app_id, channel in channels.items():
                 before = self.db.conn.total_changes
                 self.db.execute(
-                    "update alerts set channel = ?, message_id = null "
+                    "update alerts set channel = ?, message_id = null, incident_id = null "
                     "where app_id = ? and sent_at is null and channel != ?",
                     [channel, app_id, channel],
                 )

@@ -231,6 +231,32 @@ class IncidentStore:
                 )
             return changed
 
+    def prune(self, older_than: int) -> None:
+        """Forget incidents resolved before ``older_than``, with their sessions, events and mutes."""
+        with self.store.transaction():
+            old = "select id from incidents where state = 'resolved' and resolved_at < ?"
+            self.db.execute(f"delete from incident_sessions where incident_id in ({old})", [older_than])
+            self.db.execute(
+                f"delete from incident_events where posted_at is not null and incident_id in ({old})",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from mutes where ended_at is not null and ended_at < ? "
+                "and (incident_id is null or incident_id in "
+                "(select id from incidents where state = 'resolved'))",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from incidents where state = 'resolved' and resolved_at < ? "
+                "and id not in (select incident_id from alerts where incident_id is not null)",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from incident_events where incident_id is null "
+                "and posted_at is not null and posted_at < ?",
+                [older_than],
+            )
+
     # -- mutes ---------------------------------------------------------------------------
 
     def add_mute(self, fields: dict[str, Any]) -> int:

@@ -260,3 +260,58 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     ):
         assert needle in blocks
     assert_valid_blocks(top(slack)[-1]["blocks"])
+
+
+def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, dify, clock, slack):
+    from bot.digest import Digester
+
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RESOLVE_AFTER="600")
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    for _ in range(11):  # quiet: the first incident resolves after 11 minutes
+        clock.advance(60)
+        rt.cycle()
+    fail_some(dify, app, clock, 1, error="tool search failed: 500")
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    Digester.for_runtime(rt).post_now(clock.now)
+    digest = next(m for m in slack.posts() if "digest" in m["text"])
+    assert "*Incidents*: 2 opened, 1 resolved (median 10m 00s to resolve), 1 still open" in shown(digest)
+
+
+def test_a_click_recorded_before_a_crash_is_shown_after_the_restart(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    env = {"SLACK_SIGNING_SECRET": "s" * 32}
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, **env)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    rt.close()  # the process dies before the deliverer edits
+    again = _runtime(tmp_path, dify, clock, slack, app.key, **env)
+    clock.advance(60)
+    assert again.cycle().ok
+    assert "Acknowledged by <@U0ALICE>" in shown(parent)
+    assert len(top(slack)) == 1
+
+
+def test_waiting_runs_of_an_incident_follow_a_channel_change_into_a_new_incident(tmp_path, dify, clock):
+    app = dify.add_app()
+    with FakeSlack(channels={"C0NEW", "C0OLD"}) as slack:
+        env = {k: v for k, v in slack_env(slack).items() if k != "WFLOGS_ALERT_CHANNEL"}
+        toml = f'[[apps]]\napi_key = "{app.key}"\nchannel = "C0OLD"\n'
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml), dify, clock)
+        fail_some(dify, app, clock, 2)
+        rt.cycle()
+        slack.fail("chat.postMessage", "error", "is_archived")
+        clock.advance(60)
+        late = fail_some(dify, app, clock, 1, error="model overloaded after {i}3s")
+        assert not rt.cycle().ok
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml.replace("C0OLD", "C0NEW")), dify, clock)
+        clock.advance(60)
+        assert rt.cycle().ok
+        (moved,) = [m for m in slack.posts() if m["channel"] == "C0NEW"]
+        assert moved["thread_ts"] is None and late[0].run_id in shown(moved)
