@@ -6,68 +6,30 @@ import csv
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from bot.blocks import Block, actions, button, context, fields, fit, header, section
-from bot.dify import LogEntry
+from bot.blocks import (
+    STATUS_EMOJI,
+    Block,
+    actions,
+    button,
+    code_block,
+    context,
+    fields,
+    fit,
+    header,
+    section,
+    who_text,
+)
+from bot.records import Alert, LogEntry
 from bot.text import clock, duration, escape, escape_cut, one_line, plural, truncate
 
-STATUS_EMOJI = {
-    "failed": "🔴",
-    "stopped": "🟠",
-    "partial-succeeded": "🟡",
-    "succeeded": "🟢",
-    "running": "🔵",
-    "paused": "⏸️",
-}
 STATUS_WORD = {
     "failed": "failed",
     "stopped": "was stopped",
     "partial-succeeded": "partially succeeded",
 }
-ERROR_LIMIT = 2500
 RUNS_IN_PARENT = 10
 RUNS_PER_REPLY = 40
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One run to tell Slack about, with what the formatter needs of its app."""
-
-    id: int
-    app_name: str
-    status: str
-    entry: LogEntry
-    group_key: str
-    console_url: str | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Alert:
-        """Build from an outbox row (see storage)."""
-        return cls(
-            id=int(row["id"]),
-            app_name=row.get("app_name") or "Dify app",
-            status=row.get("status") or "failed",
-            entry=LogEntry.from_dict(row["entry"]),
-            group_key=row.get("group_key") or "",
-            console_url=row.get("console_url") or None,
-        )
-
-
-def code_block(text: str, limit: int = ERROR_LIMIT) -> str:
-    """Untrusted text in a code block, escaped (Slack parses <...> even there) and cut."""
-    # A ``` inside would close the block early; it only changes formatting, but keep it tidy.
-    return "```" + escape_cut(text.replace("```", "ʼʼʼ"), limit) + "```"
-
-
-def who_text(entry: LogEntry) -> str:
-    """The end user's session, else the console account, escaped for mrkdwn."""
-    if entry.session_id:
-        return f"`{escape_cut(entry.session_id, 200)}`"
-    if entry.account_email or entry.account_name:
-        return escape_cut(entry.account_email or entry.account_name or "", 200) + " (console account)"
-    return "unknown"
 
 
 def _source(entry: LogEntry) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.text import truncate
+from bot.records import LogEntry
+from bot.text import escape_cut, truncate
 
 MAX_BLOCKS = 50
 SECTION_LIMIT = 3000
@@ -18,6 +19,17 @@ BUTTON_VALUE_LIMIT = 2000
 # (undocumented; see slack-notes.md). Stay well below.
 BLOCKS_BUDGET = 11000
 TEXT_LIMIT = 3000
+# An error text shown in full is cut here (a section holds 3000 with its code fences).
+ERROR_LIMIT = 2500
+
+STATUS_EMOJI = {
+    "failed": "🔴",
+    "stopped": "🟠",
+    "partial-succeeded": "🟡",
+    "succeeded": "🟢",
+    "running": "🔵",
+    "paused": "⏸️",
+}
 
 Block = dict[str, Any]
 
@@ -112,3 +124,21 @@ def fit(blocks: list[Block], budget: int = BLOCKS_BUDGET) -> list[Block]:
     while len(out) > 1 and blocks_size(out) > budget:
         out.pop(-2 if out[-1].get("type") in {"actions", "context"} and len(out) > 2 else -1)
     return out
+
+
+# -- mrkdwn pieces every formatter uses -------------------------------------------
+
+
+def code_block(text: str, limit: int = ERROR_LIMIT) -> str:
+    """Untrusted text in a code block, escaped (Slack parses <...> even there) and cut."""
+    # A ``` inside would close the block early; it only changes formatting, but keep it tidy.
+    return "```" + escape_cut(text.replace("```", "ʼʼʼ"), limit) + "```"
+
+
+def who_text(entry: LogEntry) -> str:
+    """The end user's session, else the console account, escaped for mrkdwn."""
+    if entry.session_id:
+        return f"`{escape_cut(entry.session_id, 200)}`"
+    if entry.account_email or entry.account_name:
+        return escape_cut(entry.account_email or entry.account_name or "", 200) + " (console account)"
+    return "unknown"

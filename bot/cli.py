@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -130,14 +128,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO, err: Text
 
 def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Post the digest of the last 24 hours for every app now; the scheduled digest still goes out."""
-    from bot.digest import Digester
-
     if not any(app.digest for app in settings.apps):
         err.write("wflogs: no app has the digest enabled (digest = false for every app)\n")
         return 1
     runtime = Runtime.build(settings, stream=out)
     try:
-        report = Digester.for_runtime(runtime).post_now()
+        report = runtime.digester.post_now()
     finally:
         runtime.close()
     for problem in report.problems:
@@ -153,7 +149,10 @@ def _search_text(words: Sequence[str]) -> str:
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Search every app's workflow runs with the /wflogs grammar and print a table."""
+    """Search every app's workflow runs with the /wflogs grammar and print a table.
+
+    Exit 0 with an answer from every app, 1 when an app could not be searched (or has no
+    such run), 2 when the query itself is wrong (with the usage line)."""
     from bot import search_format
     from bot.query import USAGE, parse
     from bot.search import find_run, search, targets_for
@@ -169,12 +168,17 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         return 0
     runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
     try:
-        targets = targets_for(runtime, channel=None, wanted=query.app)
+        targets = targets_for(
+            runtime.settings, runtime.clients, runtime.poller.app_name, channel=None, wanted=query.app
+        )
         if query.kind == "run":
             out.write(search_format.run_text(find_run(query, targets), tz=settings.tz))
             return 0
-        result = search(query, targets, now=time.time(), workers=settings.concurrency)
+        result = search(query, targets, now=time.time(), workers=settings.concurrency, tz=settings.tz)
     except QueryError as exc:
+        if not exc.usage:  # the query was right; the answer is no (an unknown run)
+            err.write(f"wflogs: {strip_controls(str(exc))}\n")
+            return 1
         err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
         return 2
     finally:
@@ -233,14 +237,6 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop`` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
 
 
 if __name__ == "__main__":

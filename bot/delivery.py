@@ -24,10 +24,10 @@ from typing import Any
 
 from bot import alert_format as fmt
 from bot import incident_format as ifmt
-from bot.alert_format import Alert
 from bot.errors import SlackError, SlackPermanentError
 from bot.incidents import IncidentKeeper
 from bot.notifier import PERMANENT, Sink
+from bot.records import Alert
 from storage import Store
 from storage.incidents import IncidentStore
 

@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from bot.errors import (
     DifyNotFound,
     DifyUnavailable,
 )
+from bot.records import AppInfo, LogEntry, LogPage
 
 log = logging.getLogger(__name__)
 
@@ -34,119 +34,6 @@ STATUSES_DIFY_FILTERS = ("succeeded", "failed", "stopped")
 def iso(ts: int) -> str:
     """Epoch seconds as the ISO 8601 UTC form Dify's bounds take (``...Z``)."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class AppInfo:
-    """What ``/info`` says about an app, plus Dify's version from ``X-Version``."""
-
-    name: str
-    mode: str
-    description: str = ""
-    author_name: str = ""
-    dify_version: str | None = None
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One row of ``/workflows/logs``, flattened, with every field optional but the ids."""
-
-    log_id: str
-    created_at: int
-    run_id: str | None = None
-    status: str | None = None
-    error: str | None = None
-    elapsed_time: float | None = None
-    total_tokens: int | None = None
-    total_steps: int | None = None
-    exceptions_count: int | None = None
-    run_created_at: int | None = None
-    finished_at: int | None = None
-    version: str | None = None
-    triggered_from: str | None = None
-    created_from: str | None = None
-    created_by_role: str | None = None
-    account_email: str | None = None
-    account_name: str | None = None
-    session_id: str | None = None
-    end_user_type: str | None = None
-
-    @classmethod
-    def from_api(cls, item: dict[str, Any]) -> LogEntry:
-        """Parse one log item as Dify returns it."""
-        run = item.get("workflow_run") or {}
-        account = item.get("created_by_account") or {}
-        end_user = item.get("created_by_end_user") or {}
-        return cls(
-            log_id=str(item["id"]),
-            created_at=int(item.get("created_at") or 0),
-            run_id=_opt_str(run.get("id")),
-            status=_opt_str(run.get("status")),
-            error=_opt_str(run.get("error")),
-            elapsed_time=_opt_float(run.get("elapsed_time")),
-            total_tokens=_opt_int(run.get("total_tokens")),
-            total_steps=_opt_int(run.get("total_steps")),
-            exceptions_count=_opt_int(run.get("exceptions_count")),
-            run_created_at=_opt_int(run.get("created_at")),
-            finished_at=_opt_int(run.get("finished_at")),
-            version=_opt_str(run.get("version")),
-            triggered_from=_opt_str(run.get("triggered_from")),
-            created_from=_opt_str(item.get("created_from")),
-            created_by_role=_opt_str(item.get("created_by_role")),
-            account_email=_opt_str(account.get("email")),
-            account_name=_opt_str(account.get("name")),
-            session_id=_opt_str(end_user.get("session_id")),
-            end_user_type=_opt_str(end_user.get("type")),
-        )
-
-    @property
-    def ended_at(self) -> int:
-        """When the run ended, or the log's time when Dify does not say."""
-        return self.finished_at or self.run_created_at or self.created_at
-
-    @property
-    def who(self) -> str | None:
-        """The end user's session id, else the console account's e-mail."""
-        return self.session_id or self.account_email or self.account_name
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (for storage)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LogEntry:
-        """The inverse of :meth:`to_dict`, ignoring unknown keys."""
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-@dataclass(frozen=True)
-class LogPage:
-    """One page of ``/workflows/logs``."""
-
-    page: int
-    limit: int
-    total: int
-    has_more: bool
-    data: list[LogEntry]
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _opt_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class DifyClient:

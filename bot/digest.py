@@ -49,24 +49,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
-from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot import digest_format
 from bot.config import AppConfig, Settings, digest_channel_for
-from bot.dify import MAX_LIMIT, DifyClient, LogEntry
+from bot.dify import MAX_LIMIT, DifyClient
 from bot.errors import DifyError, SlackError
 from bot.notifier import Sink
+from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
 from bot.text import normalize_error, one_line, strip_controls
 from storage import Store
 from storage.incidents import IncidentStore
 
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
-
 log = logging.getLogger(__name__)
 
-DAY = 86400
 HOUR = 3600
 RUN_CAP = 500
 FAILURE_CAP = 500
@@ -86,26 +82,6 @@ FAILURES = ("failed", "stopped")
 # -- windows ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Window:
-    """A time range in whole epoch seconds, both ends inclusive (as Dify compares)."""
-
-    start: int
-    end: int
-
-    @classmethod
-    def ending_at(cls, instant: int, days_back: int = 0) -> Window:
-        """The 24 hours before ``instant`` (exclusive), ``days_back`` days earlier."""
-        end = instant - days_back * DAY
-        return cls(end - DAY, end - 1)
-
-    def slices(self, count: int) -> list[Window]:
-        """``count`` consecutive non-overlapping windows covering this one."""
-        length = self.end - self.start + 1
-        edges = [self.start + length * i // count for i in range(count + 1)]
-        return [Window(edges[i], edges[i + 1] - 1) for i in range(count) if edges[i + 1] > edges[i]]
-
-
 def scheduled_instant(day: date, hour: int, minute: int, tz: tzinfo) -> int:
     """The epoch second of ``hour:minute`` on local date ``day`` in ``tz``."""
     return int(datetime.combine(day, dtime(hour, minute), tzinfo=tz).timestamp())
@@ -123,94 +99,6 @@ def latest_schedule(settings: Settings, now: int) -> tuple[date, int]:
 
 
 # -- what a digest holds --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Runs of one window by status, from Dify's ``total``."""
-
-    total: int
-    succeeded: int
-    failed: int
-    stopped: int
-
-    @property
-    def other(self) -> int:
-        """Runs Dify cannot filter: partial-succeeded, running, paused."""
-        return max(self.total - self.succeeded - self.failed - self.stopped, 0)
-
-    @property
-    def failure_rate(self) -> Decimal | None:
-        """Failed runs per 100 runs, one decimal (half up), or None without runs."""
-        if not self.total:
-            return None
-        return (Decimal(self.failed * 100) / Decimal(self.total)).quantize(Decimal("0.1"), ROUND_HALF_UP)
-
-
-@dataclass(frozen=True)
-class ErrorLine:
-    """One error shape among the window's failures."""
-
-    shape: str
-    count: int
-    example: str
-    newest_run_id: str | None
-    newest_at: int
-    status: str
-    new: bool = False
-    approx: bool = False
-
-
-@dataclass(frozen=True)
-class RunLine:
-    """One run worth naming (the slowest)."""
-
-    run_id: str | None
-    status: str
-    elapsed: float
-    who: str | None
-    created_at: int
-
-
-@dataclass
-class AppDigest:
-    """Everything one app's digest says; the formatter turns it into a message."""
-
-    app_id: str
-    app_name: str
-    scheduled_at: int
-    window: Window
-    previous: Window
-    tz: str
-    posted_at: int
-    kind: str = "scheduled"
-    late: bool = False
-    error: str | None = None
-    current: Counts | None = None
-    before: Counts | None = None
-    hourly: list[int] = field(default_factory=list)
-    hourly_exact: bool = True
-    errors: list[ErrorLine] = field(default_factory=list)
-    error_shapes: int = 0
-    failures_read: int = 0
-    failures_sampled: bool = False
-    sessions: list[tuple[str, int]] = field(default_factory=list)
-    slowest: list[RunLine] = field(default_factory=list)
-    runs_read: int = 0
-    runs_sampled: bool = False
-    tokens: int | None = None
-    partial: int | None = None
-    running: int | None = None
-    usual_runs: int | None = None
-    first_digest: bool = True
-    shapes: list[str] = field(default_factory=list)
-    # Incidents in the window: opened, resolved, median_resolve (seconds or None), open (at its end).
-    incidents: dict[str, Any] | None = None
-
-    @property
-    def silent(self) -> bool:
-        """No runs at all although the app usually has some."""
-        return self.current is not None and self.current.total == 0 and bool(self.usual_runs)
 
 
 # -- reading rows ------------------------------------------------------------------
@@ -364,17 +252,6 @@ class Digester:
         self.failure_cap = failure_cap
         self._lock = threading.Lock()
         self._retry_at: dict[tuple[str, str], int] = {}
-
-    @classmethod
-    def for_runtime(cls, runtime: Runtime) -> Digester:
-        """A digester sharing the runtime's store, Dify clients, sink and app names."""
-        return cls(
-            settings=runtime.settings,
-            store=runtime.store,
-            clients=runtime.clients,
-            sink=runtime.sink,
-            name_of=runtime.poller.app_name,
-        )
 
     # -- scheduling --------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import alert_format as fmt
-from bot.alert_format import Alert
 from bot.blocks import Block, actions, button, context, fit, header, section
+from bot.records import Alert
 from bot.text import clock, duration, escape, escape_cut, one_line, plural
 
 ACTION_ACK = "incident_ack"

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
-from bot.dify import MAX_LIMIT, DifyClient, LogEntry
+from bot.dify import MAX_LIMIT, DifyClient
 from bot.errors import DifyError, WflogsError
+from bot.records import LogEntry
 from bot.text import normalize_error
 from storage import Store
 

@@ -14,6 +14,7 @@ from slack_sdk import WebClient
 from bot.config import Settings, alert_channel_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
+from bot.digest import Digester
 from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
 from bot.notifier import Sink, SlackSink, TerminalSink
@@ -84,6 +85,7 @@ class Runtime:
     web: WebClient | None
     poller: Poller
     deliverer: Deliverer
+    digester: Digester
     actions: IncidentActions
     _now: Callable[[], float] = time.time
     # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
@@ -110,6 +112,9 @@ class Runtime:
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
         resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
+        digester = Digester(
+            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
+        )
 
         def successes(app_id: str, after: int, before: int) -> int | None:
             client = clients.get(app_id)
@@ -126,7 +131,7 @@ class Runtime:
             store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
         )
         actions = IncidentActions(store, successes=successes)
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, actions, now)
+        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now)
 
     def poll(self) -> list[AppResult]:
         """Poll every app and tell channels about apps that cannot be read (or read again).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -134,10 +135,16 @@ def add_digest_jobs(
     )
 
 
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
     """Start the scheduler and the /wflogs serving, and block until ``stop`` is set (SIGTERM/SIGINT)."""
-    from bot.cli import install_stop_signals
-
     stop = stop or threading.Event()
     install_stop_signals(stop)
     runtime = Runtime.build(settings, stream=out)
@@ -145,7 +152,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     delivery = DeliveryLoop(runtime).start()
     runtime.wake = delivery.wake
     add_poll_job(scheduler, runtime, delivery=delivery)
-    add_digest_jobs(scheduler, runtime, Digester.for_runtime(runtime))
+    add_digest_jobs(scheduler, runtime, runtime.digester)
     scheduler.start()
     stop_slack = start_slack(runtime)
     where = "Slack" if settings.slack_enabled else "this terminal"

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from slack_sdk import WebClient
 
-from bot.digest import Digester, Window, latest_schedule
+from bot.digest import Digester, latest_schedule
+from bot.records import Window
 from bot.runtime import Runtime
 from tests.conftest import make_settings
 from tests.fakes.dify import FakeApp, FakeDify

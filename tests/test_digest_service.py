@@ -14,7 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from slack_sdk import WebClient
 
 from bot.cli import build_parser, cmd_digest
-from bot.digest import Digester, latest_schedule
+from bot.digest import latest_schedule
 from bot.runtime import Runtime
 from bot.service import add_digest_jobs
 from storage import Store
@@ -33,7 +33,7 @@ def scheduled(tmp_path: Path, dify: FakeDify, web: WebClient | None, env: dict[s
         settings, transport=httpx.MockTransport(dify.handler), web=web, slack_min_interval=0
     )
     scheduler = BackgroundScheduler(timezone=settings.tz)
-    add_digest_jobs(scheduler, runtime, Digester.for_runtime(runtime), now=clock)
+    add_digest_jobs(scheduler, runtime, runtime.digester, now=clock)
     return runtime, {job.id: job for job in scheduler.get_jobs()}
 
 

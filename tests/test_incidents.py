@@ -263,8 +263,6 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
 
 
 def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, dify, clock, slack):
-    from bot.digest import Digester
-
     app = dify.add_app("Support Bot")
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RESOLVE_AFTER="600")
     fail_some(dify, app, clock, 2)
@@ -276,7 +274,7 @@ def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, di
     clock.advance(60)
     rt.cycle()
     clock.advance(60)
-    Digester.for_runtime(rt).post_now(clock.now)
+    rt.digester.post_now(clock.now)
     digest = next(m for m in slack.posts() if "digest" in m["text"])
     assert "*Incidents*: 2 opened, 1 resolved (median 10m 00s to resolve), 1 still open" in shown(digest)
 
