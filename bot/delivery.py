@@ -26,7 +26,7 @@ from bot import alert_format as fmt
 from bot import incident_format as ifmt
 from bot.errors import SlackError, SlackPermanentError
 from bot.incidents import IncidentKeeper
-from bot.notifier import PERMANENT, Sink
+from bot.notifier import MESSAGE_SHAPE, PERMANENT, Sink
 from bot.records import Alert
 from storage import Store
 from storage.incidents import IncidentStore
@@ -196,10 +196,17 @@ class Deliverer:
         except SlackError as exc:
             if _stops_channel(exc):
                 raise
-            if item.get("last_error") != str(exc):
-                log.error("Slack refused a message for %s; the others go on: %s", channel, exc)
             if "kind" in item:
                 self.store.message_error(item["id"], str(exc))
+                # A message planned again after a refusal is a new row: name it by its first run.
+                first = min((r["id"] for r in self.store.message_alerts(item["id"])), default=item["id"])
+                key = f"refused:{channel}:run {first}:{exc.error}"
+            else:
+                key = f"refused:{channel}:event {item['id']}:{exc.error}"
+            if self.store.tell_once(key, str(exc), int(self._now())):
+                log.error(
+                    "Slack refused a message for %s; the others go on (it is retried): %s", channel, exc
+                )
             result.refused[channel] = str(exc)
 
     def _deliver(self, channel: str, message: dict[str, Any], result: DeliveryResult) -> None:
@@ -344,7 +351,7 @@ class Deliverer:
                 log.info("the message of incident %s was deleted in Slack; posted a new one", incident["id"])
                 result.posts += 1
                 return 1
-            if exc.error in {"cant_update_message", "edit_window_closed"}:
+            if exc.error in {"cant_update_message", "edit_window_closed"} | MESSAGE_SHAPE:
                 log.warning("cannot edit the message of incident %s any more: %s", incident["id"], exc.error)
                 self.incidents.stop_editing(int(incident["id"]))
                 return 0

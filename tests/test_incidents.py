@@ -127,14 +127,20 @@ def test_a_storm_of_new_shapes_is_capped_and_each_shape_keeps_its_thread(tmp_pat
     first = top(slack)
     assert len(first) == 5 and "8 failed or stopped runs" not in first[-1]["text"]
     summary = next(m for m in first if "failed or stopped runs" in m["text"])
+    assert "node theta exploded" in shown(summary)  # the last shapes are summarised
+    assert any("node theta exploded" in shown(m) for m in replies(slack, summary["ts"]))
     later = dify.add_log(app, at=int(clock.now) + 5, error="node theta exploded")
     clock.advance(60)
     rt.cycle()
-    assert len(top(slack)) <= 10
-    assert messages_mentioning(slack, later.run_id) == 1
-    rows = rt.store.query("select count(*) as n from incidents")
-    assert rows[0]["n"] == 8
-    assert replies(slack, summary["ts"])  # the summarised shapes' runs are in its thread
+    # Room again: the summarised shape gets its own parent, and its next runs go to that thread.
+    own = top(slack)[-1]
+    assert len(top(slack)) == 6 and later.run_id in shown(own)
+    last = dify.add_log(app, at=int(clock.now) + 5, error="node theta exploded")
+    clock.advance(60)
+    rt.cycle()
+    assert len(top(slack)) == 6
+    assert any(last.run_id in shown(m) for m in replies(slack, own["ts"]))
+    assert rt.store.query("select count(*) as n from incidents")[0]["n"] == 8
 
 
 def test_a_parent_deleted_in_slack_gets_a_new_one_and_no_run_is_lost(tmp_path, dify, clock, slack, web):
