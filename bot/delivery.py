@@ -281,7 +281,9 @@ class Deliverer:
         with self.store.transaction():
             self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=ts)
             if incident is not None and body is not None:
-                self.incidents.set_parent(int(incident["id"]), ts, body)
+                self.incidents.set_parent(
+                    int(incident["id"]), ts, body, shown=int(incident.get("dirty") or 0)
+                )
             else:
                 ids = sorted({int(r["incident_id"]) for r in self.store.message_alerts(message["id"])})
                 self.incidents.set_thread(ids, ts)
@@ -347,7 +349,12 @@ class Deliverer:
                     return 0
                 # Deleted in Slack: a new parent (keeping the runs the old one listed) and a new thread.
                 ts = self.sink.post(channel, text, blocks)
-                self.incidents.set_parent(int(incident["id"]), ts, incident.get("parent_body") or "[]")
+                self.incidents.set_parent(
+                    int(incident["id"]),
+                    ts,
+                    incident.get("parent_body") or "[]",
+                    shown=int(incident["dirty"] or 0),
+                )
                 log.info("the message of incident %s was deleted in Slack; posted a new one", incident["id"])
                 result.posts += 1
                 return 1
@@ -359,7 +366,7 @@ class Deliverer:
                 raise
             log.warning("editing the message of incident %s failed; will retry: %s", incident["id"], exc)
             return 0
-        self.incidents.edited(int(incident["id"]))
+        self.incidents.edited(int(incident["id"]), int(incident["dirty"] or 0))
         result.edits += 1
         return 0
 

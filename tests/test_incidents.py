@@ -319,3 +319,24 @@ def test_waiting_runs_of_an_incident_follow_a_channel_change_into_a_new_incident
         assert rt.cycle().ok
         (moved,) = [m for m in slack.posts() if m["channel"] == "C0NEW"]
         assert moved["thread_ts"] is None and late[0].run_id in shown(moved)
+
+
+def test_a_click_during_an_edit_is_shown_by_the_next_edit(tmp_path, dify, clock, slack):
+    from storage.incidents import IncidentStore
+
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, SLACK_SIGNING_SECRET="s" * 32)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    clock.advance(60)
+    fail_some(dify, app, clock, 1, error="model overloaded after {i}5s")
+    rt.poll()
+    rt.deliverer.keeper.evaluate(int(clock.now))
+    incidents = IncidentStore(rt.store)
+    (drawn,) = incidents.dirty(CHANNEL)  # the deliverer draws the parent...
+    rt.actions.acknowledge(int(drawn["id"]), "U0ALICE", int(clock.now))  # ...a click lands meanwhile...
+    incidents.edited(int(drawn["id"]), int(drawn["dirty"]))  # ...and the older drawing is sent
+    assert incidents.dirty(CHANNEL)  # so the click is still to be shown
+    rt.deliver()
+    assert "Acknowledged by <@U0ALICE>" in shown(top(slack)[0])
+    assert not incidents.dirty(CHANNEL)
