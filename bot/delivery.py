@@ -307,7 +307,7 @@ class Deliverer:
             log.info("no link to the previous incident: %s", exc)
             link = None
         if link:
-            self.store.execute("update incidents set previous_link = ? where id = ?", [link, incident["id"]])
+            self.incidents.set_previous_link(int(incident["id"]), link)
             incident = {**incident, "previous_link": link}
         return incident
 

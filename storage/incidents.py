@@ -166,6 +166,10 @@ class IncidentStore:
                     "update incidents set thread_ts = ? where id = ? and parent_ts is null", [ts, incident_id]
                 )
 
+    def set_previous_link(self, incident_id: int, link: str) -> None:
+        """The link to the previous incident's thread, for an incident that is back."""
+        self.store.execute("update incidents set previous_link = ? where id = ?", [link, incident_id])
+
     def parent_lost(self, incident_id: int) -> None:
         """The parent was deleted in Slack: the next post gives the incident a new one."""
         self.store.execute(

@@ -242,30 +242,17 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     fail_some(dify, app, clock, 2)
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
     rt.cycle()
-    assert "incident_ack" not in shown(top(slack)[0])
+    assert "incident_ack" not in shown(top(slack)[0])  # no app token, no signing secret
     other = dify.add_app()
     fail_some(dify, other, clock, 2)
-    rt2 = _runtime(
-        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-        dify,
-        clock,
-        slack,
-        other.key,
-        SLACK_APP_TOKEN="xapp-1-test",
-    )
+    (tmp_path / "b").mkdir()
+    rt2 = _runtime(tmp_path / "b", dify, clock, slack, other.key, SLACK_APP_TOKEN="xapp-1-test")
     rt2.cycle()
-    blocks = json.dumps(top(slack)[-1]["blocks"])
-    for needle in (
-        "incident_ack",
-        "incident_mute",
-        "incident_resolve",
-        "Acknowledge",
-        "Resolve",
-        "7 days",
-        "until resolved",
-    ):
-        assert needle in blocks
-    assert_valid_blocks(top(slack)[-1]["blocks"])
+    parent = top(slack)[-1]
+    for needle in ("incident_ack", "incident_mute", "incident_resolve", "Acknowledge", "Resolve", "7 days"):
+        assert needle in shown(parent)
+    assert "until resolved" in shown(parent)
+    assert_valid_blocks(parent["blocks"])
 
 
 def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, dify, clock, slack):
@@ -340,3 +327,52 @@ def test_a_click_during_an_edit_is_shown_by_the_next_edit(tmp_path, dify, clock,
     rt.deliver()
     assert "Acknowledged by <@U0ALICE>" in shown(top(slack)[0])
     assert not incidents.dirty(CHANNEL)
+
+
+# -- as the CLI runs it ------------------------------------------------------------------------------
+
+
+def test_poll_once_evaluates_incidents_and_a_kill_mid_reply_doubles_at_most_that_reply(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.fakes.dify import DifyServer
+    from tests.fakes.slack import BOT_TOKEN
+    from tests.test_cli import _env, wflogs
+
+    with DifyServer(FakeDify()) as server, FakeSlack() as slack:
+        app = server.fake.add_app("Support Bot")
+        now = int(time.time())
+        first = [server.fake.add_log(app, at=now - 60 + i, error=f"timed out after {i}s") for i in range(2)]
+        env = {
+            "DIFY_API_KEY": app.key,
+            "DIFY_API_URL": server.url,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_API_URL": slack.base_url,
+            "WFLOGS_ALERT_CHANNEL": CHANNEL,
+        }
+        assert wflogs(tmp_path, "poll", "--once", **env).returncode == 0
+        (parent,) = top(slack)
+        later = server.fake.add_log(app, at=int(time.time()) - 2, error="timed out after 9s")
+        slack.fail("chat.postMessage", "accept_hang", 30)  # the reply is taken, then we die
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "poll", "--once"],
+            cwd=tmp_path,
+            env=_env(tmp_path, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while len(slack.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        done = wflogs(tmp_path, "poll", "--once", **env)
+        assert done.returncode == 0, done.stderr
+        assert len(top(slack)) == 1  # no new channel message for the same error
+        assert 1 <= messages_mentioning(slack, later.run_id) <= 2
+        for run in first:
+            assert messages_mentioning(slack, run.run_id) == 1
+        assert "3 runs failed" in shown(parent)  # edited in place by the second poll
