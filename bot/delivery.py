@@ -106,7 +106,11 @@ class Deliverer:
                 moved = self.store.rebind_channels(self.channels)
                 if moved:
                     log.info("%d waiting alerts follow their app to its current channel", moved)
-            self.keeper.evaluate(now)
+            try:
+                self.keeper.evaluate(now)
+            except Exception:
+                # Runs are safe in the outbox; what was planned before still goes out.
+                log.exception("evaluating incidents failed; the next pass retries")
             for channel in self.incidents.channels_with_work():
                 try:
                     self.deliver_channel(channel, result)

@@ -162,11 +162,12 @@ class Runtime:
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
         report = CycleReport(apps, delivery, seconds, problems)
         log.info(
-            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
+            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
             len(apps),
             sum(r.new_alerts for r in apps),
             delivery.runs_delivered,
             delivery.posts,
+            delivery.edits,
             report.seconds,
             f", {len(problems)} problems" if problems else "",
         )
