@@ -376,3 +376,35 @@ def test_poll_once_evaluates_incidents_and_a_kill_mid_reply_doubles_at_most_that
         for run in first:
             assert messages_mentioning(slack, run.run_id) == 1
         assert "3 runs failed" in shown(parent)  # edited in place by the second poll
+
+
+def test_a_long_rate_limit_on_edits_waits_for_a_later_pass_and_never_posts(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    slack.fail("chat.update", "ratelimit", 120)
+    clock.advance(60)
+    fail_some(dify, app, clock, 1, error="model overloaded after {i}8s")
+    assert not rt.cycle().ok
+    assert "2 runs failed" in shown(parent)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)  # later (the wait is over)
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert "3 runs failed" in shown(parent) and len(top(slack)) == 1
+
+
+def test_a_parent_slack_will_not_let_us_edit_is_left_alone(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    slack.fail("chat.update", "error", "edit_window_closed")
+    clock.advance(60)
+    run = fail_some(dify, app, clock, 1, error="model overloaded after {i}8s")[0]
+    assert rt.cycle().ok
+    clock.advance(60)
+    rt.cycle()
+    assert len(slack.calls_to("chat.update")) == 1  # not retried for ever
+    assert messages_mentioning(slack, run.run_id) == 1 and len(top(slack)) == 1
