@@ -6,6 +6,10 @@
    Slack fake with the production pacing (one post per second per channel):
    Dify requests against the minimum (one per 100 rows), wall time, Slack
    posts, and peak memory.
+3. An incident: one error that keeps failing (one run a minute) for 60
+   cycles, then goes quiet until it resolves: channel messages (one), thread
+   replies (at most one a cycle), parent edits (at most one a cycle), and every
+   run in Slack exactly once.
 
 Everything runs against the fakes on this machine; nothing reaches a network.
 """
@@ -122,6 +126,58 @@ def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) ->
         )
 
 
+def incident(cycles: int) -> None:
+    """One error failing once a minute for ``cycles`` cycles, then quiet until it resolves."""
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    app = dify.add_app("Flaky App")
+    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+        settings = _settings(
+            Path(tmp),
+            {
+                "DIFY_API_KEY": app.key,
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_API_URL": slack.base_url,
+                "WFLOGS_ALERT_CHANNEL": "C0FLAKY",
+                "SLACK_SIGNING_SECRET": "bench-secret",
+            },
+        )
+        web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
+        runtime = Runtime.build(
+            settings,
+            transport=httpx.MockTransport(dify.handler),
+            now=lambda: clock[0],
+            web=web,
+            slack_min_interval=0.0,
+        )
+        runs = []
+        started = time.perf_counter()
+        for i in range(cycles):
+            runs.append(
+                dify.add_log(app, at=int(clock[0]) - 20, error=f"LLM provider timed out after {30 + i}s")
+            )
+            runtime.cycle()
+            clock[0] += 60
+        during = (len(slack.messages), len(slack.calls_to("chat.update")))
+        for _ in range(31):  # quiet for WFLOGS_RESOLVE_AFTER (30 minutes)
+            runtime.cycle()
+            clock[0] += 60
+        wall = time.perf_counter() - started
+        runtime.close()
+        top = [m for m in slack.messages if not m["thread_ts"]]
+        replies = [m for m in slack.messages if m["thread_ts"]]
+        everywhere = "\n".join((m["text"] or "") + str(m["blocks"]) for m in slack.messages)
+        once = sum(1 for r in runs if r.run_id in everywhere)
+        resolved = top and "Resolved" in str(top[0]["blocks"])
+        print(
+            f"  {cycles} cycles of one error, one run each: {len(top)} channel message, "
+            f"{during[0] - len(top)} thread replies and {during[1]} parent edits while failing; "
+            f"after 30 quiet minutes: resolved={bool(resolved)}, {len(replies)} replies and "
+            f"{len(slack.calls_to('chat.update'))} edits in all; {once}/{len(runs)} runs in Slack; "
+            f"{wall:.1f}s wall"
+        )
+
+
 def idle_cost(apps: int, latency: float, cycles: int = 10) -> None:
     """Quiet cycles over ``apps`` busy but healthy apps with every feature on (failure rate,
     stuck runs, mentions, escalation): Dify requests per app per cycle, by what asked."""
@@ -179,15 +235,23 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--failures", type=int, default=10_000)
     parser.add_argument("--pacing", type=float, default=1.0)
+    parser.add_argument("--cycles", type=int, default=60)
+    parser.add_argument("--only", choices=["apps", "idle", "storm", "incident"], help="run one benchmark")
     args = parser.parse_args()
-    print(f"many apps: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms, concurrency 16")
-    many_apps(args.apps, args.latency)
-    print("idle cost:")
-    idle_cost(args.apps, args.latency)
-    print("storm:")
-    storm(args.failures, 1, args.pacing)
-    storm(args.failures, 1, args.pacing, stable=True)
-    storm(args.failures, 25, args.pacing)
+    if args.only in (None, "apps"):
+        print(f"many apps: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms, concurrency 16")
+        many_apps(args.apps, args.latency)
+    if args.only in (None, "idle"):
+        print(f"idle cost: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms")
+        idle_cost(args.apps, args.latency)
+    if args.only in (None, "storm"):
+        print("storm:")
+        storm(args.failures, 1, args.pacing)
+        storm(args.failures, 1, args.pacing, stable=True)
+        storm(args.failures, 25, args.pacing)
+    if args.only in (None, "incident"):
+        print("incident (Slack pacing off; edits and replies counted, not timed):")
+        incident(args.cycles)
 
 
 if __name__ == "__main__":

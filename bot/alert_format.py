@@ -220,7 +220,11 @@ def thread_reply(alerts: Sequence[Alert], *, start: int, total: int) -> tuple[st
     """
     sections = pack_lines([run_line(a, with_error=True) for a in alerts[:RUNS_PER_REPLY]])
     listed = _count_lines(sections)
-    label = f"Runs {start + 1:,}–{start + listed:,} of {total:,}"
+    label = (
+        f"Runs {start + 1:,}–{start + listed:,} of {total:,}"
+        if listed > 1
+        else f"Run {start + 1:,} of {total:,}"
+    )
     blocks: list[Block] = [context(label), *(section(text) for text in sections)]
     return label, blocks, listed
 

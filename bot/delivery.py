@@ -27,7 +27,7 @@ from bot import incident_format as ifmt
 from bot import watch_format as wfmt
 from bot.errors import SlackError, SlackPermanentError
 from bot.incidents import IncidentKeeper
-from bot.notifier import PERMANENT, Sink
+from bot.notifier import MESSAGE_SHAPE, PERMANENT, Sink
 from bot.records import Alert
 from storage import Store
 from storage.incidents import IncidentStore
@@ -43,6 +43,8 @@ MAX_MESSAGES_PER_PLAN = 5
 # More unlisted runs than this go into a CSV file rather than thread replies.
 CSV_THRESHOLD = 200
 KEEP_SENT_SECONDS = 7 * 86400
+# Resolved incidents are kept this long (the digest, "back again" links), then forgotten.
+KEEP_INCIDENTS_SECONDS = 30 * 86400
 
 
 @dataclass
@@ -117,7 +119,11 @@ class Deliverer:
                 moved = self.store.rebind_channels(self.channels)
                 if moved:
                     log.info("%d waiting alerts follow their app to its current channel", moved)
-            self.keeper.evaluate(now)
+            try:
+                self.keeper.evaluate(now)
+            except Exception:
+                # Runs are safe in the outbox; what was planned before still goes out.
+                log.exception("evaluating incidents failed; the next pass retries")
             if self.escalator is not None:
                 try:
                     self.escalator.evaluate(now)
@@ -137,6 +143,7 @@ class Deliverer:
                     result.errors[channel] = str(exc)
                     log.warning("alerts for %s are waiting: %s", channel, exc)
             self.store.prune_outbox(now - KEEP_SENT_SECONDS)
+            self.incidents.prune(now - KEEP_INCIDENTS_SECONDS)
             return result
 
     # -- planning ---------------------------------------------------------------------------
@@ -217,10 +224,17 @@ class Deliverer:
         except SlackError as exc:
             if _stops_channel(exc):
                 raise
-            if item.get("last_error") != str(exc):
-                log.error("Slack refused a message for %s; the others go on: %s", channel, exc)
             if "kind" in item:
                 self.store.message_error(item["id"], str(exc))
+                # A message planned again after a refusal is a new row: name it by its first run.
+                first = min((r["id"] for r in self.store.message_alerts(item["id"])), default=item["id"])
+                key = f"refused:{channel}:run {first}:{exc.error}"
+            else:
+                key = f"refused:{channel}:event {item['id']}:{exc.error}"
+            if self.store.tell_once(key, str(exc), int(self._now())):
+                log.error(
+                    "Slack refused a message for %s; the others go on (it is retried): %s", channel, exc
+                )
             result.refused[channel] = str(exc)
 
     def _deliver(self, channel: str, message: dict[str, Any], result: DeliveryResult) -> None:
@@ -228,7 +242,10 @@ class Deliverer:
         alerts = [Alert.from_row(r) for r in rows]
         sent = {r["id"] for r in rows if r["sent_at"] is not None}
         parent_ts = message["parent_ts"]
-        incident = self.incidents.get(message["incident_id"]) if message.get("incident_id") else None
+        incident_id = message.get("incident_id")
+        if incident_id is None and message["kind"] in ("single", "group") and rows:
+            incident_id = rows[0].get("incident_id")  # planned before incidents existed
+        incident = self.incidents.get(int(incident_id)) if incident_id else None
         now = int(self._now())
         # Numbering of replies: within the incident when there is one, else within the message.
         base, total = 0, len(alerts)
@@ -296,7 +313,9 @@ class Deliverer:
         with self.store.transaction():
             self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=ts)
             if incident is not None and body is not None:
-                self.incidents.set_parent(int(incident["id"]), ts, body)
+                self.incidents.set_parent(
+                    int(incident["id"]), ts, body, shown=int(incident.get("dirty") or 0)
+                )
             else:
                 ids = sorted({int(r["incident_id"]) for r in self.store.message_alerts(message["id"])})
                 self.incidents.set_thread(ids, ts)
@@ -320,7 +339,7 @@ class Deliverer:
             log.info("no link to the previous incident: %s", exc)
             link = None
         if link:
-            self.store.execute("update incidents set previous_link = ? where id = ?", [link, incident["id"]])
+            self.incidents.set_previous_link(int(incident["id"]), link)
             incident = {**incident, "previous_link": link}
         return incident
 
@@ -369,11 +388,16 @@ class Deliverer:
                     return 0
                 # Deleted in Slack: a new parent (keeping the runs the old one listed) and a new thread.
                 ts = self.sink.post(channel, text, blocks)
-                self.incidents.set_parent(int(incident["id"]), ts, incident.get("parent_body") or "[]")
+                self.incidents.set_parent(
+                    int(incident["id"]),
+                    ts,
+                    incident.get("parent_body") or "[]",
+                    shown=int(incident["dirty"] or 0),
+                )
                 log.info("the message of incident %s was deleted in Slack; posted a new one", incident["id"])
                 result.posts += 1
                 return 1
-            if exc.error in {"cant_update_message", "edit_window_closed"}:
+            if exc.error in {"cant_update_message", "edit_window_closed"} | MESSAGE_SHAPE:
                 log.warning("cannot edit the message of incident %s any more: %s", incident["id"], exc.error)
                 self.incidents.stop_editing(int(incident["id"]))
                 return 0
@@ -381,7 +405,7 @@ class Deliverer:
                 raise
             log.warning("editing the message of incident %s failed; will retry: %s", incident["id"], exc)
             return 0
-        self.incidents.edited(int(incident["id"]))
+        self.incidents.edited(int(incident["id"]), int(incident["dirty"] or 0))
         result.edits += 1
         return 0
 

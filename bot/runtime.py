@@ -117,6 +117,9 @@ class Runtime:
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
         resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
+        digester = Digester(
+            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
+        )
 
         def successes(app_id: str, after: int, before: int) -> int | None:
             client = clients.get(app_id)
@@ -142,9 +145,6 @@ class Runtime:
             escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
-        digester = Digester(
-            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
-        )
         runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now)
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
@@ -182,11 +182,12 @@ class Runtime:
         problems += self._watch_problems(self.last_watch)
         report = CycleReport(apps, delivery, seconds, problems, self.last_watch)
         log.info(
-            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
+            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
             len(apps),
             sum(r.new_alerts for r in apps),
             delivery.runs_delivered,
             delivery.posts,
+            delivery.edits,
             report.seconds,
             f", {len(problems)} problems" if problems else "",
         )

@@ -55,7 +55,15 @@ class DeliveryLoop:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self.runtime.deliver()
+                result = self.runtime.deliver()
+                if result.posts or result.edits:
+                    log.info(
+                        "delivered %d runs in %d posts and %d edits%s",
+                        result.runs_delivered,
+                        result.posts,
+                        result.edits,
+                        f"; waiting: {', '.join(result.errors)}" if result.errors else "",
+                    )
             except Exception:
                 log.exception("delivery crashed; the next pass will retry")
             self._wake.wait(self.interval)

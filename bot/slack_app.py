@@ -291,25 +291,31 @@ def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Calla
     if command.kind == "unmute":
         answer = runtime.actions.unmute(command.number or 0, user, at)
     else:
-        answer = _mute_app(runtime, command, user, at)
+        answer = _mute_app(runtime, command, user, at, channel)
     if runtime.wake is not None:
         runtime.wake()
     ack(*_note(answer))
     return True
 
 
-def _mute_app(runtime: Runtime, command: MuteCommand, user: str, at: int) -> str:
+def _mute_app(runtime: Runtime, command: MuteCommand, user: str, at: int, channel: str | None) -> str:
     settings = runtime.settings
     names = {
         app.id: app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label
         for app in settings.apps
     }
-    wanted = (command.app or "").lower()
-    found = [app for app in settings.apps if names[app.id].lower() == wanted]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[\s_-]+", "-", name.strip().lower())
+
+    wanted = norm(command.app or "")
+    found = [app for app in settings.apps if norm(names[app.id]) == wanted]
     if len(found) != 1:
         known = ", ".join(f"`{escape(n)}`" for n in sorted(names.values())[:20])
         return f"No single app is called `{escape(command.app or '')}`; the apps are: {known}."
     app = found[0]
+    if app.channels is not None and channel not in app.channels:
+        return f"{escape(names[app.id])} cannot be muted from this conversation; try its own channel."
     mute_id = runtime.actions.mute_app(
         app_id=app.id,
         app_name=names[app.id],

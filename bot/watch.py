@@ -426,7 +426,7 @@ class SignalMessages:
     def posted(self, incident: dict[str, Any], ts: str) -> None:
         """The parent is in Slack: it listed every stuck run it holds."""
         with self.store.transaction():
-            self.incidents.set_parent(int(incident["id"]), ts, "[]")
+            self.incidents.set_parent(int(incident["id"]), ts, "[]", shown=int(incident.get("dirty") or 0))
             runs = self._runs(int(incident["id"]))
             if runs:
                 self.db.mark_stuck_reported(incident["app_id"], [r["log_id"] for r in runs])
@@ -453,7 +453,8 @@ class SignalMessages:
         with self.store.transaction():
             self.db.mark_stuck_reported(incident["app_id"], [r["log_id"] for r in runs])
             self.store.execute(
-                "update incidents set dirty = 1 where id = ? and parent_ts is not null", [incident["id"]]
+                "update incidents set dirty = dirty + 1 where id = ? and parent_ts is not null",
+                [incident["id"]],
             )
 
     def _runs(self, incident_id: int) -> list[dict[str, Any]]:

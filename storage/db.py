@@ -15,6 +15,10 @@ Tables:
   At most one ``scheduled`` digest per app and day (a unique index).
 - ``digest_apps``: when the digest scheduler first saw each app, so that a fresh
   install does not post a late digest for a day before it ran.
+- ``notices``: what the operator has been told once (a refused CSV upload, a refused message).
+- ``incidents``, ``incident_sessions``, ``mutes``, ``incident_events``: see
+  ``storage/incidents.py``; ``alerts.incident_id`` and ``messages.incident_id`` tie
+  runs and messages to their incident, ``alerts.muted`` marks runs recorded but not posted.
 
 This module never imports ``bot``.
 """
@@ -392,7 +396,7 @@ class Store:
             for app_id, channel in channels.items():
                 before = self.db.conn.total_changes
                 self.db.execute(
-                    "update alerts set channel = ?, message_id = null "
+                    "update alerts set channel = ?, message_id = null, incident_id = null "
                     "where app_id = ? and sent_at is null and channel != ?",
                     [channel, app_id, channel],
                 )

@@ -2,7 +2,7 @@
 
 An incident is one app + status + error shape (+ channel) from its first failed
 run until it resolves. Clicks and commands write intent here (acknowledged,
-muted, resolved) and mark the incident ``dirty``; the deliverer, the one writer
+muted, resolved) and count a change in ``dirty``; the deliverer, the one writer
 of channel messages, edits the parent from this state. ``incident_events`` are
 the thread replies (and channel notices) still to be posted.
 
@@ -76,14 +76,14 @@ class IncidentStore:
         rows = self.store.query(
             "select channel from alerts where sent_at is null "
             "union select channel from incident_events where posted_at is null "
-            "union select channel from incidents where dirty = 1 and parent_ts is not null order by 1"
+            "union select channel from incidents where dirty > 0 and parent_ts is not null order by 1"
         )
         return [r["channel"] for r in rows]
 
     def dirty(self, channel: str) -> list[dict[str, Any]]:
         """Incidents of ``channel`` whose parent must be edited."""
         return self.store.query(
-            "select * from incidents where channel = ? and dirty = 1 and parent_ts is not null order by id",
+            "select * from incidents where channel = ? and dirty > 0 and parent_ts is not null order by id",
             [channel],
         )
 
@@ -135,7 +135,7 @@ class IncidentStore:
                 "first_seen = min(coalesce(first_seen, ?), ?), last_seen = max(coalesce(last_seen, ?), ?), "
                 "error = coalesce(?, error), "
                 "sessions = (select count(*) from incident_sessions where incident_id = ?), "
-                "dirty = case when parent_ts is null then dirty else 1 end where id = ?",
+                "dirty = case when parent_ts is null then dirty else dirty + 1 end where id = ?",
                 [
                     len(alert_ids),
                     len(alert_ids) if muted else 0,
@@ -149,11 +149,13 @@ class IncidentStore:
                 ],
             )
 
-    def set_parent(self, incident_id: int, ts: str, body: str) -> None:
-        """The incident's own channel message was posted."""
+    def set_parent(self, incident_id: int, ts: str, body: str, *, shown: int) -> None:
+        """The incident's own channel message was posted, showing the changes counted up to ``shown``
+        (its ``dirty`` when it was drawn); changes made meanwhile are still to be shown."""
         self.store.execute(
-            "update incidents set parent_ts = ?, thread_ts = ?, parent_body = ?, dirty = 0 where id = ?",
-            [ts, ts, body, incident_id],
+            "update incidents set parent_ts = ?, thread_ts = ?, parent_body = ?, dirty = max(dirty - ?, 0) "
+            "where id = ?",
+            [ts, ts, body, shown, incident_id],
         )
 
     def set_thread(self, incident_ids: list[int], ts: str) -> None:
@@ -164,15 +166,23 @@ class IncidentStore:
                     "update incidents set thread_ts = ? where id = ? and parent_ts is null", [ts, incident_id]
                 )
 
+    def set_previous_link(self, incident_id: int, link: str) -> None:
+        """The link to the previous incident's thread, for an incident that is back."""
+        self.store.execute("update incidents set previous_link = ? where id = ?", [link, incident_id])
+
     def parent_lost(self, incident_id: int) -> None:
         """The parent was deleted in Slack: the next post gives the incident a new one."""
         self.store.execute(
             "update incidents set parent_ts = null, thread_ts = null, dirty = 0 where id = ?", [incident_id]
         )
 
-    def edited(self, incident_id: int) -> None:
-        """The parent shows the current state."""
-        self.store.execute("update incidents set dirty = 0, edits = edits + 1 where id = ?", [incident_id])
+    def edited(self, incident_id: int, shown: int) -> None:
+        """The parent shows the state drawn when ``dirty`` was ``shown``: a click that came while
+        the edit was on its way keeps the incident dirty, so the next pass shows it too."""
+        self.store.execute(
+            "update incidents set dirty = max(dirty - ?, 0), edits = edits + 1 where id = ?",
+            [shown, incident_id],
+        )
 
     def stop_editing(self, incident_id: int) -> None:
         """Slack will not let the parent be edited any more."""
@@ -208,7 +218,7 @@ class IncidentStore:
         with self.store.transaction():
             before = self.db.conn.total_changes
             self.db.execute(
-                "update incidents set ack_by = ?, ack_at = ?, dirty = 1 "
+                "update incidents set ack_by = ?, ack_at = ?, dirty = dirty + 1 "
                 "where id = ? and state = 'open' and ack_by is null",
                 [user, now, incident_id],
             )
@@ -220,7 +230,7 @@ class IncidentStore:
             before = self.db.conn.total_changes
             self.db.execute(
                 "update incidents set state = 'resolved', resolved_at = ?, resolved_by = ?, successes = ?, "
-                "dirty = 1 where id = ? and state = 'open'",
+                "dirty = dirty + 1 where id = ? and state = 'open'",
                 [now, by, successes, incident_id],
             )
             changed = self.db.conn.total_changes > before
@@ -231,6 +241,32 @@ class IncidentStore:
                 )
             return changed
 
+    def prune(self, older_than: int) -> None:
+        """Forget incidents resolved before ``older_than``, with their sessions, events and mutes."""
+        with self.store.transaction():
+            old = "select id from incidents where state = 'resolved' and resolved_at < ?"
+            self.db.execute(f"delete from incident_sessions where incident_id in ({old})", [older_than])
+            self.db.execute(
+                f"delete from incident_events where posted_at is not null and incident_id in ({old})",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from mutes where ended_at is not null and ended_at < ? "
+                "and (incident_id is null or incident_id in "
+                "(select id from incidents where state = 'resolved'))",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from incidents where state = 'resolved' and resolved_at < ? "
+                "and id not in (select incident_id from alerts where incident_id is not null)",
+                [older_than],
+            )
+            self.db.execute(
+                "delete from incident_events where incident_id is null "
+                "and posted_at is not null and posted_at < ?",
+                [older_than],
+            )
+
     # -- mutes ---------------------------------------------------------------------------
 
     def add_mute(self, fields: dict[str, Any]) -> int:
@@ -240,7 +276,9 @@ class IncidentStore:
         with self.store.transaction():
             cursor = self.db.execute(f"insert into mutes ({columns}) values ({marks})", list(fields.values()))
             if fields.get("incident_id"):
-                self.db.execute("update incidents set dirty = 1 where id = ?", [fields["incident_id"]])
+                self.db.execute(
+                    "update incidents set dirty = dirty + 1 where id = ?", [fields["incident_id"]]
+                )
             return int(cursor.lastrowid or 0)
 
     def mute(self, mute_id: int) -> dict[str, Any] | None:
@@ -259,8 +297,8 @@ class IncidentStore:
             changed = self.db.conn.total_changes > before
             if changed:
                 self.db.execute(
-                    "update incidents set dirty = 1 where id = (select incident_id from mutes where id = ?) "
-                    "and parent_ts is not null",
+                    "update incidents set dirty = dirty + 1 "
+                    "where id = (select incident_id from mutes where id = ?) and parent_ts is not null",
                     [mute_id],
                 )
             return changed

@@ -112,7 +112,7 @@ class WatchStore:
         self.store.execute(
             "update incidents set detail = ?, runs = ?, last_seen = ?, "
             "dirty = case when parent_ts is not null and (detail is not ? or runs != ?) "
-            "then 1 else dirty end "
+            "then dirty + 1 else dirty end "
             "where id = ?",
             [encoded, runs, last_seen, encoded, runs, incident_id],
         )

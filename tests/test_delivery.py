@@ -302,7 +302,8 @@ def test_thread_replies_never_drop_runs_with_long_session_ids(tmp_path, dify, cl
         assert messages_mentioning(slack, run.run_id) == 1
     for reply in slack.posts():
         if reply["thread_ts"]:
-            first, last = reply["text"].split(" of ")[0].removeprefix("Runs ").split("–")
+            span = reply["text"].split(" of ")[0].split(" ", 1)[1]
+            first, last = span.split("–") if "–" in span else (span, span)
             listed = sum(run.run_id in json.dumps(reply["blocks"]) for run in runs)
             assert listed == int(last) - int(first) + 1  # the label tells the truth
     _validate(slack)
@@ -385,3 +386,17 @@ def test_delivery_does_not_wait_for_a_slow_poll(tmp_path, dify, clock, slack):
         scheduler.shutdown(wait=True)
         delivery.stop()
         rt.close()
+
+
+def test_a_message_refused_again_and_again_is_told_once(tmp_path, dify, clock, slack, caplog):
+    app = dify.add_app()
+    run = dify.add_log(app, at=int(clock.now) - 5, error="refused shape")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    slack.fail("chat.postMessage", "error", "invalid_blocks", times=6)  # blocks, then plain text; 3 passes
+    for _ in range(3):
+        rt.cycle()
+        clock.advance(60)
+    told = [r for r in caplog.records if "Slack refused a message" in r.getMessage()]
+    assert len(told) == 1
+    rt.cycle()
+    assert messages_mentioning(slack, run.run_id) == 1

@@ -127,14 +127,20 @@ def test_a_storm_of_new_shapes_is_capped_and_each_shape_keeps_its_thread(tmp_pat
     first = top(slack)
     assert len(first) == 5 and "8 failed or stopped runs" not in first[-1]["text"]
     summary = next(m for m in first if "failed or stopped runs" in m["text"])
+    assert "node theta exploded" in shown(summary)  # the last shapes are summarised
+    assert any("node theta exploded" in shown(m) for m in replies(slack, summary["ts"]))
     later = dify.add_log(app, at=int(clock.now) + 5, error="node theta exploded")
     clock.advance(60)
     rt.cycle()
-    assert len(top(slack)) <= 10
-    assert messages_mentioning(slack, later.run_id) == 1
-    rows = rt.store.query("select count(*) as n from incidents")
-    assert rows[0]["n"] == 8
-    assert replies(slack, summary["ts"])  # the summarised shapes' runs are in its thread
+    # Room again: the summarised shape gets its own parent, and its next runs go to that thread.
+    own = top(slack)[-1]
+    assert len(top(slack)) == 6 and later.run_id in shown(own)
+    last = dify.add_log(app, at=int(clock.now) + 5, error="node theta exploded")
+    clock.advance(60)
+    rt.cycle()
+    assert len(top(slack)) == 6
+    assert any(last.run_id in shown(m) for m in replies(slack, own["ts"]))
+    assert rt.store.query("select count(*) as n from incidents")[0]["n"] == 8
 
 
 def test_a_parent_deleted_in_slack_gets_a_new_one_and_no_run_is_lost(tmp_path, dify, clock, slack, web):
@@ -236,27 +242,169 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     fail_some(dify, app, clock, 2)
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
     rt.cycle()
-    assert "incident_ack" not in shown(top(slack)[0])
+    assert "incident_ack" not in shown(top(slack)[0])  # no app token, no signing secret
     other = dify.add_app()
     fail_some(dify, other, clock, 2)
-    rt2 = _runtime(
-        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
-        dify,
-        clock,
-        slack,
-        other.key,
-        SLACK_APP_TOKEN="xapp-1-test",
-    )
+    (tmp_path / "b").mkdir()
+    rt2 = _runtime(tmp_path / "b", dify, clock, slack, other.key, SLACK_APP_TOKEN="xapp-1-test")
     rt2.cycle()
-    blocks = json.dumps(top(slack)[-1]["blocks"])
-    for needle in (
-        "incident_ack",
-        "incident_mute",
-        "incident_resolve",
-        "Acknowledge",
-        "Resolve",
-        "7 days",
-        "until resolved",
-    ):
-        assert needle in blocks
-    assert_valid_blocks(top(slack)[-1]["blocks"])
+    parent = top(slack)[-1]
+    for needle in ("incident_ack", "incident_mute", "incident_resolve", "Acknowledge", "Resolve", "7 days"):
+        assert needle in shown(parent)
+    assert "until resolved" in shown(parent)
+    assert_valid_blocks(parent["blocks"])
+
+
+def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RESOLVE_AFTER="600")
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    for _ in range(11):  # quiet: the first incident resolves after 11 minutes
+        clock.advance(60)
+        rt.cycle()
+    fail_some(dify, app, clock, 1, error="tool search failed: 500")
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    rt.digester.post_now(clock.now)
+    digest = next(m for m in slack.posts() if "digest" in m["text"])
+    assert "*Incidents*: 2 opened, 1 resolved (median 10m 00s to resolve), 1 still open" in shown(digest)
+
+
+def test_a_click_recorded_before_a_crash_is_shown_after_the_restart(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    env = {"SLACK_SIGNING_SECRET": "s" * 32}
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, **env)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    rt.close()  # the process dies before the deliverer edits
+    again = _runtime(tmp_path, dify, clock, slack, app.key, **env)
+    clock.advance(60)
+    assert again.cycle().ok
+    assert "Acknowledged by <@U0ALICE>" in shown(parent)
+    assert len(top(slack)) == 1
+
+
+def test_waiting_runs_of_an_incident_follow_a_channel_change_into_a_new_incident(tmp_path, dify, clock):
+    app = dify.add_app()
+    with FakeSlack(channels={"C0NEW", "C0OLD"}) as slack:
+        env = {k: v for k, v in slack_env(slack).items() if k != "WFLOGS_ALERT_CHANNEL"}
+        toml = f'[[apps]]\napi_key = "{app.key}"\nchannel = "C0OLD"\n'
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml), dify, clock)
+        fail_some(dify, app, clock, 2)
+        rt.cycle()
+        slack.fail("chat.postMessage", "error", "is_archived")
+        clock.advance(60)
+        late = fail_some(dify, app, clock, 1, error="model overloaded after {i}3s")
+        assert not rt.cycle().ok
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml.replace("C0OLD", "C0NEW")), dify, clock)
+        clock.advance(60)
+        assert rt.cycle().ok
+        (moved,) = [m for m in slack.posts() if m["channel"] == "C0NEW"]
+        assert moved["thread_ts"] is None and late[0].run_id in shown(moved)
+
+
+def test_a_click_during_an_edit_is_shown_by_the_next_edit(tmp_path, dify, clock, slack):
+    from storage.incidents import IncidentStore
+
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, SLACK_SIGNING_SECRET="s" * 32)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    clock.advance(60)
+    fail_some(dify, app, clock, 1, error="model overloaded after {i}5s")
+    rt.poll()
+    rt.deliverer.keeper.evaluate(int(clock.now))
+    incidents = IncidentStore(rt.store)
+    (drawn,) = incidents.dirty(CHANNEL)  # the deliverer draws the parent...
+    rt.actions.acknowledge(int(drawn["id"]), "U0ALICE", int(clock.now))  # ...a click lands meanwhile...
+    incidents.edited(int(drawn["id"]), int(drawn["dirty"]))  # ...and the older drawing is sent
+    assert incidents.dirty(CHANNEL)  # so the click is still to be shown
+    rt.deliver()
+    assert "Acknowledged by <@U0ALICE>" in shown(top(slack)[0])
+    assert not incidents.dirty(CHANNEL)
+
+
+# -- as the CLI runs it ------------------------------------------------------------------------------
+
+
+def test_poll_once_evaluates_incidents_and_a_kill_mid_reply_doubles_at_most_that_reply(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.fakes.dify import DifyServer
+    from tests.fakes.slack import BOT_TOKEN
+    from tests.test_cli import _env, wflogs
+
+    with DifyServer(FakeDify()) as server, FakeSlack() as slack:
+        app = server.fake.add_app("Support Bot")
+        now = int(time.time())
+        first = [server.fake.add_log(app, at=now - 60 + i, error=f"timed out after {i}s") for i in range(2)]
+        env = {
+            "DIFY_API_KEY": app.key,
+            "DIFY_API_URL": server.url,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_API_URL": slack.base_url,
+            "WFLOGS_ALERT_CHANNEL": CHANNEL,
+        }
+        assert wflogs(tmp_path, "poll", "--once", **env).returncode == 0
+        (parent,) = top(slack)
+        later = server.fake.add_log(app, at=int(time.time()) - 2, error="timed out after 9s")
+        slack.fail("chat.postMessage", "accept_hang", 30)  # the reply is taken, then we die
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "poll", "--once"],
+            cwd=tmp_path,
+            env=_env(tmp_path, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while len(slack.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        done = wflogs(tmp_path, "poll", "--once", **env)
+        assert done.returncode == 0, done.stderr
+        assert len(top(slack)) == 1  # no new channel message for the same error
+        assert 1 <= messages_mentioning(slack, later.run_id) <= 2
+        for run in first:
+            assert messages_mentioning(slack, run.run_id) == 1
+        assert "3 runs failed" in shown(parent)  # edited in place by the second poll
+
+
+def test_a_long_rate_limit_on_edits_waits_for_a_later_pass_and_never_posts(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    (parent,) = top(slack)
+    slack.fail("chat.update", "ratelimit", 120)
+    clock.advance(60)
+    fail_some(dify, app, clock, 1, error="model overloaded after {i}8s")
+    assert not rt.cycle().ok
+    assert "2 runs failed" in shown(parent)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)  # later (the wait is over)
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert "3 runs failed" in shown(parent) and len(top(slack)) == 1
+
+
+def test_a_parent_slack_will_not_let_us_edit_is_left_alone(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 2)
+    rt.cycle()
+    slack.fail("chat.update", "error", "edit_window_closed")
+    clock.advance(60)
+    run = fail_some(dify, app, clock, 1, error="model overloaded after {i}8s")[0]
+    assert rt.cycle().ok
+    clock.advance(60)
+    rt.cycle()
+    assert len(slack.calls_to("chat.update")) == 1  # not retried for ever
+    assert messages_mentioning(slack, run.run_id) == 1 and len(top(slack)) == 1
