@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         err.write(f"wflogs: configuration: {exc}\n")
         return 2
     setup_logging(_secrets(settings), level=logging.DEBUG if args.verbose else logging.INFO)
-    if args.command != "check":  # check prints them itself
+    if args.command not in ("check", "run"):  # check prints them, `run` logs them as it starts
         for warning in settings.warnings:
             log.warning("%s", warning)
     try:

@@ -156,6 +156,8 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     stop = stop or threading.Event()
     install_stop_signals(stop)
     runtime = Runtime.build(settings, stream=out)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     scheduler = BackgroundScheduler(timezone=settings.tz)
     delivery = DeliveryLoop(runtime).start()
     runtime.wake = delivery.wake
