@@ -25,6 +25,12 @@ growing pauses up to an hour, since Dify can leave a row ``running`` for good.
 The stuck runs of an app form one signal, resolved when they have all ended.
 Dify before 1.11 writes a row only when a run ends, so there is nothing to
 watch there and no request is made.
+
+**Incidents.** Each signal is shown as an incident (``kind`` failure_rate or
+stuck_runs) with the life of any other: :meth:`Watcher.sync` opens, updates and
+resolves it in SQLite, :class:`SignalMessages` tells the deliverer (the one
+writer of channel messages) how to draw it, and :class:`Escalator` records the
+one escalation of any incident nobody acknowledged in time.
 """
 
 from __future__ import annotations
@@ -132,7 +138,7 @@ class Watcher:
     # -- one cycle -----------------------------------------------------------------
 
     def watch_all(self, results: list[AppResult]) -> WatchReport:
-        """Evaluate every app the poller read this cycle, then tell what is new."""
+        """Evaluate every app the poller read this cycle, then bring the signals' incidents up to date."""
         report = WatchReport()
         if not self.enabled:
             return report
