@@ -20,6 +20,8 @@ from bot.text import clock, duration, escape, escape_cut, one_line, plural
 
 # Stuck runs listed in one message; the rest are counted.
 RUNS_LISTED = 20
+# Characters of run lines in one section (Slack takes 3000, with room for a heading).
+LINES_BUDGET = 2700
 
 
 def window_words(seconds: int) -> str:
@@ -160,9 +162,17 @@ def _run_line(run: dict[str, Any], now: int) -> str:
 
 
 def _run_lines(runs: Sequence[dict[str, Any]], now: int) -> str:
-    lines = [_run_line(run, now) for run in runs[:RUNS_LISTED]]
-    if len(runs) > RUNS_LISTED:
-        lines.append(f"… and {len(runs) - RUNS_LISTED:,} more")
+    """One line per run, as many as fit a section (and at most ``RUNS_LISTED``), then a count."""
+    lines: list[str] = []
+    size = 0
+    for run in runs[:RUNS_LISTED]:
+        line = _run_line(run, now)
+        if size + len(line) + 1 > LINES_BUDGET:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if len(runs) > len(lines):
+        lines.append(f"… and {len(runs) - len(lines):,} more")
     return "\n".join(lines)
 
 

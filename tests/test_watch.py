@@ -441,3 +441,19 @@ def test_a_failure_rate_is_not_resolved_by_the_quiet_rule_of_error_incidents(tmp
     assert rate["state"] == "open"
     (shape,) = rt.store.query("select state from incidents where kind is null and status = 'failed'")
     assert shape["state"] == "resolved"
+
+
+def test_many_stuck_runs_with_long_sessions_fit_slack(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    runs = [
+        dify.start_run(app, at=int(clock.now) - 1300 - i, session="<s>&" * 60 + str(i)) for i in range(30)
+    ]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200")
+    rt.cycle()
+    (parent,) = _stuck_parents(slack)
+    assert "30 runs stuck in running" in parent["text"]
+    assert_valid_blocks(parent["blocks"])
+    body = texts(parent)
+    listed = sum(1 for r in runs if r.run_id in body)
+    assert 1 <= listed < 30 and f"… and {30 - listed} more" in body
+    assert "<s>" not in body and "&lt;s&gt;&amp;" in body
