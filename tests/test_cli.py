@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,13 @@ from tests.fakes.dify import DifyServer, FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -164,7 +172,7 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url),
+            env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url, PORT=str(free_port())),
         )
         deadline = time.monotonic() + 30
         while run.run_id not in out_path.read_text() and time.monotonic() < deadline:
