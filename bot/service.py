@@ -21,6 +21,7 @@ from bot.lease import Lease, lease_timings
 from bot.ops_http import EVENTS_PATH, HEALTH_PATH, METRICS_PATH, OpsServer, ProcessHealth, make_wsgi_app
 from bot.runtime import CycleReport, Runtime, database_error
 from bot.slack_app import build_app
+from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
 from bot.socket_mode import SocketModeConnector
 from storage import STORAGE_ERRORS
 
@@ -227,7 +228,9 @@ def install_stop_signals(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-def start_serving(runtime: Runtime, ops: Operations) -> Callable[[], None]:
+def start_serving(
+    runtime: Runtime, ops: Operations, *, socket_first_delay: float = SOCKET_FIRST_DELAY
+) -> Callable[[], None]:
     """The HTTP server on ``WFLOGS_HTTP_HOST:PORT`` (health, metrics and, with a signing secret,
     ``/slack/events``) and Socket Mode with an app token; returns the function that stops both.
 
@@ -262,6 +265,7 @@ def start_serving(runtime: Runtime, ops: Operations) -> Callable[[], None]:
         connector = SocketModeConnector(
             bolt_app,
             settings.slack_app_token,
+            first_delay=socket_first_delay,
             on_connected=lambda up: ops.metrics.socket_mode_connected.set(1 if up else 0),
         ).start()
 
