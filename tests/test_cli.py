@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -182,3 +183,24 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
     text = out_path.read_text()
     assert run.run_id in text
     assert code == 0 and "Traceback" not in text
+
+
+def test_json_logs_are_one_object_per_line_with_secrets_scrubbed(tmp_path, server):
+    bad_key = "app-" + "q" * 20 + "ABCD"
+    done = wflogs(
+        tmp_path,
+        "poll",
+        "--once",
+        DIFY_API_KEY=bad_key,
+        DIFY_API_URL=server.url,
+        WFLOGS_LOG_FORMAT="json",
+        WFLOGS_LOOKBACK="600",
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    others = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert others == [line for line in others if line.startswith("wflogs:")]  # the CLI's own summary
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    failed = [r for r in records if r["level"] == "ERROR" and r["logger"] == "bot.poller"]
+    assert failed and "rejected the API key" in failed[0]["message"]
+    assert bad_key not in done.stderr + done.stdout
