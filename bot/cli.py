@@ -148,8 +148,12 @@ def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
         return 1
     data = info.get("channel") or {}
     if not data.get("is_member") and not data.get("is_im"):
-        out.write(f"! channel {channel}: the bot is not a member; invite it with /invite @wflogs\n")
-        return 0
+        # Posting (without chat:write.public) and CSV uploads (always) need the bot in the channel.
+        out.write(
+            f"✗ channel {channel} (#{data.get('name', '?')}): the bot is not a member, so alerts and "
+            "CSV files cannot be posted; invite it with /invite @wflogs\n"
+        )
+        return 1
     out.write(f"✓ channel {channel} (#{data.get('name', '?')})\n")
     return 0
 

@@ -271,7 +271,7 @@ def _bad(h: Harness, kind: str) -> str:
         ("unknown account", "Account not found: nobody@example.com", True),
         ("dify down", "answered HTTP 500", False),
         ("dify unreachable", "cannot reach Dify", False),
-        ("rejected key", "Dify rejected the API key of app …", False),
+        ("rejected key", "Dify rejected the API key", False),
         ("page out of range", "page 5 is out of range: 1 matching run fills 1 page", True),
         ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", True),
     ],

@@ -118,7 +118,12 @@ def test_a_lease_of_another_host_is_respected_until_it_expires(tmp_path: Path, s
     assert Lease(store, ttl=3, owner="other-node:1:beef").tick()
     store.db.conn.close()
     port = free_port()
-    env = {"DIFY_API_KEY": app.key, "DIFY_API_URL": server.url, "WFLOGS_POLL_INTERVAL": str(INTERVAL)}
+    env = {
+        "DIFY_API_KEY": app.key,
+        "DIFY_API_URL": server.url,
+        "WFLOGS_POLL_INTERVAL": str(INTERVAL),
+        "WFLOGS_LOOKBACK": "900",
+    }
     with (tmp_path / "out.txt").open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "run"],
@@ -136,3 +141,4 @@ def test_a_lease_of_another_host_is_respected_until_it_expires(tmp_path: Path, s
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
+    assert "WARNING bot.service: WFLOGS_LOOKBACK=900 is below 1200 s" in (tmp_path / "out.txt").read_text()

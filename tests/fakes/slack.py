@@ -113,6 +113,8 @@ class FakeSlack:
     ) -> None:
         self.token = token
         self.app_token = app_token
+        # Channels that exist but the bot was never invited to (posts and uploads get not_in_channel).
+        self.not_member: set[str] = set()
         # Socket Mode: the open WebSocket connections and the text frames clients sent on them.
         self.sockets: list[socket.socket] = []
         self.socket_received: list[str] = []
@@ -335,7 +337,11 @@ class FakeSlack:
         if method == "conversations.info":
             if self.channels is not None and channel not in self.channels:
                 return {"ok": False, "error": "channel_not_found"}
-            return {"ok": True, "channel": {"id": channel, "name": "alerts", "is_member": True}}
+            member = channel not in self.not_member
+            return {"ok": True, "channel": {"id": channel, "name": "alerts", "is_member": member}}
+        if method in ("chat.postMessage", "chat.update", "files.completeUploadExternal"):
+            if channel in self.not_member:
+                return {"ok": False, "error": "not_in_channel"}
         if method in ("chat.postMessage", "chat.update"):
             if self.channels is not None and channel not in self.channels:
                 return {"ok": False, "error": "channel_not_found"}
