@@ -293,3 +293,43 @@ def test_healthz_json_has_no_secrets(tmp_path: Path, dify: FakeDify, slack: Fake
     finally:
         stop()
         runtime.close()
+
+
+def test_poll_once_leaves_the_polling_to_an_active_instance(monkeypatch, tmp_path: Path, dify: FakeDify):
+    import io
+    import os
+
+    from bot.cli import main
+
+    for name in list(os.environ):
+        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DIFY_API_KEY", "app-" + "k" * 24)
+    monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("WFLOGS_DB", str(tmp_path / "wflogs.db"))
+    assert Lease(Store.open(str(tmp_path / "wflogs.db")), ttl=600, owner="elsewhere:7:cafe").tick()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["poll", "--once"], out=out, err=err) == 1
+    assert "another wflogs (elsewhere:7:cafe) is active on" in err.getvalue()
+    out = io.StringIO()
+    main(["check"], out=out, err=err)
+    assert "✓ active instance: elsewhere:7:cafe" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (OSError(28, "No space left on device"), "the disk is full"),
+        (sqlite3.OperationalError("database or disk is full"), "the disk is full"),
+        (sqlite3.OperationalError("database is locked"), "is locked by another program"),
+        (sqlite3.OperationalError("attempt to write a readonly database"), "cannot be written"),
+        (sqlite3.DatabaseError("file is not a database"), "not a usable SQLite database"),
+        (sqlite3.OperationalError("disk I/O error"), "a disk error occurred"),
+    ],
+)
+def test_database_errors_are_named_with_a_fix(error: BaseException, says: str):
+    from bot.runtime import database_error
+
+    message = str(database_error("/srv/wflogs/wflogs.db", error))
+    assert message.startswith("WFLOGS_DB=/srv/wflogs/wflogs.db ") and says in message and ";" in message
