@@ -148,6 +148,8 @@ class Operations:
         if not self.active:
             return None
         started = time.monotonic()
+        store = self.runtime.store
+        failures = store.write_failures
         try:
             report = self.runtime.cycle()
         except STORAGE_ERRORS as exc:
@@ -158,7 +160,12 @@ class Operations:
         except Exception:
             self.metrics.observe_cycle(time.monotonic() - started, "error")
             raise
-        self._database_ok()
+        if store.write_failures > failures and store.last_write_error is not None:
+            # A write failed inside the cycle and was handled there (as one app's error, say):
+            # the database is failing all the same.
+            self._database_failed(store.last_write_error)
+        else:
+            self._database_ok()
         self.health.cycle_done(
             apps_ok=[r.name for r in report.apps if r.ok],
             apps_failing=[r.name for r in report.apps if not r.ok],

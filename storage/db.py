@@ -152,6 +152,10 @@ class Store:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
         self._lock = threading.RLock()
+        # Writes SQLite refused (full, locked, read-only), counted even when a caller handles the
+        # error, so that the process can tell its database is failing.
+        self.write_failures = 0
+        self.last_write_error: sqlite3.Error | None = None
 
     @classmethod
     def open(cls, path: str, *, timeout: float = 30.0) -> Store:
@@ -166,8 +170,17 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic unit: all of it is written, or none."""
-        with self._lock, self.db.atomic():
+        with self._lock, self._noting_failures(), self.db.atomic():
             yield
+
+    @contextmanager
+    def _noting_failures(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self.write_failures += 1
+            self.last_write_error = exc
+            raise
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read query, as dicts."""
@@ -176,7 +189,7 @@ class Store:
 
     def execute(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> None:
         """Run one write statement (in a transaction when there is one)."""
-        with self._lock:
+        with self._lock, self._noting_failures():
             self.db.execute(sql, params)  # type: ignore[arg-type]
 
     # -- app state -------------------------------------------------------------
