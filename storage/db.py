@@ -407,7 +407,7 @@ def m003_health(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m004_lease(db: sqlite_utils.Database) -> None:
+def m005_lease(db: sqlite_utils.Database) -> None:
     """Who the active instance is: one row per lease name, with its owner and expiry (epoch seconds)."""
     db["lease"].create(  # type: ignore[union-attr]
         {"name": str, "owner": str, "expires_at": float, "acquired_at": float, "renewed_at": float},
