@@ -72,6 +72,11 @@ class ProcessHealth:
             self.holder = holder
             self.last_tick_at = now
 
+    def stepped_down(self) -> None:
+        """This instance stopped acting as the active one (it could not renew its lease)."""
+        with self._lock:
+            self.role = "standby"
+
     def cycle_done(self, *, apps_ok: list[str], apps_failing: list[str], outbox_pending: int | None) -> None:
         """A poll cycle finished."""
         with self._lock:

@@ -117,7 +117,7 @@ class Operations:
             self._database_failed(exc)
             active = self.lease.active  # keeps acting only until its own lease runs out
             if was and not active:
-                self.health.role = "standby"
+                self.health.stepped_down()
                 self.metrics.role.state("standby")
                 log.warning("this instance stops polling: it cannot renew its lease in the database")
             return active
