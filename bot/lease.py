@@ -31,9 +31,18 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "active"
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (containers on one host have their own), or ``-``."""
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return "-"
+
+
 def instance_id() -> str:
-    """This process's name in the lease: host, process id and a random tag (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    """This process's name in the lease: host, process id, and its pid namespace with a random
+    tag (pids are reused, and mean something only inside one namespace)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_pid_namespace()}.{secrets.token_hex(2)}"
 
 
 def lease_timings(poll_interval: int) -> tuple[int, int]:
@@ -44,12 +53,15 @@ def lease_timings(poll_interval: int) -> tuple[int, int]:
 def _dead_here(owner: str) -> bool:
     """Whether ``owner`` is a process of this host that no longer exists (a crash, then a restart)."""
     try:
-        host, pid_text, _tag = owner.rsplit(":", 2)
+        host, pid_text, tag = owner.rsplit(":", 2)
         pid = int(pid_text)
     except ValueError:
         return False
-    if host != socket.gethostname() or pid == os.getpid() or pid <= 1:
-        # The same pid on the same host name may be another container: wait for the expiry.
+    namespace = tag.split(".", 1)[0]
+    if host != socket.gethostname() or namespace != _pid_namespace() or namespace == "-":
+        # Another host, or another container on this one: its pids are not ours to look up.
+        return False
+    if pid == os.getpid() or pid <= 1:
         return False
     try:
         os.kill(pid, 0)

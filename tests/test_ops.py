@@ -12,7 +12,7 @@ import httpx
 import pytest
 from slack_sdk import WebClient
 
-from bot.lease import Lease, lease_timings, view
+from bot.lease import Lease, instance_id, lease_timings, view
 from bot.ops_http import HEALTH_PATH, METRICS_PATH
 from bot.runtime import Runtime
 from bot.service import Operations, start_serving
@@ -63,10 +63,19 @@ def test_a_clean_stop_hands_the_lease_over_at_once(tmp_path: Path, clock: Clock)
 def test_a_crashed_holder_on_this_host_is_replaced_without_waiting(tmp_path: Path, clock: Clock):
     store = Store.open(str(tmp_path / "wflogs.db"))
     # A pid that cannot exist (above the kernel's pid_max): the process that held the lease is gone.
-    dead = f"{socket.gethostname()}:4194999:dead"
+    namespace = instance_id().rsplit(":", 1)[1].split(".")[0]
+    dead = f"{socket.gethostname()}:4194999:{namespace}.dead"
     assert Lease(store, ttl=120, owner=dead, now=clock).tick()
     successor = Lease(store, ttl=120, now=clock)
     assert successor.tick() and successor.holder == successor.owner
+
+
+def test_a_holder_in_another_container_on_this_host_is_waited_for(tmp_path: Path, clock: Clock):
+    store = Store.open(str(tmp_path / "wflogs.db"))
+    # Same host name, same (dead here) pid, but another pid namespace: it may well be alive there.
+    other = f"{socket.gethostname()}:4194999:4026000001.beef"
+    assert Lease(store, ttl=120, owner=other, now=clock).tick()
+    assert not Lease(store, ttl=120, now=clock).tick()
 
 
 # -- /healthz and /metrics -------------------------------------------------------------------------
