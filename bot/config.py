@@ -105,6 +105,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
     http_host: str = "0.0.0.0"  # noqa: S104  (health checks and Slack reach it from outside)
     log_format: str = "text"
+    notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify, WatchdogSec=)
 
     @property
     def slack_enabled(self) -> bool:
@@ -388,4 +389,5 @@ def _operations(env: Mapping[str, str]) -> dict[str, Any]:
     log_format = env.get("WFLOGS_LOG_FORMAT", "").strip().lower() or "text"
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"WFLOGS_LOG_FORMAT={log_format!r} is not known; use text or json")
-    return {"http_host": host, "log_format": log_format}
+    notify_socket = env.get("NOTIFY_SOCKET", "").strip() or None
+    return {"http_host": host, "log_format": log_format, "notify_socket": notify_socket}

@@ -23,6 +23,7 @@ from bot.runtime import CycleReport, Runtime, database_error
 from bot.slack_app import build_app
 from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
 from bot.socket_mode import SocketModeConnector
+from bot.systemd import Notifier
 from storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def add_lease_job(scheduler: BackgroundScheduler, ops: Operations) -> None:
     def job() -> None:
         try:
             ops.tick()
+            ops.watchdog()
         except Exception:
             log.exception("lease check crashed; the next one will retry")
 
@@ -93,6 +95,7 @@ class Operations:
         self.health = ProcessHealth(settings.poll_interval, now=now)
         self.metrics = runtime.metrics
         self.on_promoted: Callable[[], None] | None = None
+        self.systemd = Notifier(settings.notify_socket)
         self._ticked = False
 
     @property
@@ -173,8 +176,14 @@ class Operations:
         )
         return report
 
+    def watchdog(self) -> None:
+        """Tell systemd this process is alive, but only while ``/healthz`` would say 200."""
+        if self.systemd.enabled and self.health.report()[0] == 200:
+            self.systemd.send("WATCHDOG=1")
+
     def stop(self) -> None:
         """Hand the lease over at once (a clean stop)."""
+        self.systemd.send("STOPPING=1")
         try:
             self.lease.release()
         except STORAGE_ERRORS as exc:
@@ -312,6 +321,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     add_digest_jobs(scheduler, runtime, runtime.digester, active=lambda: ops.active)
     ops.on_promoted = promoted
     scheduler.start()
+    ops.systemd.send("READY=1")
     where = "Slack" if settings.slack_enabled else "this terminal"
     log.info(
         "wflogs is watching %d app(s) every %ds; alerts go to %s",

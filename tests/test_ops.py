@@ -345,3 +345,27 @@ def test_database_errors_are_named_with_a_fix(error: BaseException, says: str):
 
     message = str(database_error("/srv/wflogs/wflogs.db", error))
     assert message.startswith("WFLOGS_DB=/srv/wflogs/wflogs.db ") and says in message and ";" in message
+
+
+def test_the_systemd_watchdog_is_fed_only_while_healthy(tmp_path: Path, dify: FakeDify, clock: Clock):
+    from bot.systemd import Notifier
+
+    app = dify.add_app("Support Bot")
+    runtime = build_runtime(make_settings(tmp_path, env={"DIFY_API_KEY": app.key}), dify, clock)
+    ops = Operations(runtime, now=clock)
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.setblocking(False)
+        ops.systemd = Notifier(address)
+        try:
+            assert ops.tick() and ops.cycle() is not None
+            ops.watchdog()
+            assert systemd.recv(100) == b"WATCHDOG=1"
+            clock.advance(3 * runtime.settings.poll_interval + 1)  # cycles hang
+            assert ops.tick()
+            ops.watchdog()
+            with pytest.raises(BlockingIOError):
+                systemd.recv(100)  # no ping: systemd restarts wflogs after WatchdogSec
+        finally:
+            runtime.close()

@@ -142,3 +142,42 @@ def test_a_lease_of_another_host_is_respected_until_it_expires(tmp_path: Path, s
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
     assert "WARNING bot.service: WFLOGS_LOOKBACK=900 is below 1200 s" in (tmp_path / "out.txt").read_text()
+
+
+def test_systemd_hears_ready_watchdog_pings_while_healthy_and_stopping(tmp_path: Path, server):
+    import socket
+
+    app = server.fake.add_app("Support Bot")
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(10)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "run"],
+            cwd=tmp_path,
+            env=_env(
+                tmp_path,
+                PORT=str(free_port()),
+                WFLOGS_HTTP_HOST="127.0.0.1",
+                DIFY_API_KEY=app.key,
+                DIFY_API_URL=server.url,
+                WFLOGS_POLL_INTERVAL=str(INTERVAL),
+                NOTIFY_SOCKET=address,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert systemd.recv(100) == b"READY=1"
+            assert systemd.recv(100) == b"WATCHDOG=1"  # the lease is renewed every second here
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        received = []
+        systemd.settimeout(0.5)
+        try:
+            while True:
+                received.append(systemd.recv(100))
+        except TimeoutError:
+            pass
+        assert received[-1] == b"STOPPING=1"
