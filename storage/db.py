@@ -178,8 +178,10 @@ class Store:
         try:
             yield
         except sqlite3.Error as exc:
-            self.write_failures += 1
-            self.last_write_error = exc
+            # The file or the disk (locked, full, read-only, damaged), not a constraint or a bug.
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                self.write_failures += 1
+                self.last_write_error = exc
             raise
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
