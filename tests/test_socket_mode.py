@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 from slack_sdk import WebClient
 
 from bot.service import Operations, start_serving
@@ -69,6 +70,9 @@ def test_a_refused_first_connect_is_retried_with_backoff_and_then_serves(
         assert "attempt 3" in retries[2]
         assert wait_for(lambda: any("after 4 attempts" in r.getMessage() for r in caplog.records))
         assert b"wflogs_slack_socket_mode_connected 1.0" in runtime.metrics.render()
+        # Socket Mode needs no inbound port, but health and metrics are served all the same.
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/slack/events", content=b"{}").status_code == 404
 
         slack.socket_send(command(slack, "failed"))  # /wflogs works over the connection
         assert wait_for(lambda: slack.socket_received and slack.responses)
