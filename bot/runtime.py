@@ -154,21 +154,15 @@ class Runtime:
         """Poll every app, then deliver everything pending (including older alerts)."""
         started = time.monotonic()
         apps = self.poller.poll_all()
-        self.metrics.observe_apps(apps, self._now())
-        waiting = pending_by_status(self.store)
+        waiting = self._observe_polled(apps)
         delivery = self.deliverer.deliver_all()
-        still_waiting = pending_by_status(self.store)
-        self.metrics.observe_sent(waiting, still_waiting)
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
         report = CycleReport(apps, delivery, time.monotonic() - started, problems)
-        report.outbox_pending = sum(still_waiting.values())
-        self.metrics.outbox_pending.set(report.outbox_pending)
-        self.metrics.open_incidents.set(open_incidents_count(self.store))
-        self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
+        self._observe_cycle(report, waiting)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
             len(apps),
@@ -179,6 +173,22 @@ class Runtime:
             f", {len(problems)} problems" if problems else "",
         )
         return report
+
+    # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
+
+    def _observe_polled(self, apps: list[AppResult]) -> dict[str, int]:
+        """Per-app poll metrics; returns the outbox per status before delivery."""
+        self.metrics.observe_apps(apps, self._now())
+        return pending_by_status(self.store)
+
+    def _observe_cycle(self, report: CycleReport, waiting: dict[str, int]) -> None:
+        """What delivery sent, the outbox, open incidents and the cycle itself."""
+        still_waiting = pending_by_status(self.store)
+        self.metrics.observe_sent(waiting, still_waiting)
+        report.outbox_pending = sum(still_waiting.values())
+        self.metrics.outbox_pending.set(report.outbox_pending)
+        self.metrics.open_incidents.set(open_incidents_count(self.store))
+        self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
 
     def close(self) -> None:
         """Release connections."""
