@@ -34,7 +34,9 @@ def _secrets(settings: Settings) -> list[str | None]:
 def cmd_poll(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """One full cycle for every app, then exit (0 only if everything was polled and delivered)."""
     runtime = Runtime.build(settings, stream=out)
-    lease = Lease(runtime.store, ttl=lease_timings(settings.poll_interval)[0])
+    lease = Lease(
+        runtime.store, ttl=lease_timings(settings.poll_interval)[0], apps=[a.id for a in settings.apps]
+    )
     try:
         if not lease.tick():
             err.write(
@@ -125,6 +127,12 @@ def _check_instances(runtime: Runtime, out: TextIO) -> None:
             f"renewed {duration(int(max(0, now - lease.renewed_at)))} ago); "
             "others on this database stand by\n"
         )
+        unwatched = [a.label for a in runtime.settings.apps if lease.apps and a.id not in lease.apps]
+        if unwatched:
+            out.write(
+                f"! the active instance does not watch {', '.join(unwatched)} from this configuration; "
+                "give every wflogs on one database the same apps\n"
+            )
     elif lease.expires_at <= 0:
         out.write(f"  no instance is active: {lease.owner} stopped cleanly\n")
     else:

@@ -13,13 +13,14 @@ every fifth of one, so a standby takes over well within three intervals.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,14 @@ def _dead_here(owner: str) -> bool:
     return False
 
 
+def _app_ids(raw: Any) -> frozenset[str]:
+    try:
+        ids = json.loads(raw or "[]")
+    except ValueError:
+        return frozenset()
+    return frozenset(str(i) for i in ids) if isinstance(ids, list) else frozenset()
+
+
 @dataclass(frozen=True)
 class LeaseView:
     """The lease as ``wflogs check`` reports it."""
@@ -80,6 +89,7 @@ class LeaseView:
     expires_at: float
     renewed_at: float
     acquired_at: float
+    apps: frozenset[str] = frozenset()
 
     def alive(self, now: float) -> bool:
         return self.owner is not None and self.expires_at > now
@@ -95,14 +105,17 @@ class Lease:
         ttl: float,
         owner: str | None = None,
         now: Callable[[], float] = time.time,
+        apps: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.owner = owner or instance_id()
         self._now = now
+        self._apps = json.dumps(sorted(set(apps)))
         self._lock = threading.Lock()
         self._expires_at = 0.0
         self.holder: str | None = None
+        self.holder_apps: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -113,13 +126,14 @@ class Lease:
     def tick(self) -> bool:
         """Take or renew the lease; True when this instance holds it. Raises storage errors."""
         now = self._now()
-        row = claim_lease(self.store, LEASE_NAME, self.owner, now, self.ttl)
+        row = claim_lease(self.store, LEASE_NAME, self.owner, now, self.ttl, self._apps)
         if row["owner"] != self.owner and _dead_here(str(row["owner"])):
             log.info("the active instance %s is gone (its process ended); taking over", row["owner"])
             release_lease(self.store, LEASE_NAME, str(row["owner"]))
-            row = claim_lease(self.store, LEASE_NAME, self.owner, now, self.ttl)
+            row = claim_lease(self.store, LEASE_NAME, self.owner, now, self.ttl, self._apps)
         with self._lock:
             self.holder = str(row["owner"])
+            self.holder_apps = _app_ids(row.get("apps"))
             self._expires_at = float(row["expires_at"]) if self.holder == self.owner else 0.0
         return self.holder == self.owner
 
@@ -142,4 +156,5 @@ def view(store: Store) -> LeaseView | None:
         expires_at=float(row["expires_at"] or 0),
         renewed_at=float(row["renewed_at"] or 0),
         acquired_at=float(row["acquired_at"] or 0),
+        apps=_app_ids(row.get("apps")),
     )

@@ -53,6 +53,7 @@ class ProcessHealth:
     apps_failing: list[str] = field(default_factory=list)
     outbox_pending: int | None = None
     holder: str | None = None
+    unwatched_apps: list[str] = field(default_factory=list)
     db_error: str | None = None
     _db_logged_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,6 +127,8 @@ class ProcessHealth:
                 "outbox_pending": self.outbox_pending,
                 "active_instance": self.holder,
             }
+            if self.unwatched_apps:
+                body["unwatched_apps"] = list(self.unwatched_apps)
         if reason:
             body["reason"] = reason
         return (503 if reason else 200), body

@@ -91,7 +91,7 @@ class Operations:
         settings = runtime.settings
         ttl, self.lease_every = lease_timings(settings.poll_interval)
         self.runtime = runtime
-        self.lease = lease or Lease(runtime.store, ttl=ttl, now=now)
+        self.lease = lease or Lease(runtime.store, ttl=ttl, now=now, apps=[a.id for a in settings.apps])
         self.health = ProcessHealth(settings.poll_interval, now=now)
         self.metrics = runtime.metrics
         self.on_promoted: Callable[[], None] | None = None
@@ -144,7 +144,22 @@ class Operations:
                 self.lease.holder,
             )
         self._ticked = True
+        self._check_unwatched(active)
         return active
+
+    def _check_unwatched(self, active: bool) -> None:
+        """A standby whose apps the active instance does not watch (the configs differ) says so."""
+        watched = self.lease.holder_apps
+        apps = self.runtime.settings.apps
+        unwatched = [] if active or not watched else [a.label for a in apps if a.id not in watched]
+        if unwatched and unwatched != self.health.unwatched_apps:
+            log.error(
+                "the active instance %s does not watch %s from this instance's configuration: they are "
+                "not polled; give every wflogs on one database the same apps",
+                self.lease.holder,
+                ", ".join(unwatched),
+            )
+        self.health.unwatched_apps = unwatched
 
     def cycle(self) -> CycleReport | None:
         """One poll cycle when this instance is active (None when standby or the database failed)."""

@@ -410,9 +410,17 @@ def m003_health(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m005_lease(db: sqlite_utils.Database) -> None:
-    """Who the active instance is: one row per lease name, with its owner and expiry (epoch seconds)."""
+    """Who the active instance is: one row per lease name, with its owner, expiry (epoch seconds)
+    and the apps it watches (a JSON list of app ids, so a standby can tell when configs differ)."""
     db["lease"].create(  # type: ignore[union-attr]
-        {"name": str, "owner": str, "expires_at": float, "acquired_at": float, "renewed_at": float},
+        {
+            "name": str,
+            "owner": str,
+            "expires_at": float,
+            "acquired_at": float,
+            "renewed_at": float,
+            "apps": str,
+        },
         pk="name",
     )
 
@@ -420,17 +428,21 @@ def m005_lease(db: sqlite_utils.Database) -> None:
 # -- operations: the lease, health figures ------------------------------------------------------
 
 
-def claim_lease(store: Store, name: str, owner: str, now: float, ttl: float) -> dict[str, Any]:
+def claim_lease(
+    store: Store, name: str, owner: str, now: float, ttl: float, apps: str = "[]"
+) -> dict[str, Any]:
     """Take the lease ``name`` for ``owner`` when it is free, expired or already ``owner``'s, and
-    renew it until ``now + ttl``; returns the row as it stands (whoever holds it), in one transaction."""
+    renew it until ``now + ttl`` (noting the ``apps`` it watches); returns the row as it stands
+    (whoever holds it), in one transaction."""
     with store.transaction():
         store.db.execute(
-            "insert into lease (name, owner, expires_at, acquired_at, renewed_at) values (?, ?, ?, ?, ?) "
+            "insert into lease (name, owner, expires_at, acquired_at, renewed_at, apps) "
+            "values (?, ?, ?, ?, ?, ?) "
             "on conflict(name) do update set owner = excluded.owner, expires_at = excluded.expires_at, "
-            "renewed_at = excluded.renewed_at, acquired_at = case when lease.owner = excluded.owner "
-            "then lease.acquired_at else excluded.acquired_at end "
+            "renewed_at = excluded.renewed_at, apps = excluded.apps, acquired_at = case "
+            "when lease.owner = excluded.owner then lease.acquired_at else excluded.acquired_at end "
             "where lease.owner = excluded.owner or lease.expires_at <= excluded.renewed_at",
-            [name, owner, now + ttl, now, now],
+            [name, owner, now + ttl, now, now, apps],
         )
         rows = list(store.db.query("select * from lease where name = ?", [name]))
     return rows[0]

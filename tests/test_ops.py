@@ -369,3 +369,47 @@ def test_the_systemd_watchdog_is_fed_only_while_healthy(tmp_path: Path, dify: Fa
                 systemd.recv(100)  # no ping: systemd restarts wflogs after WatchdogSec
         finally:
             runtime.close()
+
+
+def test_a_standby_with_apps_the_active_instance_does_not_watch_says_so(
+    tmp_path: Path, dify: FakeDify, clock: Clock, caplog, monkeypatch
+):
+    import io
+    import os
+
+    from bot.cli import main
+    from bot.config import load_settings
+
+    shared, extra = dify.add_app("Shared"), dify.add_app("Only Here")
+    toml = f'[[apps]]\nname = "shared"\napi_key = "{shared.key}"\n'
+    toml += f'[[apps]]\nname = "only-here"\napi_key = "{extra.key}"\n'
+    settings = make_settings(tmp_path, toml=toml)
+    runtime = build_runtime(settings, dify, clock)
+    active = Lease(
+        Store.open(settings.db_path), ttl=600, owner="elsewhere:1:beef", now=clock, apps=[settings.apps[0].id]
+    )
+    ops = Operations(runtime, now=clock)
+    try:
+        assert active.tick() and not ops.tick()
+        caplog.set_level(logging.ERROR, logger="bot.service")
+        body = ops.health.report()[1]
+        assert body["unwatched_apps"] == ["only-here"]
+        assert "does not watch only-here" in caplog.text
+        ops.tick()
+        assert caplog.text.count("does not watch") == 1  # said once, not every tick
+    finally:
+        runtime.close()
+    for name in list(os.environ):
+        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("WFLOGS_DB", settings.db_path)
+    # check reads the real clock and its own configuration: the active instance watches "shared" only.
+    mine = load_settings({"DIFY_API_URL": "http://127.0.0.1:9/v1"}, cwd=tmp_path)
+    assert Lease(
+        Store.open(settings.db_path), ttl=600, owner="elsewhere:2:cafe", apps=[mine.apps[0].id]
+    ).tick()
+    out = io.StringIO()
+    main(["check"], out=out, err=io.StringIO())
+    assert "! the active instance does not watch only-here from this configuration" in out.getvalue()
