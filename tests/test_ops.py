@@ -413,3 +413,17 @@ def test_a_standby_with_apps_the_active_instance_does_not_watch_says_so(
     out = io.StringIO()
     main(["check"], out=out, err=io.StringIO())
     assert "! the active instance does not watch only-here from this configuration" in out.getvalue()
+
+
+def test_health_can_listen_on_ipv6(tmp_path: Path, dify: FakeDify, clock: Clock):
+    from bot.metrics import Metrics
+    from bot.ops_http import OpsServer, ProcessHealth, make_wsgi_app
+
+    try:
+        server = OpsServer(make_wsgi_app(ProcessHealth(60, now=clock), Metrics()), "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    try:
+        assert httpx.get(f"http://[::1]:{server.port}{HEALTH_PATH}").json()["status"] == "ok"
+    finally:
+        server.close()
