@@ -9,6 +9,7 @@ thread keeps trying, doubling the wait up to a cap, and says so in the log.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
@@ -92,6 +93,15 @@ class SocketModeConnector:
         """Stop trying and disconnect."""
         self._stop.set()
         self._thread.join(timeout=5)
+        client = self.handler.client
+        try:
+            # Wake the receiving thread (it waits up to 3 s in recv and holds the lock close needs).
+            client.auto_reconnect_enabled = False
+            session = client.current_session
+            if session is not None and session.sock is not None:
+                session.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.handler.close()
         except Exception as exc:  # closing a half-open client must not stop the shutdown
