@@ -373,10 +373,10 @@ def test_delivery_does_not_wait_for_a_slow_poll(tmp_path, dify, clock, slack):
     dify.latency = 0.5  # Dify is slow now: a poll takes well over a second
     scheduler = BackgroundScheduler(timezone=rt.settings.tz)
     delivery = DeliveryLoop(rt)
-    add_poll_job(scheduler, rt, delivery=delivery)
+    add_poll_job(scheduler, rt)
     started = time.monotonic()
-    scheduler.start()
     delivery.start()
+    scheduler.start()
     try:
         while not slack.posts() and time.monotonic() - started < 5:
             time.sleep(0.02)
