@@ -618,3 +618,10 @@ def m005_incidents(db: sqlite_utils.Database) -> None:
     db["alerts"].add_column("incident_id", int)  # type: ignore[union-attr]
     db["alerts"].add_column("muted", int)  # type: ignore[union-attr]
     db["messages"].add_column("incident_id", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m006_incident_indexes(db: sqlite_utils.Database) -> None:
+    """Runs by incident (counting what is still to send) and alerts not yet in an incident."""
+    db["alerts"].create_index(["incident_id", "sent_at"])  # type: ignore[union-attr]
+    db["incidents"].create_index(["dirty"])  # type: ignore[union-attr]
