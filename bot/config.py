@@ -28,6 +28,9 @@ DEFAULT_BACKFILL = 3600
 DEFAULT_POLL_INTERVAL = 60
 # An incident resolves after this many seconds without a failure of its kind.
 DEFAULT_RESOLVE_AFTER = 1800
+# Dify's default WORKFLOW_MAX_EXECUTION_TIME: a run logged at its start can fail this long after.
+MIN_SAFE_LOOKBACK = 1200
+LOG_FORMATS = ("text", "json")
 
 _APP_FIELDS = {
     "name",
@@ -115,6 +118,9 @@ class Settings:
     config_path: str | None = None
     warnings: tuple[str, ...] = ()
     watch: WatchSettings = field(default_factory=lambda: WatchSettings())
+    http_host: str = "0.0.0.0"  # noqa: S104  (health checks and Slack reach it from outside)
+    log_format: str = "text"
+    notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify, WatchdogSec=)
 
     @property
     def slack_enabled(self) -> bool:
@@ -355,8 +361,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         raise ConfigError(f"WFLOGS_DIGEST_TIME={digest_time!r} is not a time of day; use HH:MM, e.g. 09:00")
     digest_time = f"{int(match.group(1)):02d}:{match.group(2)}"
 
+    operations = _operations(env)
     lookback = _int_env(env, "WFLOGS_LOOKBACK", DEFAULT_LOOKBACK, minimum=60)
+    if lookback < MIN_SAFE_LOOKBACK:
+        warnings.append(lookback_warning(lookback))
     watch = _watch_settings(env, lookback)
+    _check_rate_window(watch, apps, lookback)
     warnings.extend(_watch_warnings(watch, apps))
 
     return Settings(
@@ -381,6 +391,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         config_path=str(config_path) if config_path else None,
         warnings=tuple(warnings),
         watch=watch,
+        **operations,
     )
 
 
@@ -399,12 +410,33 @@ def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:
     return app.digest_channel or settings.digest_channel or alert_channel_for(settings, app)
 
 
+def lookback_warning(lookback: int) -> str:
+    """The warning for a look-back window shorter than Dify's longest run."""
+    return (
+        f"WFLOGS_LOOKBACK={lookback} is below {MIN_SAFE_LOOKBACK} s: Dify 1.11+ logs a run when it "
+        "starts, so a run that fails more than that long after starting can be missed; "
+        f"use {MIN_SAFE_LOOKBACK} or more (default {DEFAULT_LOOKBACK})"
+    )
+
+
+def _operations(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings of the process itself: where health and metrics listen, how logs look."""
+    host = env.get("WFLOGS_HTTP_HOST", "").strip() or "0.0.0.0"  # noqa: S104
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(
+            f"WFLOGS_HTTP_HOST={host!r} is not a host; use an address like 0.0.0.0 or 127.0.0.1"
+        )
+    log_format = env.get("WFLOGS_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"WFLOGS_LOG_FORMAT={log_format!r} is not known; use text or json")
+    notify_socket = env.get("NOTIFY_SOCKET", "").strip() or None
+    return {"http_host": host, "log_format": log_format, "notify_socket": notify_socket}
 # -- who is told, and when: mentions, escalation, failure rate, stuck runs ----------
 
 DEFAULT_RATE_WINDOW = 900
 DEFAULT_RATE_MIN_RUNS = 10
 # Dify's WORKFLOW_MAX_EXECUTION_TIME default: a run still going past it is not merely slow.
-DIFY_MAX_EXECUTION_TIME = 1200
+DIFY_MAX_EXECUTION_TIME = MIN_SAFE_LOOKBACK
 SPECIAL_MENTIONS = ("here", "channel")
 _MEMBER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _GROUP_RE = re.compile(r"^S[A-Z0-9]{2,}$")
@@ -510,13 +542,6 @@ def _watch_settings(env: Mapping[str, str], lookback: int) -> WatchSettings:
     if env.get("WFLOGS_ESCALATE_TO", "").strip():
         escalate_to = _mentions(env["WFLOGS_ESCALATE_TO"], "WFLOGS_ESCALATE_TO")
     rate_window = _int_env(env, "WFLOGS_RATE_WINDOW", DEFAULT_RATE_WINDOW, minimum=60)
-    if rate_window > lookback:
-        # The failed and stopped runs of the window are counted from what the poller remembers
-        # of its look-back window, which costs no request; a longer window would undercount.
-        raise ConfigError(
-            f"WFLOGS_RATE_WINDOW={rate_window} is longer than WFLOGS_LOOKBACK={lookback}; "
-            f"set WFLOGS_LOOKBACK={rate_window} (or more), or shorten the window"
-        )
     stuck_after = _int_env(env, "WFLOGS_STUCK_AFTER", 0, minimum=0)
     if 0 < stuck_after < 60:
         raise ConfigError(f"WFLOGS_STUCK_AFTER={stuck_after} is too small; use 60 or more (0 turns it off)")
@@ -529,6 +554,17 @@ def _watch_settings(env: Mapping[str, str], lookback: int) -> WatchSettings:
         rate_min_runs=_int_env(env, "WFLOGS_RATE_MIN_RUNS", DEFAULT_RATE_MIN_RUNS, minimum=1),
         stuck_after=stuck_after,
     )
+
+
+def _check_rate_window(watch: WatchSettings, apps: list[AppConfig], lookback: int) -> None:
+    """The failed and stopped runs of the rate window are counted from what the poller remembers
+    of its look-back window (which costs no request): a longer window would undercount."""
+    thresholds = [a.rate_threshold if a.rate_threshold is not None else watch.rate_threshold for a in apps]
+    if any(thresholds) and watch.rate_window > lookback:
+        raise ConfigError(
+            f"WFLOGS_RATE_WINDOW={watch.rate_window} is longer than WFLOGS_LOOKBACK={lookback}; "
+            f"set WFLOGS_LOOKBACK={watch.rate_window} (or more), or shorten the window"
+        )
 
 
 def _watch_warnings(watch: WatchSettings, apps: list[AppConfig]) -> list[str]:

@@ -109,7 +109,7 @@ def state_line(inc: Incident, now: int) -> str:
     line = " · ".join(parts)
     if inc.resolved and inc.resolved_at:
         lasted = duration(inc.resolved_at - inc.opened_at)
-        by = f" by {who(inc.resolved_by)}" if inc.resolved_by else " (no failure for a while)"
+        by = f" by {who(inc.resolved_by)}" if inc.resolved_by else " (quiet since the last failure)"
         line = f"*Resolved* {clock(inc.resolved_at)}{by}, after {lasted} · " + line
         if inc.successes:
             line += f" · {plural(inc.successes, 'successful run')} since the last failure"

@@ -15,22 +15,33 @@ from bot.config import Settings, alert_channel_for, mentions_for, resolve_after_
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
+from bot.errors import DatabaseError
 from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
+from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
-from storage import Store
+from storage import STORAGE_ERRORS, Store, describe
+from storage.db import open_incidents_count, pending_by_status
 
 log = logging.getLogger(__name__)
 
 
-def build_http(*, timeout: float = 15.0, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """One pooled HTTP client for every Dify app."""
+def build_http(
+    *,
+    timeout: float = 15.0,
+    transport: httpx.BaseTransport | None = None,
+    metrics: Metrics | None = None,
+) -> httpx.Client:
+    """One pooled HTTP client for every Dify app (its requests counted in ``metrics``)."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    if metrics is not None:
+        transport = MeteredTransport(transport or httpx.HTTPTransport(limits=limits), metrics)
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=5.0),
         transport=transport,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        limits=limits,
         headers={"User-Agent": "wflogs/0.1"},
         follow_redirects=False,
     )
@@ -53,11 +64,31 @@ def build_clients(
     }
 
 
-def build_web_client(settings: Settings, *, timeout: int = 15) -> WebClient | None:
-    """The Slack Web API client, or None when no bot token is configured."""
+def build_web_client(
+    settings: Settings, *, timeout: int = 15, metrics: Metrics | None = None
+) -> WebClient | None:
+    """The Slack Web API client (its calls counted in ``metrics``), or None without a bot token."""
     if not settings.slack_bot_token:
         return None
+    if metrics is not None:
+        return MeteredWebClient(
+            token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=timeout, metrics=metrics
+        )
     return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=timeout)
+
+
+def open_store(path: str, *, timeout: float = 30.0) -> Store:
+    """The database at ``path`` (``WFLOGS_DB``), or a :class:`DatabaseError` naming it and the fix."""
+    try:
+        return Store.open(path, timeout=timeout)
+    except STORAGE_ERRORS as exc:
+        raise database_error(path, exc) from None
+
+
+def database_error(path: str, exc: BaseException) -> DatabaseError:
+    """One line for a database that cannot be used: ``WFLOGS_DB``, the path, the problem, the fix."""
+    problem = describe(path, exc)
+    return DatabaseError(f"WFLOGS_DB={path} {problem.problem}; {problem.fix}")
 
 
 @dataclass
@@ -69,6 +100,7 @@ class CycleReport:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     watch: WatchReport | None = None
+    outbox_pending: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -90,11 +122,13 @@ class Runtime:
     digester: Digester
     actions: IncidentActions
     _now: Callable[[], float] = time.time
-    # Set by ``wflogs run``: wakes the delivery thread (after a click, so the edit follows at once).
+    metrics: Metrics = field(default_factory=Metrics)
+    # Set by ``wflogs run``'s delivery thread: it delivers, and is woken after each poll and click.
     wake: Callable[[], None] | None = None
     watcher: Watcher | None = None
     # What the last watch found (failure rates, stuck runs), for the cycle's report.
     last_watch: WatchReport | None = None
+    deliver_in_cycle: bool = True
 
     @classmethod
     def build(
@@ -107,12 +141,17 @@ class Runtime:
         slack_min_interval: float = 1.0,
         dify_backoff: float = 0.5,
         web: WebClient | None = None,
+        metrics: Metrics | None = None,
+        db_timeout: float = 30.0,
     ) -> Runtime:
-        """Wire the bot from settings (tests pass a transport, a stream or a WebClient)."""
-        store = Store.open(settings.db_path)
-        http = build_http(transport=transport)
+        """Wire the bot from settings (tests pass a transport, a stream or a WebClient).
+
+        Raises :class:`DatabaseError` when ``WFLOGS_DB`` cannot be used."""
+        metrics = metrics or Metrics()
+        store = open_store(settings.db_path, timeout=db_timeout)
+        http = build_http(transport=transport, metrics=metrics)
         clients = build_clients(settings, http, backoff=dify_backoff)
-        web = web or build_web_client(settings)
+        web = web or build_web_client(settings, metrics=metrics)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
@@ -145,7 +184,9 @@ class Runtime:
             escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
-        runtime = cls(settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now)
+        runtime = cls(
+            settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now, metrics
+        )
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
         )
@@ -157,6 +198,7 @@ class Runtime:
         The health notices go first, so "recovered; missed failures follow" comes
         before the failures that delivery then posts."""
         apps = self.poller.poll_all()
+        self.metrics.observe_apps(apps, self._now())
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
@@ -164,23 +206,33 @@ class Runtime:
         return apps
 
     def deliver(self) -> DeliveryResult:
-        """Deliver everything pending (safe to call from another thread than :meth:`poll`)."""
-        return self.deliverer.deliver_all()
+        """Evaluate incidents and deliver everything pending (safe from another thread than
+        :meth:`poll`; one pass at a time)."""
+        waiting = pending_by_status(self.store)
+        result = self.deliverer.deliver_all()
+        self.metrics.observe_sent(waiting, pending_by_status(self.store))
+        return result
 
     def cycle(self) -> CycleReport:
-        """One whole cycle: poll every app, then deliver everything pending (including older alerts)."""
+        """Poll every app, then deliver everything pending (including older alerts); in
+        ``wflogs run`` delivery has its own thread, which the cycle wakes instead."""
         started = time.monotonic()
         apps = self.poll()
-        delivery = self.deliver()
-        report = self.report(apps, delivery, time.monotonic() - started)
-        return report
+        if self.deliver_in_cycle:
+            delivery = self.deliver()
+        else:
+            delivery = DeliveryResult()
+            if self.wake is not None:
+                self.wake()
+        return self.report(apps, delivery, time.monotonic() - started)
 
     def report(self, apps: list[AppResult], delivery: DeliveryResult, seconds: float) -> CycleReport:
-        """Sum up a cycle (and log it)."""
+        """Sum up a cycle (metrics and the log)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
         problems += self._watch_problems(self.last_watch)
-        report = CycleReport(apps, delivery, seconds, problems, self.last_watch)
+        report = CycleReport(apps, delivery, seconds, problems, watch=self.last_watch)
+        self._observe_cycle(report)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
             len(apps),
@@ -210,6 +262,16 @@ class Runtime:
             return []
         problems = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
         return problems + ([watch.error] if watch.error else [])
+    # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
+
+    def _observe_cycle(self, report: CycleReport) -> None:
+        """The outbox, open incidents and the cycle itself (what delivery sent is counted by
+        :meth:`deliver`, wherever it runs)."""
+        still_waiting = pending_by_status(self.store)
+        report.outbox_pending = sum(still_waiting.values())
+        self.metrics.outbox_pending.set(report.outbox_pending)
+        self.metrics.open_incidents.set(open_incidents_count(self.store))
+        self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
 
     def close(self) -> None:
         """Release connections."""

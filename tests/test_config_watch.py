@@ -92,7 +92,8 @@ rate_threshold = 0
         ({"WFLOGS_ESCALATE_AFTER": "soon"}, "", "WFLOGS_ESCALATE_AFTER"),
         ({"WFLOGS_RATE_THRESHOLD": "20"}, "", "use e.g. 0.2 for 20%"),
         ({"WFLOGS_RATE_THRESHOLD": "a lot"}, "", "is not a number"),
-        ({"WFLOGS_RATE_WINDOW": "3600"}, "", "set WFLOGS_LOOKBACK=3600"),
+        ({"WFLOGS_RATE_THRESHOLD": "0.2", "WFLOGS_RATE_WINDOW": "3600"}, "", "set WFLOGS_LOOKBACK=3600"),
+        ({"WFLOGS_LOOKBACK": "600"}, "rate_threshold = 0.3", "set WFLOGS_LOOKBACK=900"),
         ({"WFLOGS_RATE_MIN_RUNS": "0"}, "", "WFLOGS_RATE_MIN_RUNS=0 is too small"),
         ({"WFLOGS_STUCK_AFTER": "30"}, "", "WFLOGS_STUCK_AFTER=30 is too small"),
         ({}, 'mention = ["@oncall"]', "[[apps]] #1: mention"),
@@ -108,6 +109,11 @@ def test_bad_watch_settings_name_the_fix(tmp_path, env, toml_extra, message):
     with pytest.raises(ConfigError) as caught:
         make_settings(tmp_path, env, toml=toml)
     assert message in str(caught.value)
+
+
+def test_a_short_lookback_is_fine_while_no_app_uses_a_failure_rate(tmp_path):
+    s = make_settings(tmp_path, {"DIFY_API_KEY": KEY, "WFLOGS_LOOKBACK": "600"})
+    assert s.lookback == 600 and s.watch.rate_window == 900
 
 
 def test_a_longer_rate_window_is_fine_with_a_longer_lookback(tmp_path):

@@ -373,10 +373,10 @@ def test_delivery_does_not_wait_for_a_slow_poll(tmp_path, dify, clock, slack):
     dify.latency = 0.5  # Dify is slow now: a poll takes well over a second
     scheduler = BackgroundScheduler(timezone=rt.settings.tz)
     delivery = DeliveryLoop(rt)
-    add_poll_job(scheduler, rt, delivery=delivery)
+    add_poll_job(scheduler, rt)
     started = time.monotonic()
-    scheduler.start()
     delivery.start()
+    scheduler.start()
     try:
         while not slack.posts() and time.monotonic() - started < 5:
             time.sleep(0.02)
@@ -400,3 +400,27 @@ def test_a_message_refused_again_and_again_is_told_once(tmp_path, dify, clock, s
     assert len(told) == 1
     rt.cycle()
     assert messages_mentioning(slack, run.run_id) == 1
+
+
+def test_the_delivery_thread_of_a_standby_instance_posts_nothing(tmp_path, dify, clock, slack):
+    from bot.service import DeliveryLoop
+
+    app = dify.add_app("Support Bot")
+    run = dify.add_log(app, at=int(clock.now) - 5)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.poll()
+    active = [False]
+    delivery = DeliveryLoop(rt, active=lambda: active[0]).start()
+    try:
+        rt.cycle()  # wakes the thread rather than delivering itself
+        time.sleep(0.2)
+        assert slack.posts() == []
+        active[0] = True  # it took over the lease
+        rt.cycle()
+        deadline = time.monotonic() + 5
+        while not slack.posts() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert messages_mentioning(slack, run.run_id) == 1
+    finally:
+        delivery.stop()
+        rt.close()
