@@ -63,7 +63,7 @@ READ_PARALLEL = 6
 CROWDED_SAMPLES_PER_PAGE = 9
 # A storm's range is split for parallel reading only when each part gets a few pages: every
 # part ends with a page that is not full.
-SPLIT_PAGES = 6
+SPLIT_PAGES = 10
 
 
 class IncompleteRead(WflogsError):

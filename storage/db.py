@@ -220,12 +220,30 @@ class Store:
                     "update seen set status = ? where app_id = ? and log_id = ?",
                     [status, app_id, log_id],
                 )
+            if alerts:
+                # Log ids are UUIDs: one alerted, or seen, under another identity of the same app
+                # (a new key, the URL spelled differently) is not alerted again.
+                taken = self._taken_elsewhere(app_id, [row["log_id"] for row in alerts])
+                alerts = [row for row in alerts if row["log_id"] not in taken]
             before = self.db.conn.total_changes
             if alerts:
                 self.db["alerts"].insert_all(  # type: ignore[union-attr]
                     [{"app_id": app_id, **row} for row in alerts], ignore=True
                 )
             return self.db.conn.total_changes - before
+
+    def _taken_elsewhere(self, app_id: str, log_ids: list[str]) -> set[str]:
+        taken: set[str] = set()
+        for start in range(0, len(log_ids), 500):
+            chunk = log_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.query(
+                f"select log_id from alerts where log_id in ({marks}) and app_id != ? "
+                f"union select log_id from seen where log_id in ({marks}) and app_id != ?",
+                [*chunk, app_id, *chunk, app_id],
+            )
+            taken.update(row["log_id"] for row in rows)
+        return taken
 
     def prune_seen(self, app_id: str, older_than: int) -> None:
         """Forget logs that no future window will read again."""
@@ -373,3 +391,10 @@ def m003_health(db: sqlite_utils.Database) -> None:
     table = db["app_state"]
     table.add_column("failing_since", int)  # type: ignore[union-attr]
     table.add_column("health_notice", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m004_log_ids(db: sqlite_utils.Database) -> None:
+    """Find a log by its id whatever app identity (key, URL) recorded it."""
+    db["seen"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
+    db["alerts"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]

@@ -228,6 +228,16 @@ class FakeDify:
                 run.log_created_at = at
                 run.visible = True
 
+    def add_key(self, app: FakeApp, key: str | None = None) -> str:
+        """A second API key for the same app (Dify lets an app have several)."""
+        key = key or "app-" + uuid.uuid4().hex[:24]
+        self.apps[key] = app
+        return key
+
+    def revoke_key(self, key: str) -> None:
+        """The key is deleted in Dify: it now gets 401 "Access token is invalid"."""
+        del self.apps[key]
+
     def delete_log(self, app: FakeApp, run: FakeRun) -> None:
         """Dify's log clean-up (or an operator) removes a log row."""
         with self.lock:
@@ -235,14 +245,28 @@ class FakeDify:
 
     # -- faults -----------------------------------------------------------------
 
-    def fail_next(self, count: int, kind: str = "500", path: str = "/workflows/logs") -> None:
-        """The next ``count`` requests to ``path`` fail: 500, 502 (HTML), badjson, timeout, connect."""
+    def fail_next(
+        self, count: int, kind: str = "500", path: str = "/workflows/logs", key: str | None = None
+    ) -> None:
+        """The next ``count`` requests to ``path`` (with ``key`` when given) fail: 500, 502 (HTML),
+        badjson, timeout, connect, gzip (a body that cannot be decoded, as from a broken proxy),
+        or bug (the HTTP stack raises something unexpected)."""
         remaining = [count]
 
         def fault(request: httpx.Request) -> httpx.Response | None:
             if not request.url.path.endswith(path) or remaining[0] <= 0:
                 return None
+            if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+                return None
             remaining[0] -= 1
+            if kind == "bug":
+                raise RuntimeError("something nobody expected")
+            if kind == "gzip":
+                return httpx.Response(
+                    200,
+                    content=b'{"page": 1, "data": []}',
+                    headers={"content-type": "application/json", "content-encoding": "gzip"},
+                )
             if kind == "timeout":
                 raise httpx.ReadTimeout("timed out", request=request)
             if kind == "connect":
