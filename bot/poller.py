@@ -267,6 +267,15 @@ class Poller:
         result = AppResult(app=app, name=name)
         now = int(self._now())
         state = self.store.app_state(app.id) or {}
+        if not state.get("first_polled") and state.get("checked_until") is None:
+            try:
+                state = self._adopt_predecessor(client, app) or state
+            except DifyError as exc:
+                # Asked again next cycle, before anything is backfilled.
+                result.ok, result.error = False, str(exc)
+                log.error("polling %s failed: %s", name, exc)
+                result.requests = client.requests - before_requests
+                return result
         if state.get("checked_until") is None:
             # First read of this app; keep the first attempt's start if that one failed.
             if state.get("alert_from") is None:
@@ -311,6 +320,27 @@ class Poller:
                 self.store.prune_seen(app.id, before - self.settings.lookback)
         result.requests = client.requests - before_requests
         return result
+
+    # -- identities ----------------------------------------------------------------
+
+    def _adopt_predecessor(self, client: DifyClient, app: AppConfig) -> dict[str, Any] | None:
+        """A new identity (new key, URL spelled differently) of an app wflogs already watched
+        takes over that app's cursor, so the time in between is read, not backfilled.
+
+        Candidates are identities no longer configured; one is the same app when a run it
+        alerted is found through this key (a run's UUID as keyword matches exactly that run).
+        """
+        configured = {configured_app.id for configured_app in self.settings.apps}
+        for candidate in self.store.orphan_identities(configured, limit=3):
+            run_ids = self.store.recent_alerted_run_ids(candidate["app_id"], limit=1)
+            if not run_ids:
+                continue
+            page = client.logs(keyword=run_ids[0], limit=1)
+            if not any(row.run_id == run_ids[0] for row in page.data):
+                continue
+            log.info("%s was watched before under another key or URL: going on from there", app.label)
+            return self.store.adopt_identity(candidate["app_id"], app.id)
+        return None
 
     # -- reading windows ---------------------------------------------------------
 

@@ -173,6 +173,40 @@ class Store:
         with self.transaction():
             self.db["app_state"].upsert({"app_id": app_id, **fields}, pk="app_id")  # type: ignore[union-attr]
 
+    def orphan_identities(self, configured: Iterable[str], limit: int = 3) -> list[dict[str, Any]]:
+        """App states read before but no longer configured (a replaced key or URL), newest first."""
+        ids = list(configured)
+        marks = ",".join("?" * len(ids)) or "''"
+        return self.query(
+            f"select * from app_state where checked_until is not null and app_id not in ({marks}) "
+            "order by coalesce(last_ok, checked_until) desc limit ?",
+            [*ids, limit],
+        )
+
+    def recent_alerted_run_ids(self, app_id: str, limit: int = 1) -> list[str]:
+        """Run ids of the app's most recent alerts (still in the outbox), newest first."""
+        out = []
+        for row in self.query(
+            "select entry from alerts where app_id = ? order by id desc limit ?", [app_id, limit * 5]
+        ):
+            run_id = (json.loads(row["entry"]) if row.get("entry") else {}).get("run_id")
+            if run_id and run_id not in out:
+                out.append(run_id)
+        return out[:limit]
+
+    def adopt_identity(self, old_id: str, new_id: str) -> dict[str, Any]:
+        """``new_id`` takes over ``old_id``'s cursor and what it has seen; returns the new state."""
+        with self.transaction():
+            old = self.app_state(old_id) or {}
+            keep = {k: old.get(k) for k in ("checked_until", "alert_from", "first_polled", "name")}
+            self.db["app_state"].upsert(  # type: ignore[union-attr]
+                {"app_id": new_id, **{k: v for k, v in keep.items() if v is not None}}, pk="app_id"
+            )
+            self.db.execute("update or ignore seen set app_id = ? where app_id = ?", [new_id, old_id])
+            self.db.execute("delete from seen where app_id = ?", [old_id])
+            self.db.execute("delete from app_state where app_id = ?", [old_id])
+        return self.app_state(new_id) or {}
+
     # -- what the poller has seen ----------------------------------------------
 
     def known_count(self, app_id: str, status: str | None, after: int, before: int) -> int:

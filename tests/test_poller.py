@@ -498,3 +498,32 @@ def test_a_quiet_cycle_over_hundreds_of_known_logs_and_a_crowded_second_costs_on
     assert rt.cycle().ok
     clock.advance(60)
     assert rt.cycle().apps[0].requests == 2
+
+
+def test_a_key_replaced_after_a_long_outage_goes_on_from_where_the_old_key_stopped(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    before = dify.add_log(app, at=int(clock.now) - 300, error="before the rotation")
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    dify.revoke_key(app.key)  # the old key stops working; nobody notices for two hours
+    clock.advance(600)
+    missed = dify.add_log(app, at=int(clock.now), error="while the key was rejected")
+    clock.advance(2 * 3600)  # longer than the backfill
+    new_key = dify.add_key(app)
+    rt = _runtime(tmp_path, dify, clock, slack, new_key)
+    assert rt.cycle().ok
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [before.run_id, missed.run_id])
+
+
+def test_a_new_app_with_another_apps_state_around_is_backfilled_as_usual(tmp_path, dify, clock, slack):
+    old_app, new_app = dify.add_app("Old"), dify.add_app("New")
+    dify.add_log(old_app, at=int(clock.now) - 60, error="old app")
+    _runtime(tmp_path, dify, clock, slack, old_app.key).cycle()  # then removed from the config
+    clock.advance(60)
+    recent = dify.add_log(new_app, at=int(clock.now) - 600, error="new app, ten minutes ago")
+    rt = _runtime(tmp_path, dify, clock, slack, new_app.key)
+    assert rt.cycle().ok
+    assert messages_mentioning(slack, recent.run_id) == 1
