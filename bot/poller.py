@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
-from bot.dify import MAX_LIMIT, DifyClient
+from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyError, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
@@ -122,6 +122,7 @@ class _Crowded:
     next_page: int = 1
     seen_here: set[str] = field(default_factory=set)
     done: bool = False
+    round_done: bool = False  # every offset page was asked for once
 
 
 @dataclass
@@ -134,6 +135,8 @@ class _StatusRead:
     gone: set[str] = field(default_factory=set)
     crowded: dict[int, _Crowded] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # A round over a crowded second's pages left it incomplete: the order changes per call.
+    shuffled: bool = False
     _known_times: list[int] = field(default_factory=list)
     _new_times: list[int] = field(default_factory=list)
 
@@ -415,7 +418,7 @@ class Poller:
         if task.second:
             crowded = read.crowded[task.lo]
             crowded.in_flight -= 1
-        read.notes.append(f"{task.status} logs between {task.lo} and {task.hi} not read")
+        read.notes.append(f"{task.status} logs from {iso(task.lo)} to {iso(task.hi)} not read")
 
     def _on_range(self, read: _StatusRead, task: _Task, page: LogPage, *, split: bool) -> list[_Task]:
         """The first page of [lo, hi]: settle what it proves, and say what to read next."""
@@ -448,7 +451,7 @@ class Poller:
             read.settle(lo, hi, ids)
             return []
         if not rows:
-            read.notes.append(f"Dify answered {task.status} logs outside {lo}..{hi}")
+            read.notes.append(f"Dify answered {task.status} logs outside {iso(lo)} to {iso(hi)}")
             return []
         oldest = min(row.created_at for row in rows)
         newest = max(row.created_at for row in rows)
@@ -507,10 +510,17 @@ class Poller:
         crowded = read.crowded.get(second)
         if crowded is None:
             crowded = read.crowded[second] = _Crowded(second)
+        elif crowded.done:
+            return []
         crowded.seen_here |= sample
-        # The page just read was this second's first page: ask for the second page, which
-        # also says how many logs the second holds.
-        crowded.next_page = 2
+        if read.shuffled:
+            # Another second showed that the order changes per call: sample first pages.
+            crowded.round_done = True
+            crowded.next_page = 1
+        else:
+            # The page just read was this second's first page: ask for the second page, which
+            # also says how many logs the second holds.
+            crowded.next_page = 2
         return self._next_samples(read, status, crowded)
 
     def _on_second(self, read: _StatusRead, task: _Task, page: LogPage) -> list[_Task]:
@@ -521,7 +531,7 @@ class Poller:
         rows = [row for row in page.data if row.created_at == task.lo]
         fresh = read.add(rows)
         crowded.seen_here |= {row.log_id for row in rows}
-        first_total = crowded.total is None
+        first_total = crowded.total is None and not crowded.round_done
         crowded.total = page.total
         if crowded.done:
             return []
@@ -555,12 +565,14 @@ class Poller:
         if crowded.requests >= budget:
             crowded.done = True
             read.notes.append(
-                f"{total} {status} logs share one second ({crowded.second}); "
+                f"{total} {status} logs share one second ({iso(crowded.second)}); "
                 f"{len(crowded.seen_here)} read so far, the rest next cycle"
             )
             return []
         if crowded.next_page > pages:
             crowded.next_page = 1
+            if not crowded.round_done:
+                crowded.round_done = read.shuffled = True
         # After the first round the order is known to change per call: a first page is then a
         # fresh sample of 100 rows, the most any request can bring.
         number = crowded.next_page
