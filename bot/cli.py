@@ -149,7 +149,10 @@ def _search_text(words: Sequence[str]) -> str:
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Search every app's workflow runs with the /wflogs grammar and print a table."""
+    """Search every app's workflow runs with the /wflogs grammar and print a table.
+
+    Exit 0 with an answer from every app, 1 when an app could not be searched (or has no
+    such run), 2 when the query itself is wrong (with the usage line)."""
     from bot import search_format
     from bot.query import USAGE, parse
     from bot.search import find_run, search, targets_for
@@ -171,8 +174,11 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         if query.kind == "run":
             out.write(search_format.run_text(find_run(query, targets), tz=settings.tz))
             return 0
-        result = search(query, targets, now=time.time(), workers=settings.concurrency)
+        result = search(query, targets, now=time.time(), workers=settings.concurrency, tz=settings.tz)
     except QueryError as exc:
+        if not exc.usage:  # the query was right; the answer is no (an unknown run)
+            err.write(f"wflogs: {strip_controls(str(exc))}\n")
+            return 1
         err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
         return 2
     finally:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from bot.blocks import STATUS_EMOJI, TEXT_LIMIT, Block, context, fields, fit, header, section
 from bot.records import AppDigest, Counts
-from bot.text import duration, escape, escape_cut, plural, truncate
+from bot.text import duration, error_summary, escape, escape_cut, plural, truncate
 
 SPARK = "▁▂▃▄▅▆▇█"
 ZERO = "·"
@@ -146,8 +146,9 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
         peak_at = d.window.start + peak * 3600
         chart = (
             f"*Failed runs per hour*{'' if d.hourly_exact else ' (sampled)'}\n"
-            f"`{sparkline(d.hourly)}`  {when(d.window.start, tz, '%H:%M', zone=False)} → "
-            f"{when(d.window.end + 1, tz, '%H:%M', zone=False)}, peak {d.hourly[peak]:,} in the hour from "
+            f"`{sparkline(d.hourly)}`  one bar per hour, {plural(len(d.hourly), 'hour')} from "
+            f"{when(d.window.start, tz, '%a %H:%M', zone=False)} to "
+            f"{when(d.window.end + 1, tz, '%a %H:%M', zone=False)}, peak {d.hourly[peak]:,} in the hour from "
             f"{when(peak_at, tz, '%H:%M', zone=False)}"
         )
         blocks.append(section(chart))
@@ -161,7 +162,7 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
             at = when(err.newest_at, tz, "%H:%M", zone=False)
             rows.append(
                 f"{STATUS_EMOJI.get(err.status, '•')} *{'≈' if err.approx else ''}×{err.count:,}* "
-                f"{_code(err.example, EXAMPLE_LIMIT)}{new}{run} at {at}"
+                f"{_code(error_summary(err.example), EXAMPLE_LIMIT)}{new}{run} at {at}"
             )
         blocks.append(section("\n".join(rows)))
         lines.extend(rows)

@@ -3,7 +3,7 @@
 ::
 
     /wflogs [STATUS ...] [since:WHEN] [before:WHEN] [app:NAME] [session:ID] [account:EMAIL]
-            [search text] [page:N] [limit:N]
+            [search text | error:TEXT | similar:RUN_ID] [page:N] [limit:N]
     /wflogs session ID [filters ...]
     /wflogs run RUN_ID [app:NAME]        (a bare run id works too)
     /wflogs help
@@ -15,8 +15,12 @@ STATUS is ``failed``, ``stopped``, ``succeeded``, ``partial`` (partial-succeeded
 time zone unless it says otherwise. Words that are neither a status nor a
 filter are the search text (quotes, straight or curly, keep spaces and make a
 status word text); a word that looks like a mistyped status or command gets a
-"did you mean" note. Control characters are dropped. A malformed filter is an
-error that names it and shows the usage line.
+"did you mean" note. Search text matches a run's inputs, outputs and session
+(through Dify) and its error (here); ``error:TEXT`` matches errors only;
+``similar:RUN_ID`` finds runs whose error has the same shape as that run's (over
+the last ``SIMILAR_DAYS`` days unless ``since:`` says otherwise). Control
+characters are dropped. A malformed filter is an error that names it and shows
+the usage line.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from bot.text import strip_controls
 
 USAGE = (
     "Usage: /wflogs [failed|stopped|succeeded|partial|running] [since:2h] [before:WHEN] "
-    '[app:NAME] [session ID] [account:EMAIL] ["search text"] [page:N] [limit:N]  ·  '
-    "/wflogs run RUN_ID  ·  /wflogs help"
+    '[app:NAME] [session:ID] [account:EMAIL] ["search text" | error:TEXT | similar:RUN_ID] '
+    "[page:N] [limit:N]  ·  /wflogs run RUN_ID  ·  /wflogs help"
 )
+RUN_ID_EXAMPLE = "3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b"
+SIMILAR_DAYS = 7  # similar: looks this far back unless since: is given
+KEYWORD_CHARS = 30  # Dify compares this many characters of a keyword
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 500
 MAX_PAGE = 99999
@@ -68,6 +75,9 @@ _KEYS = {
     "text": "keyword",
     "keyword": "keyword",
     "run": "run",
+    "error": "error",
+    "similar": "similar",
+    "like": "similar",
 }
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u201d": "\u201d", "\u2018": "\u2019", "\u2019": "\u2019"}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -91,6 +101,8 @@ class Query:
     session: str | None = None
     account: str | None = None
     keyword: str | None = None
+    error: str | None = None  # error:TEXT, matched against errors only
+    similar: str | None = None  # similar:RUN_ID, runs whose error has that run's shape
     page: int = 1
     limit: int | None = None
     run_id: str | None = None
@@ -131,10 +143,18 @@ class Query:
             for name in ("since", "until"):
                 if not isinstance(getattr(query, name), int | None):
                     raise TypeError(name)
-            for name in ("kind", "app", "session", "account", "keyword", "run_id"):
+            for name in ("kind", "app", "session", "account", "keyword", "error", "run_id", "similar"):
                 if not isinstance(getattr(query, name), str | None):
                     raise TypeError(name)
+            if query.kind not in ("search", "run", "help"):
+                raise ValueError(query.kind)
         except (TypeError, ValueError):
+            raise QueryError("this button's query is damaged; run the search again", usage=USAGE)
+        # Run ids go into Dify URLs: a forged button must not choose the path.
+        for run_id in (query.run_id, query.similar):
+            if run_id is not None:
+                check_run_id(run_id, "this button's run id")
+        if query.kind == "run" and query.run_id is None:
             raise QueryError("this button's query is damaged; run the search again", usage=USAGE)
         return query
 
@@ -148,6 +168,19 @@ class _Token:
 
 def _fail(message: str) -> QueryError:
     return QueryError(message, usage=USAGE)
+
+
+def is_run_id(value: object) -> bool:
+    """Whether ``value`` is a run id (a UUID), the only thing that may go into a Dify run URL."""
+    return isinstance(value, str) and bool(_UUID.match(value))
+
+
+def check_run_id(value: object, what: str = "the run id") -> str:
+    """``value`` as a lower-case run id; raises :class:`QueryError` when it is not a UUID."""
+    if not is_run_id(value):
+        shown = str(value)[:60]
+        raise QueryError(f"{what} {shown!r} is not a run id; a run id looks like {RUN_ID_EXAMPLE}")
+    return str(value).lower()
 
 
 def tokenize(text: str) -> list[_Token]:
@@ -264,7 +297,7 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
                 hint = f" (did you mean {close[0]}:?)" if close else ""
                 raise _fail(
                     f"unknown filter {tok.key}:{hint} — the filters are since:, before:, app:, session:, "
-                    "account:, status:, page:, limit: (text with a colon goes in quotes)"
+                    "account:, status:, error:, similar:, page:, limit: (text with a colon goes in quotes)"
                 )
             value = tok.text.strip()
             if not value:
@@ -297,6 +330,12 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
             elif name == "run":
                 put("run_id", value, "run:")
                 kind = "run"
+            elif name == "error":
+                put("error", value, "error:")
+            elif name == "similar":
+                if not _UUID.match(value):
+                    raise _fail(f"similar: takes a run id, like similar:{RUN_ID_EXAMPLE}, not {value!r}")
+                put("similar", value.lower(), "similar:")
             else:
                 put(name, value, f"{tok.key}:")
             continue
@@ -346,8 +385,25 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
     if since is not None and until is not None and since > until:
         raise _fail("since: is later than until:; swap them")
     keyword = " ".join(words) or None
-    if keyword and len(keyword) > 30:
-        notes.append("Dify compares only the first 30 characters of the search text.")
+    if "similar" in fields and (keyword or "error" in fields):
+        raise _fail(
+            "similar:RUN_ID finds runs by that run's error; it takes no search text or error: "
+            "(use one or the other)"
+        )
+    if keyword and "error" in fields:
+        raise _fail(
+            f"error: searches errors only and search text searches everywhere; give one of them, "
+            f'e.g. error:"{keyword}"'
+        )
+    if "similar" in fields and since is None:
+        since = int(now) - SIMILAR_DAYS * 86400
+        if until is not None and since > until:
+            since = until - SIMILAR_DAYS * 86400
+    if keyword and len(keyword) > KEYWORD_CHARS:
+        notes.append(
+            f"Dify compares only the first {KEYWORD_CHARS} characters of the search text with inputs, "
+            "outputs and sessions; errors are compared in full."
+        )
     unique = tuple(s for s in STATUS_ORDER if s in statuses)
     return Query(
         statuses=unique,
@@ -357,6 +413,8 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         session=fields.get("session"),
         account=fields.get("account"),
         keyword=keyword,
+        error=fields.get("error"),
+        similar=fields.get("similar"),
         page=fields.get("page", 1),
         limit=fields.get("limit"),
         notes=tuple(notes),
@@ -374,7 +432,9 @@ def _example(name: str) -> str:
         "page": "page:2",
         "limit": "limit:10",
         "keyword": 'keyword:"timed out"',
-        "run": "run 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b",
+        "run": f"run {RUN_ID_EXAMPLE}",
+        "error": 'error:"rate limit"',
+        "similar": f"similar:{RUN_ID_EXAMPLE}",
     }.get(name, name)
 
 
@@ -395,6 +455,10 @@ def describe(query: Query, tz: ZoneInfo | None = None) -> str:
         parts.append(f"by {query.account}")
     if query.keyword:
         parts.append(f"matching “{query.keyword}”")
+    if query.error:
+        parts.append(f"with an error matching “{query.error}”")
+    if query.similar:
+        parts.append(f"with an error like run {query.similar}’s")
     if query.since is not None:
         parts.append(f"since {_short_time(query.since, tz)}")
     if query.until is not None:

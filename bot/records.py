@@ -166,6 +166,7 @@ class AppHits:
     error: str | None = None
     bad_request: bool = False  # Dify refused a value the user typed (e.g. an unknown account)
     console_url: str | None = None
+    found: dict[str, str] = field(default_factory=dict)  # log id -> where the text was found
 
     def pages(self, page_size: int) -> int:
         """How many pages this app's matches fill."""
@@ -179,6 +180,8 @@ class SearchResult:
     query: Query
     page_size: int
     apps: list[AppHits]
+    similar_to: SimilarSource | None = None  # similar:RUN_ID: the run compared with
+    per_day: list[tuple[int, int]] = field(default_factory=list)  # (day start, matching runs), oldest first
 
     @property
     def pages(self) -> int:
@@ -189,6 +192,17 @@ class SearchResult:
     def total(self) -> int:
         """Matching runs across apps (a lower bound where a scan was capped)."""
         return sum(a.total for a in self.apps)
+
+
+@dataclass(frozen=True)
+class SimilarSource:
+    """The run a ``similar:`` search compares with: where it is, its error and that error's shape."""
+
+    run_id: str
+    app_name: str
+    status: str
+    error: str
+    shape: str
 
 
 @dataclass(frozen=True)

@@ -11,30 +11,45 @@ What Dify cannot do is done here, and said in the result:
   session is matched on our side;
 - the list has no tie-breaker inside one second, so each page is cut from a
   chunk of 100 rows sorted here, and ``until`` is frozen at the first search so
-  that Previous/Next page through the same window.
+  that Previous/Next page through the same window;
+- ``keyword`` never matches a run's error: search text is also looked for in the
+  errors of the window's failed, stopped and partial-succeeded runs, read from
+  Dify (failed and stopped through its status filter) and compared here, then
+  merged with Dify's keyword matches (each run once, newest first, each saying
+  where the text was found); ``error:`` reads only errors, and ``similar:``
+  compares each error's shape with one run's and counts the matches per day.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient
-from bot.errors import DifyBadRequest, DifyError, DifyNotFound, QueryError
-from bot.query import USAGE, Query
-from bot.records import AppHits, LogEntry, RunDetail, SearchResult
+from bot.errors import DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
+from bot.query import KEYWORD_CHARS, USAGE, Query, check_run_id
+from bot.records import AppHits, LogEntry, RunDetail, SearchResult, SimilarSource
+from bot.text import normalize_error, one_line
 
 log = logging.getLogger(__name__)
 
+UTC_ZONE = ZoneInfo("UTC")
 PAGE_SIZE = 10  # runs per page with one app
 MULTI_APP_PAGE_SIZE = 5  # runs per app per page with several (a Slack message has room for ~10k chars)
 SCAN_PAGES = 10  # pages of 100 read per app when filtering on our side
 DETAIL_CAP = 30  # a session with at most this many runs has its keyword checked against run details
+
+
+class RunNotFound(QueryError):
+    """No app searched has the run (the query was right: no usage line)."""
 
 
 @dataclass(frozen=True)
@@ -155,61 +170,201 @@ def _scan(
     return matches, False, len(seen), total
 
 
-def _search_app(query: Query, target: Target, page_size: int) -> AppHits:
-    hits = AppHits(name=target.name, console_url=target.app.console_url)
-    client = target.client
+ERROR_STATUSES = ("failed", "stopped", "partial-succeeded")  # the runs that carry an error
+
+
+@dataclass
+class _Found:
+    """Matches from one or more reads of Dify, with how complete the reads were."""
+
+    entries: list[LogEntry]
+    complete: bool = True
+    scanned: int = 0
+    dify_total: int = 0
+
+    def add(self, other: _Found) -> None:
+        """Take in another read's matches; only reads that stopped at their cap count for the note."""
+        self.entries += other.entries
+        if not other.complete:
+            self.scanned += other.scanned
+            self.dify_total += other.dify_total
+            self.complete = False
+
+
+def _scan_found(client: DifyClient, params: dict[str, Any], keep: Callable[[LogEntry], bool]) -> _Found:
+    matches, complete, scanned, total = _scan(client, params, keep)
+    return _Found(matches, complete, scanned, total)
+
+
+def _base_params(query: Query) -> dict[str, Any]:
     params: dict[str, Any] = {"after": query.since, "before": query.until}
     if query.account:
         params["account"] = query.account
+    return params
+
+
+def error_statuses(query: Query) -> tuple[str, ...]:
+    """The statuses whose errors a query reads: its own among failed/stopped/partial, else all three."""
+    if not query.statuses:
+        return ERROR_STATUSES
+    return tuple(s for s in query.statuses if s in ERROR_STATUSES)
+
+
+def _contains(text: str) -> Callable[[str | None], bool]:
+    needle = one_line(text).casefold()
+    return lambda error: bool(error) and needle in one_line(error or "").casefold()
+
+
+def _error_scan(query: Query, client: DifyClient, keep: Callable[[str | None], bool]) -> _Found:
+    """Runs of the window whose error ``keep`` accepts, read from Dify and filtered here.
+
+    Dify filters failed and stopped itself (one scan each); partial-succeeded runs
+    can only be found among all runs (one more scan, when the query wants them)."""
+    params = _base_params(query)
+    if query.session:
+        params["session_id"] = query.session
+    found = _Found([])
+    for status in error_statuses(query):
+        if status in STATUSES_DIFY_FILTERS:
+            scan_params = {**params, "status": status}
+        else:
+            scan_params = params
+
+        def accept(entry: LogEntry, status: str = status) -> bool:
+            return entry.status == status and keep(entry.error)
+
+        found.add(_scan_found(client, scan_params, accept))
+    return found
+
+
+def _keyword_where(entry: LogEntry, keyword: str) -> str:
+    word = keyword[:KEYWORD_CHARS].lower()
+    if entry.session_id and word in entry.session_id.lower():
+        return "session"
+    if entry.run_id and entry.run_id == keyword:
+        return "run id"
+    return "inputs/outputs"
+
+
+def _keyword_found(query: Query, client: DifyClient) -> _Found:
+    """Dify's keyword matches (inputs, outputs, session) under the query's other filters."""
+    assert query.keyword is not None
+    params = _base_params(query)
     local_statuses: set[str] | None = None
     if len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS:
         params["status"] = query.statuses[0]
     elif query.statuses:
         local_statuses = set(query.statuses)
-    local_session: str | None = None
 
     def status_ok(entry: LogEntry) -> bool:
         return local_statuses is None or entry.status in local_statuses
 
-    start = (query.page - 1) * page_size
-    if query.keyword and query.session:
+    if query.session:
         # Dify answers 500 to keyword + session: never send both.
         first = client.logs(**params, session_id=query.session, page=1, limit=MAX_LIMIT)
         if first.total <= DETAIL_CAP:
             rows = [e for e in first.data if status_ok(e)]
-            matches = _order([e for e in rows if _detail_matches(client, e, query.keyword)])
-            hits.entries, hits.total = matches[start : start + page_size], len(matches)
-            hits.scanned, hits.dify_total = len(first.data), first.total
-            return hits
-        params["keyword"] = query.keyword
-        local_session = query.session
-    elif query.keyword:
-        params["keyword"] = query.keyword
-    elif query.session:
-        params["session_id"] = query.session
+            matches = [e for e in rows if _detail_matches(client, e, query.keyword)]
+            return _Found(matches, True, len(first.data), first.total)
+        session = query.session
 
-    if local_statuses is None and local_session is None:
-        # Dify filters everything: read the chunk of 100 holding this page; its total is exact.
-        chunk = start // MAX_LIMIT + 1
-        page = client.logs(**params, page=chunk, limit=MAX_LIMIT)
-        offset = start - (chunk - 1) * MAX_LIMIT
-        hits.entries = _order(page.data)[offset : offset + page_size]
-        hits.total = page.total
-        return hits
+        def keep(entry: LogEntry) -> bool:
+            return status_ok(entry) and entry.session_id == session
 
-    def keep(entry: LogEntry) -> bool:
-        return status_ok(entry) and (local_session is None or entry.session_id == local_session)
+        return _scan_found(client, {**params, "keyword": query.keyword}, keep)
+    return _scan_found(client, {**params, "keyword": query.keyword}, status_ok)
 
-    matches, complete, scanned, dify_total = _scan(client, params, keep)
-    matches = _order(matches)
+
+def _chunk(
+    client: DifyClient, params: dict[str, Any], start: int, page_size: int
+) -> tuple[list[LogEntry], int]:
+    """The page at ``start`` when Dify filters everything: read the chunk of 100 holding it."""
+    chunk = start // MAX_LIMIT + 1
+    page = client.logs(**params, page=chunk, limit=MAX_LIMIT)
+    offset = start - (chunk - 1) * MAX_LIMIT
+    return _order(page.data)[offset : offset + page_size], page.total
+
+
+def _fill(hits: AppHits, found: _Found, start: int, page_size: int) -> AppHits:
+    matches = _order(list({e.log_id: e for e in found.entries}.values()))  # each run once, newest first
     hits.entries = matches[start : start + page_size]
-    hits.total, hits.exact, hits.scanned, hits.dify_total = len(matches), complete, scanned, dify_total
+    hits.total, hits.exact = len(matches), found.complete
+    hits.scanned, hits.dify_total = found.scanned, found.dify_total
     return hits
 
 
-def _search_app_safely(query: Query, target: Target, page_size: int) -> AppHits:
+def _text_search(query: Query, target: Target, page_size: int) -> AppHits:
+    """Search text: Dify's keyword matches merged with the runs whose error holds the text."""
+    assert query.keyword is not None
+    hits = AppHits(name=target.name, console_url=target.app.console_url)
+    client = target.client
+    start = (query.page - 1) * page_size
+    errors = _error_scan(query, client, _contains(query.keyword)) if error_statuses(query) else _Found([])
+    one_status = len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS
+    if not errors.entries and not query.session and (one_status or not query.statuses):
+        # No error holds the text and Dify filters everything: its own page and exact total.
+        params = {**_base_params(query), "keyword": query.keyword}
+        if one_status:
+            params["status"] = query.statuses[0]
+        hits.entries, hits.total = _chunk(client, params, start, page_size)
+        if not errors.complete:  # more errors than were read: more runs may match
+            hits.exact, hits.scanned, hits.dify_total = False, errors.scanned, errors.dify_total
+        hits.found = {e.log_id: _keyword_where(e, query.keyword) for e in hits.entries}
+        return hits
+    keyword = _keyword_found(query, client)
+    merged = _Found([])
+    merged.add(errors)
+    merged.add(keyword)
+    _fill(hits, merged, start, page_size)
+    in_error = {e.log_id for e in errors.entries}
+    by_keyword = {e.log_id: _keyword_where(e, query.keyword) for e in keyword.entries}
+    for entry in hits.entries:
+        places = (["error"] if entry.log_id in in_error else []) + (
+            [by_keyword[entry.log_id]] if entry.log_id in by_keyword else []
+        )
+        hits.found[entry.log_id] = ", ".join(places)
+    return hits
+
+
+def _error_search(
+    query: Query, target: Target, page_size: int, keep: Callable[[str | None], bool]
+) -> tuple[AppHits, list[LogEntry]]:
+    """error:TEXT and similar:RUN_ID: runs whose error ``keep`` accepts (and every match, for counts)."""
+    hits = AppHits(name=target.name, console_url=target.app.console_url)
+    found = _error_scan(query, target.client, keep) if error_statuses(query) else _Found([])
+    _fill(hits, found, (query.page - 1) * page_size, page_size)
+    if not query.similar:  # similar: matches shapes, not text: there is nothing to say "found in"
+        hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
+    return hits, found.entries
+
+
+def _search_app(query: Query, target: Target, page_size: int) -> AppHits:
+    if query.keyword:
+        return _text_search(query, target, page_size)
+    if query.error:
+        return _error_search(query, target, page_size, _contains(query.error))[0]
+    hits = AppHits(name=target.name, console_url=target.app.console_url)
+    client = target.client
+    params = _base_params(query)
+    local_statuses: set[str] | None = None
+    if len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS:
+        params["status"] = query.statuses[0]
+    elif query.statuses:
+        local_statuses = set(query.statuses)
+    if query.session:
+        params["session_id"] = query.session
+    start = (query.page - 1) * page_size
+    if local_statuses is None:
+        # Dify filters everything: read the chunk of 100 holding this page; its total is exact.
+        hits.entries, hits.total = _chunk(client, params, start, page_size)
+        return hits
+    statuses = local_statuses
+    return _fill(hits, _scan_found(client, params, lambda e: e.status in statuses), start, page_size)
+
+
+def _safely(target: Target, work: Callable[[], AppHits]) -> AppHits:
     try:
-        return _search_app(query, target, page_size)
+        return work()
     except DifyBadRequest as exc:
         return AppHits(name=target.name, error=f"Dify refused the query: {exc}", bad_request=True)
     except DifyError as exc:
@@ -217,18 +372,86 @@ def _search_app_safely(query: Query, target: Target, page_size: int) -> AppHits:
         return AppHits(name=target.name, error=str(exc))
 
 
-def search(query: Query, targets: Sequence[Target], *, now: float, workers: int = 8) -> SearchResult:
+def _each(targets: Sequence[Target], workers: int, work: Callable[[Target], AppHits]) -> list[AppHits]:
+    if len(targets) == 1:
+        return [_safely(targets[0], lambda: work(targets[0]))]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+        return list(pool.map(lambda t: _safely(t, lambda: work(t)), targets))
+
+
+def _days(times: Sequence[int], since: int, until: int, tz: ZoneInfo) -> list[tuple[int, int]]:
+    """Runs per local day from the day of ``since`` to the day of ``until`` (day start, count)."""
+    first = datetime.fromtimestamp(since, tz).date()
+    last = datetime.fromtimestamp(until, tz).date()
+    counts: dict[date, int] = {}
+    for ts in times:
+        day = datetime.fromtimestamp(ts, tz).date()
+        counts[day] = counts.get(day, 0) + 1
+    out = []
+    day = first
+    while day <= last:
+        out.append((int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()), counts.get(day, 0)))
+        day += timedelta(days=1)
+    return out
+
+
+def similar_source(run_id: str, targets: Sequence[Target]) -> SimilarSource:
+    """The run ``similar:`` compares with; a QueryError when no app has it or it has no error."""
+    detail = find_run(Query(kind="run", run_id=run_id), targets)
+    error = detail.run.get("error")
+    status = str(detail.run.get("status") or "?")
+    if not error or not str(error).strip():
+        raise QueryError(
+            f"run {run_id} in {detail.app_name} has no error ({status}), so there is nothing to compare; "
+            "similar: takes a failed or stopped run"
+        )
+    return SimilarSource(
+        run_id=run_id,
+        app_name=detail.app_name,
+        status=status,
+        error=str(error),
+        shape=normalize_error(str(error)),
+    )
+
+
+def search(
+    query: Query,
+    targets: Sequence[Target],
+    *,
+    now: float,
+    workers: int = 8,
+    tz: ZoneInfo | None = None,
+) -> SearchResult:
     """One page of ``query`` in every target app (in parallel); raises QueryError for a page out of range."""
     if query.until is None:
         # Freeze the window so that later pages read the same runs.
         query = replace(query, until=int(now))
     page_size = query.limit or (PAGE_SIZE if len(targets) == 1 else MULTI_APP_PAGE_SIZE)
-    if len(targets) == 1:
-        apps = [_search_app_safely(query, targets[0], page_size)]
+    source: SimilarSource | None = None
+    per_day: list[tuple[int, int]] = []
+    if query.similar:
+        source = similar_source(query.similar, targets)
+        shape = source.shape
+        times: list[int] = []
+        lock = threading.Lock()
+
+        def same_shape(target: Target) -> AppHits:
+            hits, everything = _error_search(query, target, page_size, lambda e: normalize_error(e) == shape)
+            with lock:
+                times.extend(e.created_at for e in everything)
+            return hits
+
+        apps = _each(targets, workers, same_shape)
+        assert query.until is not None
+        per_day = _days(
+            times,
+            query.since if query.since is not None else min(times, default=query.until),
+            query.until,
+            tz or UTC_ZONE,
+        )
     else:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
-            apps = list(pool.map(lambda t: _search_app_safely(query, t, page_size), targets))
-    result = SearchResult(query=query, page_size=page_size, apps=apps)
+        apps = _each(targets, workers, lambda t: _search_app(query, t, page_size))
+    result = SearchResult(query=query, page_size=page_size, apps=apps, similar_to=source, per_day=per_day)
     if query.page > result.pages and not any(a.error for a in apps):
         found = result.total
         where = "" if all(a.exact for a in apps) else " among the runs searched"
@@ -253,16 +476,21 @@ def _decode(value: Any) -> Any:
 
 
 def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
-    """The run ``query.run_id`` from whichever target app has it."""
-    assert query.run_id is not None
-    problems = []
+    """The run ``query.run_id`` from whichever target app has it.
+
+    The id must be a UUID (it goes into Dify's URL); no app having it is a
+    :class:`QueryError` without the usage line (the query itself was right)."""
+    run_id = check_run_id(query.run_id)
+    problems: list[str] = []
+    failed: set[str] = set()
     for target in targets:
         try:
-            body = target.client.run(query.run_id)
+            body = target.client.run(run_id)
         except DifyNotFound:
             continue
         except DifyError as exc:
             problems.append(f"{target.name}: {exc}")
+            failed.add(target.name)
             continue
         return RunDetail(
             app_name=target.name,
@@ -271,8 +499,8 @@ def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
             outputs=_decode(body.get("outputs")),
             console_url=target.app.console_url,
         )
-    names = ", ".join(t.name for t in targets)
-    message = f"no run {query.run_id} in {names}"
+    asked = ", ".join(t.name for t in targets if t.name not in failed)
     if problems:
-        message += "; could not ask " + "; ".join(problems)
-    raise QueryError(message, usage=USAGE)
+        told = f"no run {run_id} in {asked}; " if asked else ""
+        raise DifyUnavailable(f"{told}could not look for run {run_id} in " + "; ".join(problems))
+    raise RunNotFound(f"no run {run_id} in {asked}")

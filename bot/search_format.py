@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,13 +32,24 @@ from bot.blocks import (
     who_text,
 )
 from bot.errors import QueryError
-from bot.query import USAGE, Query, describe
+from bot.query import SIMILAR_DAYS, USAGE, Query, describe, is_run_id
 from bot.records import LogEntry, RunDetail, SearchResult
-from bot.text import clock, duration, escape, escape_cut, one_line, plural, strip_controls, truncate
+from bot.text import (
+    clock,
+    duration,
+    error_summary,
+    escape,
+    escape_cut,
+    one_line,
+    plural,
+    strip_controls,
+    truncate,
+)
 
 ACTION_PREV = "wflogs_prev"
 ACTION_NEXT = "wflogs_next"
 ACTION_SHARE = "wflogs_share"
+ACTION_SIMILAR = "wflogs_similar"  # its value is a run id
 MASK = "••••••"
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|auth|credential|cookie|private"
@@ -47,8 +59,34 @@ _SECRET_VALUE = re.compile(
     r"^(Bearer\s+\S+|xox[a-z]-\S+|xapp-\S+|sk-[A-Za-z0-9_-]{16,}|app-[A-Za-z0-9]{24}|gh[pousr]_\S{20,}"
     r"|AKIA[0-9A-Z]{16})$"
 )
+# Secrets inside longer text: auth headers, passwords in URLs, known token formats, key=value pairs.
+_TEXT_SECRETS: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(
+            r"(?i)\b(authorization\s*[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;]+"
+        ),
+        rf"\1{MASK}",
+    ),
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MASK}"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@"), rf"\1{MASK}@"),
+    (
+        re.compile(
+            r"\b(?:xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|app-[A-Za-z0-9]{24}"
+            r"|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
+        ),
+        MASK,
+    ),
+    (
+        re.compile(
+            r"(?i)((?<![a-z])(?:pass(?:word|wd|phrase)?|secret|api[_-]?key|apikey|access[_-]?token|auth[_-]?token"
+            r"|client[_-]?secret|private[_-]?key)[\"']?\s*[:=]\s*[\"']?)(?!\s*[\[{])([^\s\"'&,;}]+)"
+        ),
+        rf"\1{MASK}",
+    ),
+]
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+DAYS_SHOWN = 31  # similar: shows at most this many days, one line each
 INPUTS_LIMIT = 2500
 OUTPUTS_LIMIT = 2500
 
@@ -73,7 +111,7 @@ def read_button_value(value: str | None) -> Query:
 # -- searches ----------------------------------------------------------------------
 
 
-def _line(entry: LogEntry, tz: ZoneInfo | None) -> str:
+def _line(entry: LogEntry, tz: ZoneInfo | None, found: str | None = None) -> str:
     status = entry.status or "?"
     parts = [
         f"{STATUS_EMOJI.get(status, '⚪')} `{escape(entry.run_id or entry.log_id)}`",
@@ -84,8 +122,45 @@ def _line(entry: LogEntry, tz: ZoneInfo | None) -> str:
     if status not in ("succeeded", "failed"):
         parts.append(escape(status))
     if entry.error:
-        parts.append(escape_cut(one_line(entry.error), 100))
+        parts.append(escape_cut(mask_text(error_summary(entry.error)), 100))
+    if found:
+        parts.append(f"_found in {escape(found)}_")
     return " · ".join(parts)
+
+
+def similar_button(run_id: str | None, action_id: str = ACTION_SIMILAR) -> dict[str, Any] | None:
+    """The "Similar runs" button for a run (on its detail, or on an alert); None without a run id."""
+    if not is_run_id(run_id):
+        return None
+    return button("Similar runs", action_id, value=str(run_id))
+
+
+def _similar_blocks(result: SearchResult, tz: ZoneInfo | None) -> list[Block]:
+    source = result.similar_to
+    if source is None:
+        return []
+    blocks = [
+        section(
+            f"Runs whose error has the shape of run `{escape(source.run_id)}` in {escape(source.app_name)}:\n"
+            + code_block(mask_text(error_summary(source.error)), 600)
+        )
+    ]
+    days = result.per_day[-DAYS_SHOWN:]
+    if days:
+        top = max(n for _, n in days) or 1
+        lines = [
+            f"`{_day(start, tz)}` {'▇' * max(1, round(n * 12 / top)) if n else '·'} {n:,}"
+            for start, n in days
+        ]
+        earlier = sum(n for _, n in result.per_day[:-DAYS_SHOWN])
+        if earlier:
+            lines.insert(0, f"earlier: {earlier:,}")
+        blocks.append(section("*Per day*\n" + "\n".join(lines)))
+    return blocks
+
+
+def _day(ts: int, tz: ZoneInfo | None) -> str:
+    return datetime.fromtimestamp(ts, tz or UTC).strftime("%a %d %b")
 
 
 def _count(total: int, exact: bool) -> str:
@@ -107,7 +182,7 @@ def results(
     what = describe(query, tz)
     failed = all(a.error for a in result.apps)
     title = f"⚠️ Search failed: {what}" if failed else f"🔎 {_count(result.total, exact)}: {what}"
-    blocks: list[Block] = [header(title)]
+    blocks: list[Block] = [header(title), *_similar_blocks(result, tz)]
     several = len(result.apps) > 1
     notes: list[str] = [escape(n) for n in query.notes]
     bad_request = False
@@ -124,7 +199,7 @@ def results(
                 else section(f"*{escape(hits.name)}* · no matching runs")
             )
         if hits.entries:
-            blocks.append(section("\n".join(_line(e, tz) for e in hits.entries)))
+            blocks.append(section("\n".join(_line(e, tz, hits.found.get(e.log_id)) for e in hits.entries)))
         elif hits.total and page > app_pages:
             blocks.append(context(f"No more runs here: {plural(app_pages, 'page')}."))
         elif not several:
@@ -175,17 +250,39 @@ def results(
 # -- one run -------------------------------------------------------------------------
 
 
-def mask_secrets(value: Any) -> Any:
-    """A copy of ``value`` with secret-looking fields (password, token, api_key, ...) and values masked."""
+def mask_text(text: str) -> str:
+    """``text`` with secrets inside it masked: ``Authorization: Bearer ...``, passwords in URLs
+    (``scheme://user:pass@host``), known token formats and ``password=...``-like pairs."""
+    for pattern, replacement in _TEXT_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def mask_secrets(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` with secret-looking fields (password, token, api_key, ...) and values masked.
+
+    Strings holding JSON (a common way to pass structured inputs) are masked inside
+    and given back as JSON; other strings have the secrets inside them masked."""
     if isinstance(value, dict):
         return {
-            k: (MASK if _SECRET_KEY.search(str(k)) and v not in (None, "") else mask_secrets(v))
+            k: (MASK if _SECRET_KEY.search(str(k)) and v not in (None, "") else mask_secrets(v, _depth))
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [mask_secrets(v) for v in value]
-    if isinstance(value, str) and _SECRET_VALUE.match(value.strip()):
-        return MASK
+        return [mask_secrets(v, _depth) for v in value]
+    if isinstance(value, str):
+        stripped = value.strip()
+        if _SECRET_VALUE.match(stripped):
+            return MASK
+        if stripped[:1] in ("{", "[") and _depth < 5:
+            try:
+                inner = json.loads(stripped)
+            except ValueError:
+                inner = None
+            if isinstance(inner, dict | list):
+                masked = mask_secrets(inner, _depth + 1)
+                return value if masked == inner else json.dumps(masked, ensure_ascii=False)
+        return mask_text(value)
     return value
 
 
@@ -219,15 +316,22 @@ def run_detail(detail: RunDetail, *, tz: ZoneInfo | None = None) -> tuple[str, l
             ]
         ),
     ]
-    if run.get("error"):
-        blocks.append(section("*Error*\n" + code_block(str(run["error"]), 1500)))
+    error = mask_text(str(run.get("error") or ""))
+    if error:
+        blocks.append(section("*Error*\n" + code_block(error, 1500)))
     blocks.append(section("*Inputs*\n" + code_block(_pretty(mask_secrets(detail.inputs)), INPUTS_LIMIT)))
     blocks.append(section("*Outputs*\n" + code_block(_pretty(mask_secrets(detail.outputs)), OUTPUTS_LIMIT)))
+    buttons = []
+    similar = similar_button(run_id) if error else None
+    if similar:
+        buttons.append(similar)
     if detail.console_url:
-        blocks.append(actions(button("Open in Dify", "open_dify_run", url=detail.console_url)))
+        buttons.append(button("Open in Dify", "open_dify_run", url=detail.console_url))
+    if buttons:
+        blocks.append(actions(*buttons))
     text = f"{emoji} {escape(detail.app_name)}: run {escape(run_id)} {escape(status)}"
-    if run.get("error"):
-        text += ": " + escape_cut(one_line(str(run["error"])), 300)
+    if error:
+        text += ": " + escape_cut(one_line(error_summary(error)), 300)
     return text, fit(blocks)
 
 
@@ -262,8 +366,10 @@ def help_message() -> tuple[str, list[Block]]:
     examples = "\n".join(
         [
             "`/wflogs failed since:2h` failed runs of the last two hours",
-            "`/wflogs session user_workflow_123` one end user's runs",
-            '`/wflogs "timed out" stopped since:yesterday` runs whose inputs/outputs mention it',
+            "`/wflogs session:user_workflow_123` one end user's runs",
+            '`/wflogs "rate limit" since:1d` runs whose error, inputs, outputs or session mention it',
+            '`/wflogs error:"timed out" stopped since:yesterday` stopped runs whose error says so',
+            "`/wflogs similar:3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b` runs failing the same way, per day",
             "`/wflogs partial app:support-bot since:1d` partially succeeded runs of one app",
             "`/wflogs account:ops@example.com until:2026-11-17` runs started from the Dify console",
             "`/wflogs run 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b` one run with its inputs and outputs",
@@ -274,7 +380,8 @@ def help_message() -> tuple[str, list[Block]]:
         section(examples),
         context(
             "Statuses: failed, stopped, succeeded, partial, running, paused · Times: 30m, 2h, 3d, 1w, "
-            "today, yesterday, 2026-11-17, 2026-11-17T09:30 · Search text in quotes · page:N"
+            "today, yesterday, 2026-11-17, 2026-11-17T09:30 · Search text in quotes · "
+            f"similar: looks {SIMILAR_DAYS} days back unless since: says otherwise · page:N"
         ),
         context(escape(USAGE)),
     ]
@@ -303,37 +410,81 @@ def _plain(value: object, limit: int) -> str:
 
 
 def table(result: SearchResult, *, tz: ZoneInfo | None = None) -> str:
-    """One page of a search as a plain table for the terminal (control characters removed)."""
-    rows = [("APP", "STATUS", "RUN ID", "STARTED", "RAN FOR", "WHO", "ERROR")]
-    for hits in result.apps:
-        for e in hits.entries:
-            rows.append(
-                (
-                    _plain(hits.name, 24),
-                    _plain(e.status or "?", 17),
-                    _plain(e.run_id or e.log_id, 36),
-                    clock(e.run_created_at or e.created_at, tz),
-                    duration(e.elapsed_time),
-                    _plain(e.who or "?", 30),
-                    _plain(one_line(e.error or ""), 60),
-                )
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    """One page of a search as a plain table for the terminal (control characters removed).
+
+    Apps that could not be searched are left to the caller (it reports them on stderr); when
+    none could be, this says nothing at all rather than "0 runs"."""
+    answered = [a for a in result.apps if not a.error]
+    if not answered:
+        return ""
     query, pages = result.query, result.pages
-    exact = all(a.exact for a in result.apps)
-    summary = f"{_count(result.total, exact)}: {_plain(describe(query, tz), 300)}"
-    if pages > 1:
+    exact = all(a.exact for a in answered)
+    what = _plain(describe(query, tz), 300)
+    lines: list[str] = []
+    source = result.similar_to
+    if source is not None:
+        lines.append(
+            f"error of run {_plain(source.run_id, 40)} in {_plain(source.app_name, 60)}: "
+            f"{_plain(mask_text(error_summary(source.error)), 300)}"
+        )
+        days = result.per_day[-DAYS_SHOWN:]
+        if days:
+            lines.append("per day: " + ", ".join(f"{_day(start, tz)} {n:,}" for start, n in days))
+    found = any(a.entries for a in answered)
+    if found:
+        show_found = any(a.found for a in answered)
+        head = [
+            "APP",
+            "STATUS",
+            "RUN ID",
+            "STARTED",
+            "RAN FOR",
+            "WHO",
+            *(["FOUND IN"] if show_found else []),
+            "ERROR",
+        ]
+        rows = [tuple(head)]
+        for hits in answered:
+            for e in hits.entries:
+                where = [_plain(hits.found.get(e.log_id, ""), 30)] if show_found else []
+                rows.append(
+                    (
+                        _plain(hits.name, 24),
+                        _plain(e.status or "?", 17),
+                        _plain(e.run_id or e.log_id, 36),
+                        clock(e.run_created_at or e.created_at, tz),
+                        duration(e.elapsed_time),
+                        _plain(e.who or "?", 30),
+                        *where,
+                        _plain(mask_text(error_summary(e.error)), 80),
+                    )
+                )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        summary = f"{_count(result.total, exact)}: {what}"
+    elif result.total:
+        summary = f"No more runs on page {query.page}: {_count(result.total, exact)}: {what}"
+    else:
+        summary = f"No runs match {what}" + ("" if exact else " among the runs read")
+    if pages > 1 and found:
         summary += f" (page {query.page} of {pages}"
         summary += f"; add page:{query.page + 1} for more)" if query.page < pages else ")"
     lines.append(summary)
-    for hits in result.apps:
+    for hits in answered:
         if not hits.exact:
             lines.append(
                 f"note: {_plain(hits.name, 60)}: only the newest {hits.scanned:,} "
                 f"of {hits.dify_total or 0:,} "
                 "runs were read (Dify cannot filter this itself); narrow with since:"
             )
+    failed = [a for a in result.apps if a.error]
+    if failed:
+        lines.append(
+            "note: could not search (the errors are on stderr): "
+            + ", ".join(_plain(a.name, 60) for a in failed)
+        )
     lines.extend(f"note: {_plain(n, 300)}" for n in query.notes)
     return "\n".join(lines) + "\n"
 
@@ -351,7 +502,7 @@ def run_text(detail: RunDetail, *, tz: ZoneInfo | None = None) -> str:
         f"usage:     {run.get('total_tokens') or 0} tokens, {run.get('total_steps') or 0} steps",
     ]
     if run.get("error"):
-        lines.append(f"error:     {_plain(one_line(str(run['error'])), 2000)}")
+        lines.append(f"error:     {_plain(one_line(mask_text(str(run['error']))), 2000)}")
     for label, value in (("inputs", detail.inputs), ("outputs", detail.outputs)):
         pretty = _pretty(mask_secrets(value))
         lines.append(f"{label}:")

@@ -24,7 +24,7 @@ from bot import search_format as fmt
 from bot.blocks import Block
 from bot.config import Settings
 from bot.errors import ConfigError, QueryError, WflogsError
-from bot.query import Query, parse
+from bot.query import SIMILAR_DAYS, Query, check_run_id, parse
 from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
 
@@ -64,6 +64,12 @@ def _user_of(body: dict[str, Any]) -> str | None:
     return body.get("user_id") or (body.get("user") or {}).get("id")
 
 
+def similar_query(value: object, *, now: float) -> Query:
+    """The search a "Similar runs" button asks for; its value (user-controlled) must be a run id."""
+    run_id = check_run_id(value, "this button's run id")
+    return Query(similar=run_id, since=int(now) - SIMILAR_DAYS * 86400)
+
+
 # -- answering -----------------------------------------------------------------------------
 
 
@@ -91,7 +97,7 @@ class Searcher:
             )
             if query.kind == "run":
                 return fmt.run_detail(find_run(query, targets), tz=tz)
-            result = search(query, targets, now=self.now(), workers=self.runtime.settings.concurrency)
+            result = search(query, targets, now=self.now(), workers=self.runtime.settings.concurrency, tz=tz)
             return fmt.results(result, tz=tz, shared_by=shared_by)
         except QueryError as exc:
             return fmt.error(str(exc), exc.usage)
@@ -156,12 +162,29 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
             text, blocks = searcher.answer(query, channel=channel)
             _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
+    def on_similar(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        # "Similar runs" on a run's detail or an alert: the value is a run id, checked before Dify sees it.
+        ack()
+        channel, user = _channel_of(body), _user_of(body)
+        refused = refusal_reason(settings, user=user, channel=channel)
+        if refused:
+            _respond(respond, *fmt.refusal(*refused), replace_original=False)
+            return
+        try:
+            query = similar_query(action.get("value"), now=now())
+        except QueryError as exc:
+            _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
+            return
+        text, blocks = searcher.answer(query, channel=channel)
+        _respond(respond, text, blocks, response_type="ephemeral", replace_original=False)
+
     def on_link(ack: Any) -> None:
         # Url buttons (alerts' "Open in Dify") still send an action; without an ack Slack shows a warning.
         ack()
 
     for action_id in (fmt.ACTION_PREV, fmt.ACTION_NEXT, fmt.ACTION_SHARE):
         app.action(action_id)(on_button)
+    app.action(re.compile(rf"^{fmt.ACTION_SIMILAR}(_.*)?$"))(on_similar)
     app.action(re.compile(r"^open_dify_"))(on_link)
 
 

@@ -53,20 +53,94 @@ def one_line(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def normalize_error(text: str | None) -> str:
-    """The shape of an error message: quoted values, ids and numbers replaced, spaces collapsed.
+_TRACEBACK = "Traceback (most recent call last):"
+_NODE_FAILED = re.compile(r"^(Node (?:'[^'\n]*'|\"[^\"\n]*\"|[^\n:]{1,200}?) run failed:)\s*(.*)$", re.S)
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$", re.S)
+_EXCEPTION_NAME = r"[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Timeout|Fault|Iteration)"
+# An error that starts with an exception's name: "openai.RateLimitError: ...".
+_NAMED = re.compile(rf"^({_EXCEPTION_NAME}):\s?(.*)$", re.S)
+# A traceback whose new lines were lost: the exception after the last frame.
+_LAST_FRAME = re.compile(r'File "[^"]*", line \d+, in \S+')
+_FLAT_EXCEPTION = re.compile(rf"(?:^|\s)({_EXCEPTION_NAME})(?=:|\s*$)")
 
-    "timed out after 31s" and "timed out after 32s" give the same shape, so
-    such failures group together.
+
+def _exception_line(traceback: str) -> str | None:
+    """The exception line of a Python traceback (the last one when exceptions were chained)."""
+    body = traceback[traceback.rfind(_TRACEBACK) + len(_TRACEBACK) :]
+    lines = body.splitlines()
+    if len(lines) > 1:
+        for i, line in enumerate(lines):
+            if i and line.strip() and not line[:1].isspace():
+                return line.strip()  # the first line after the frames (which are indented)
+        return None
+    frames = list(_LAST_FRAME.finditer(body))
+    tail = body[frames[-1].end() :] if frames else body
+    match = _FLAT_EXCEPTION.search(tail)
+    return one_line(tail[match.start(1) :]) if match else None
+
+
+def _split_node(text: str) -> tuple[str, str]:
+    """Dify's ``Node 'X' run failed: ...`` prefix (kept as it is) and the rest."""
+    match = _NODE_FAILED.match(text.strip())
+    if match:
+        return match.group(1), match.group(2)
+    return "", text
+
+
+def error_summary(text: str | None) -> str:
+    """An error as one line to read: a Python traceback becomes its exception line.
+
+    ``Node 'Code' run failed: Traceback (most recent call last): ... KeyError: 'x'`` reads
+    ``Node 'Code' run failed: KeyError: 'x'``; any other error is returned on one line.
     """
     if not text:
-        return "(no error message)"
+        return ""
+    prefix, rest = _split_node(text)
+    if _TRACEBACK in rest:
+        line = _exception_line(rest)
+        if line:
+            rest = line
+    return one_line(f"{prefix} {rest}" if prefix else rest)
+
+
+def _shape_of(text: str) -> str:
     shape = _QUOTED.sub("<v>", text)
     shape = _UUID.sub("<id>", shape)
     shape = _HEX.sub("<id>", shape)
     shape = _TOKENISH.sub("<id>", shape)
     shape = _NUMBER.sub("<n>", shape)
-    return truncate(one_line(shape), 300)
+    return one_line(shape)
+
+
+def normalize_error(text: str | None) -> str:
+    """The shape of an error message: quoted values, ids and numbers replaced, spaces collapsed.
+
+    "timed out after 31s" and "timed out after 32s" give the same shape, so
+    such failures group together. A Python traceback is shaped by its exception
+    line, whose exception name is kept as it is (so two different exceptions
+    never share a shape), and Dify's ``Node 'X' run failed:`` keeps the node's name.
+    """
+    if not text or not text.strip():
+        return "(no error message)"
+    prefix, rest = _split_node(text)
+    kept = [prefix] if prefix else []
+    if _TRACEBACK in rest:
+        line = _exception_line(rest)
+        if line:
+            match = _EXCEPTION_LINE.match(line)
+            if match:
+                kept.append(match.group(1) + (":" if match.group(2) is not None else ""))
+                rest = match.group(2) or ""
+            else:
+                rest = line
+    else:
+        named = _NAMED.match(rest.strip())
+        if named:
+            kept.append(named.group(1) + ":")
+            rest = named.group(2)
+    # The node's name and the exception's name stay whole; only the message is shaped and cut.
+    head = " ".join(kept)
+    return " ".join(p for p in (head, truncate(_shape_of(rest), 300)) if p) or "(no error message)"
 
 
 def duration(seconds: float | None) -> str:

@@ -89,10 +89,55 @@ def test_errors_are_one_line_on_stderr_with_a_non_zero_exit(served, argv, says, 
 def test_dify_down_is_reported(served):
     dify, _ = served
     dify.fail_next(10, "500")
-    code, _, err = run("failed")
+    code, out, err = run("failed")
     assert code == 1 and "answered HTTP 500" in err
+    assert "0 runs" not in out
+
+
+def test_dify_unreachable_is_not_zero_runs(served, monkeypatch):
+    monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    code, out, err = run("failed", "since:1h")
+    assert code == 1
+    assert out == ""  # no table, no "0 runs"
+    assert "cannot reach Dify at http://127.0.0.1:9/v1" in err
+
+
+def test_an_unknown_run_is_named_without_the_usage_text(served):
+    missing = "00000000-0000-4000-8000-000000000000"
+    code, out, err = run("run", missing)
+    assert (code, out) == (1, "")
+    assert err == f"wflogs: no run {missing} in Support Bot\n"
+
+
+def test_an_empty_result_says_no_runs_match(served):
+    code, out, err = run("failed", "since:1h")
+    assert (code, err) == (0, "")
+    assert out.startswith("No runs match failed runs since ") and "APP" not in out
+
+
+def test_error_text_and_similar_runs_on_the_terminal(served):
+    dify, app = served
+    tb = (
+        'Traceback (most recent call last):\n  File "/x.py", line {n}, in main\n    json.loads(s)\n'
+        "json.decoder.JSONDecodeError: Expecting value: line 1 column {n} (char 0)\n"
+    )
+    runs = [dify.add_log(app, at=now() - 60 * (i + 1), error=tb.format(n=i)) for i in range(2)]
+    dify.add_log(app, at=now() - 30, error="KeyError: 'x'")
+    code, out, _ = run("error:JSONDecodeError")
+    assert code == 0 and all(r.run_id in out for r in runs) and "Traceback" not in out
+    assert "FOUND IN" in out and "json.decoder.JSONDecodeError: Expecting value" in out
+    code, out, _ = run(f"similar:{runs[0].run_id}")
+    assert code == 0 and out.count("json.decoder.JSONDecodeError") >= 3
+    assert "per day: " in out and "2 runs" in out
 
 
 def test_help(served):
     code, out, _ = run("help")
     assert code == 0 and out.startswith("Usage: wflogs search")
+
+
+def test_a_run_looked_up_while_dify_is_unreachable_is_not_called_missing(served, monkeypatch):
+    monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
+    code, out, err = run("run", "00000000-0000-4000-8000-000000000000")
+    assert (code, out) == (1, "")
+    assert "could not look for run 00000000-0000-4000-8000-000000000000 in" in err and "no run" not in err

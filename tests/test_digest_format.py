@@ -119,3 +119,26 @@ def test_formatters_import_neither_httpx_nor_slack_sdk() -> None:
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {n for n in names if n.split(".")[0] in {"httpx", "slack_sdk", "slack_bolt"}}
+
+
+def test_the_hourly_chart_says_which_hours_it_spans() -> None:
+    _, blocks = render(digest())
+    (chart,) = [t for t in slack_mrkdwn(blocks) if "Failed runs per hour" in t]
+    # 24 hours ending Wed 18 Nov 17:00 in Berlin: the two ends are told apart by their day.
+    assert "24 hours from Tue 17:00 to Wed 17:00" in chart
+    assert "17:00 → 17:00" not in chart
+
+
+def test_top_errors_show_a_traceback_by_its_exception_line() -> None:
+    from bot.records import ErrorLine
+
+    tb = (
+        "Node 'Code' run failed: Traceback (most recent call last):\n"
+        '  File "/var/sandbox/a.py", line 48, in <module>\n    main()\n'
+        "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)\n"
+    )
+    line = ErrorLine(shape="s", count=3, example=tb, newest_run_id="r1", newest_at=S, status="failed")
+    text, blocks = render(digest(errors=[line], error_shapes=1))
+    shown = "\n".join(slack_mrkdwn(blocks))
+    assert "Node 'Code' run failed: json.decoder.JSONDecodeError: Expecting value" in shown
+    assert "Traceback" not in shown and "Traceback" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -188,3 +189,53 @@ def test_status_key_before_and_control_characters():
 def test_limit_survives_the_button_round_trip():
     q = p("failed limit:25")
     assert Query.from_dict(q.to_dict()).limit == 25
+
+
+def test_error_and_similar_forms():
+    q = p('failed error:"rate limit" since:1d')
+    assert (q.error, q.keyword, q.statuses, q.since) == ("rate limit", None, ("failed",), T0 - 86400)
+    assert describe(q).startswith("failed runs with an error matching “rate limit”")
+    s = p(f"similar:{RUN.upper()} app:billing")
+    assert (s.similar, s.app, s.since, s.until) == (RUN, "billing", T0 - 7 * 86400, None)  # a week by default
+    assert p(f"similar:{RUN} since:2d").since == T0 - 2 * 86400
+    assert p(f"like:{RUN}").similar == RUN
+    assert f"with an error like run {RUN}" in describe(s)
+    for q in (p('error:"x y" stopped page:2'), s):
+        assert Query.from_dict(q.to_dict()) == q
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("similar:12345", "similar: takes a run id"),
+        (f"similar:{RUN} timeout", "takes no search text or error:"),
+        (f"similar:{RUN} error:x", "takes no search text or error:"),
+        ("error:x timeout", "give one of them"),
+        ("error:a error:b", "error: is given twice"),
+        ("error:", "error: needs a value"),
+        (f"run {RUN} error:x", "run RUN_ID takes only app:NAME"),
+    ],
+)
+def test_error_and_similar_mistakes_are_named(text, says):
+    with pytest.raises(QueryError, match=re.escape(says)):
+        p(text)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"kind": "run", "run_id": "../../info"},
+        {"kind": "run", "run_id": "00000000-0000-4000-8000-000000000000/../x"},
+        {"similar": "../logs?keyword=x"},
+        {"kind": "run"},
+        {"kind": "evil"},
+    ],
+)
+def test_a_forged_button_cannot_put_anything_but_a_run_id_into_a_dify_url(forged):
+    with pytest.raises(QueryError, match=r"not a run id|damaged"):
+        Query.from_dict(forged)
+
+
+def test_usage_shows_the_whole_grammar_once():
+    for part in ("session:ID", "error:TEXT", "similar:RUN_ID", '"search text"', "run RUN_ID", "help"):
+        assert part in USAGE

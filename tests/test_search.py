@@ -232,3 +232,169 @@ def test_find_run_looks_in_each_app_and_says_when_none_has_it(version, clock):
     missing = "00000000-0000-4000-8000-000000000000"
     with pytest.raises(QueryError, match=f"no run {missing} in A, B"):
         find_run(q(f"run {missing}"), [target(dify, a), target(dify, b)])
+
+
+# -- finding runs by their error -------------------------------------------------------------
+
+
+def test_the_fake_matches_keywords_as_dify_does_never_in_the_error(dify: FakeDify):
+    app = dify.add_app()
+    in_error = dify.add_log(app, at=T0 - 10, error="Rate limit exceeded", session="s1")
+    in_inputs = dify.add_log(app, at=T0 - 11, inputs={"q": "about the RATE LIMIT of the API"}, session="s2")
+    in_outputs = dify.add_log(app, at=T0 - 12, outputs={"a": "rate limit hit"}, session="s3")
+    in_session = dify.add_log(app, at=T0 - 13, session="rate-limit-tester")
+    t = target(dify, app)
+    found = {e.log_id for e in t.client.logs(keyword="rate limit").data}
+    assert found == {in_inputs.log_id, in_outputs.log_id}
+    assert {e.log_id for e in t.client.logs(keyword="rate-limit").data} == {in_session.log_id}
+    assert not t.client.logs(keyword="exceeded").data  # never the error
+    assert in_error.log_id not in found
+    # Only the first 30 characters count.
+    assert {e.log_id for e in t.client.logs(keyword="About the rate limit of the AP-and-not-this").data} == {
+        in_inputs.log_id
+    }
+
+
+def test_text_also_matches_errors_merged_with_difys_keyword_matches(dify: FakeDify):
+    app = dify.add_app()
+    failed = dify.add_log(app, at=T0 - 10, error="429 Rate limit exceeded, retry later")
+    stopped = dify.add_log(app, status="stopped", at=T0 - 20, error="Stopped: rate LIMIT reached")
+    partial = dify.add_log(
+        app, status="partial-succeeded", at=T0 - 30, error="rate limit on a branch", exceptions_count=1
+    )
+    both = dify.add_log(app, at=T0 - 40, error="rate limit", inputs={"q": "rate limit test"})
+    inputs_only = dify.add_log(app, status="succeeded", at=T0 - 50, error=None, inputs={"q": "rate limit?"})
+    session_only = dify.add_log(app, status="succeeded", at=T0 - 60, error=None, session="rate limit bot")
+    dify.add_log(app, at=T0 - 70, error="Connection refused")
+    for i in range(30):
+        dify.add_log(app, status="succeeded", at=T0 - 100 - i)
+    hits = search(q('"rate limit"'), [target(dify, app)], now=T0).apps[0]
+    order = [failed, stopped, partial, both, inputs_only, session_only]
+    assert [e.log_id for e in hits.entries] == [r.log_id for r in order]  # each once, newest first
+    assert (hits.total, hits.exact) == (6, True)
+    assert [hits.found[r.log_id] for r in order] == [
+        "error",
+        "error",
+        "error",
+        "error, inputs/outputs",
+        "inputs/outputs",
+        "session",
+    ]
+    params = log_params(dify)
+    assert any(p.get("keyword") == "rate limit" for p in params)  # Dify's own matches were asked for
+    assert {p.get("status") for p in params if "keyword" not in p} == {"failed", "stopped", None}
+
+
+def test_a_status_narrows_which_errors_are_read(dify: FakeDify):
+    app = dify.add_app()
+    hit = dify.add_log(app, at=T0 - 10, error="timed out")
+    dify.add_log(app, status="stopped", at=T0 - 11, error="timed out")
+    hits = search(q('failed "timed out"'), [target(dify, app)], now=T0).apps[0]
+    assert [e.log_id for e in hits.entries] == [hit.log_id]
+    assert all(p.get("status") == "failed" for p in log_params(dify))  # Dify filtered the status
+    dify.requests.clear()
+    hits = search(q('succeeded "timed out"'), [target(dify, app)], now=T0).apps[0]
+    assert hits.total == 0
+    assert all("keyword" in p for p in log_params(dify))  # succeeded runs have no error to read
+
+
+def test_error_text_searches_errors_only(dify: FakeDify):
+    app = dify.add_app()
+    hit = dify.add_log(app, at=T0 - 10, error="HTTP 502 from upstream: Bad Gateway")
+    dify.add_log(app, at=T0 - 11, error="Connection refused", inputs={"q": "bad gateway"})
+    hits = search(q('error:"bad gateway"'), [target(dify, app)], now=T0).apps[0]
+    assert [e.log_id for e in hits.entries] == [hit.log_id]
+    assert hits.found == {hit.log_id: "error"}
+    assert not any("keyword" in p for p in log_params(dify))
+
+
+def test_errors_of_a_session_are_read_with_the_session_filter(dify: FakeDify):
+    app = dify.add_app()
+    hit = dify.add_log(app, at=T0 - 10, session="alice", error="quota exceeded")
+    dify.add_log(app, at=T0 - 11, session="bob", error="quota exceeded")
+    hits = search(q("session:alice quota"), [target(dify, app)], now=T0).apps[0]
+    assert [e.log_id for e in hits.entries] == [hit.log_id]
+    for params in log_params(dify):
+        assert not ("keyword" in params and "created_by_end_user_session_id" in params)
+
+
+def test_reading_errors_stops_at_its_cap_and_says_so(dify: FakeDify):
+    app = dify.add_app()
+    for i in range(SCAN_PAGES * 100 + 20):
+        dify.add_log(app, at=T0 - 100 - i, error=f"boom {i}")
+    old = dify.add_log(app, at=T0 - 100 - SCAN_PAGES * 100 - 50, error="needle in the haystack")
+    hits = search(q("failed error:needle"), [target(dify, app)], now=T0).apps[0]
+    assert old.log_id not in {e.log_id for e in hits.entries}
+    assert (hits.total, hits.exact, hits.scanned, hits.dify_total) == (0, False, SCAN_PAGES * 100, 1021)
+    until = f"before:{T0 - old.log_created_at - 10}s"  # ten seconds after it: only the old run
+    narrowed = search(q(f"failed error:needle {until}"), [target(dify, app)], now=T0)
+    assert [e.log_id for e in narrowed.apps[0].entries] == [old.log_id]
+
+
+def test_text_with_no_error_match_keeps_difys_exact_total_and_one_read(dify: FakeDify):
+    app = dify.add_app()
+    for i in range(30):
+        dify.add_log(app, status="succeeded", at=T0 - 10 - i, inputs={"q": "invoice"}, error=None)
+    hits = search(q("succeeded invoice"), [target(dify, app)], now=T0).apps[0]
+    assert (hits.total, hits.exact, len(hits.entries)) == (30, True, PAGE_SIZE)
+    assert len(dify.log_requests()) == 1
+
+
+# -- similar runs ---------------------------------------------------------------------------------------
+
+TRACEBACK = (
+    "Node 'Parse' run failed: Traceback (most recent call last):\n"
+    '  File "/var/sandbox/tmp/x.py", line {line}, in main\n    return json.loads(text)\n'
+    "{last}\n"
+)
+
+
+def test_similar_finds_runs_with_the_same_error_shape_and_counts_them_per_day(dify: FakeDify):
+    a, b = dify.add_app("A"), dify.add_app("B")
+    day = 86400
+    source = dify.add_log(a, at=T0 - 10, error=TRACEBACK.format(line=3, last="KeyError: 'user'"))
+    same = [
+        dify.add_log(a, at=T0 - 2 * day, error=TRACEBACK.format(line=9, last="KeyError: 'order'")),
+        dify.add_log(
+            a, status="stopped", at=T0 - 3 * day - 5, error=TRACEBACK.format(line=4, last="KeyError: 'x'")
+        ),
+        dify.add_log(b, at=T0 - 2 * day - 60, error=TRACEBACK.format(line=3, last="KeyError: 'user'")),
+    ]
+    dify.add_log(
+        a, at=T0 - 100, error=TRACEBACK.format(line=3, last="ValueError: 'user'")
+    )  # another exception
+    dify.add_log(
+        a, at=T0 - 200, error=TRACEBACK.format(line=3, last="KeyError: 'user'").replace("Parse", "Load")
+    )
+    dify.add_log(
+        a, at=T0 - 9 * day, error=TRACEBACK.format(line=3, last="KeyError: 'user'")
+    )  # before the window
+    result = search(q(f"similar:{source.run_id}"), [target(dify, a), target(dify, b)], now=T0)
+    assert result.similar_to is not None
+    assert (result.similar_to.app_name, result.similar_to.shape) == (
+        "A",
+        "Node 'Parse' run failed: KeyError: <v>",
+    )
+    found = {e.log_id for h in result.apps for e in h.entries}
+    assert found == {source.log_id, *(r.log_id for r in same)}
+    counts = [n for _, n in result.per_day]
+    assert len(counts) == 8 and sum(counts) == 4  # seven days back: eight calendar days
+    assert counts[-1] == 1 and counts[-3] == 2 and counts[-4] == 1
+    assert result.query.since == T0 - 7 * day
+
+
+def test_similar_to_a_run_without_an_error_or_an_unknown_run_is_a_clear_answer(dify: FakeDify):
+    app = dify.add_app()
+    fine = dify.add_log(app, status="succeeded", at=T0 - 10, error=None)
+    with pytest.raises(QueryError, match=f"run {fine.run_id} in Support Bot has no error"):
+        search(q(f"similar:{fine.run_id}"), [target(dify, app)], now=T0)
+    missing = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(QueryError, match=f"no run {missing} in Support Bot"):
+        search(q(f"similar:{missing}"), [target(dify, app)], now=T0)
+
+
+def test_find_run_never_sends_something_that_is_not_a_run_id(dify: FakeDify):
+    app = dify.add_app()
+    with pytest.raises(QueryError, match="is not a run id"):
+        find_run(Query(kind="run", run_id="../../info"), [target(dify, app)])
+    assert not dify.requests

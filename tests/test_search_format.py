@@ -179,3 +179,167 @@ def test_formatters_do_not_import_slack_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "slack_sdk" not in out and "slack_bolt" not in out
+
+
+# -- secrets inside text -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "secret", "kept"),
+    [
+        # a key inside a JSON string nested in the inputs
+        ({"payload": '{"user": "ann", "api_key": "k-123456"}'}, "k-123456", "ann"),
+        ({"payload": '[{"config": {"password": "hunter2"}}]'}, "hunter2", "config"),
+        # an Authorization header inside a value
+        ({"curl": "curl -H 'Authorization: Bearer eyJhbGciOi.abc' https://x"}, "eyJhbGciOi", "curl -H"),
+        ({"headers": "authorization=Basic dXNlcjpwYXNz"}, "dXNlcjpwYXNz", "headers"),
+        ({"log": 'sent {"Authorization": "Bearer abc123"}'}, "abc123", "sent"),
+        ({"log": "retry with Bearer eyJhbGciOiJIUzI1NiJ9 again"}, "eyJhbGciOiJIUzI1NiJ9", "again"),
+        # a URL with a password
+        ({"db": "postgres://admin:s3cr3t@db.internal:5432/app"}, "s3cr3t", "admin:"),
+        ({"note": "see https://bob:pa55@example.com/x"}, "pa55", "example.com/x"),
+        # key=value pairs and known tokens inside text
+        ({"note": "retry with password=hunter2 later"}, "hunter2", "later"),
+        ({"note": "DB_PASSWORD: hunter2"}, "hunter2", "DB_PASSWORD"),
+        ({"note": "token is xoxb-1234-5678-abcdef ok"}, "xoxb-1234", " ok"),
+    ],
+)
+def test_secrets_inside_text_are_masked(value, secret, kept):
+    masked = json.dumps(fmt.mask_secrets(value), ensure_ascii=False)
+    assert secret not in masked and kept in masked and fmt.MASK in masked
+
+
+def test_masking_leaves_plain_text_and_json_alone():
+    plain = {
+        "q": "how do I reset my password?",
+        "payload": '{"a": 1}',
+        "url": "https://example.com/a:b@c",
+        "error": "Invalid token provided; see the basic usage guide",
+        "flags": "bypass=true",
+        "bearer": "",
+    }
+    assert fmt.mask_secrets(plain) == plain
+
+
+def test_run_detail_masks_the_error_too():
+    error = (
+        "POST https://svc:topsecret@api.internal/v1 failed: Authorization: Bearer sk-proj-abcdefghijklmnop"
+    )
+    detail = RunDetail(
+        app_name="App", run={"id": "r1", "status": "failed", "error": error}, inputs={}, outputs={}
+    )
+    text, blocks = fmt.run_detail(detail)
+    shown = text + json.dumps(blocks)
+    assert "topsecret" not in shown and "sk-proj-abcdefghijklmnop" not in shown
+    assert "api.internal" in shown
+    assert "topsecret" not in fmt.run_text(detail)
+
+
+# -- where the text was found, similar runs ---------------------------------------------------------
+
+RUN = "3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b"
+TB = (
+    'Traceback (most recent call last):\n  File "/x.py", line 3, in main\n    json.loads(s)\n'
+    "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)\n"
+)
+
+
+def test_each_line_says_where_the_text_was_found_and_a_traceback_reads_as_its_exception():
+    hits = AppHits(
+        name="A",
+        entries=[entry(1, error=TB), entry(2, error=None, status="succeeded")],
+        total=2,
+        found={"log-1": "error", "log-2": "inputs/outputs"},
+    )
+    _, blocks = fmt.results(result(parse('"json"', now=T0), hits))
+    valid(blocks)
+    shown = mrkdwn(blocks)
+    assert "json.decoder.JSONDecodeError: Expecting value" in shown and "Traceback" not in shown
+    assert "_found in error_" in shown and "_found in inputs/outputs_" in shown
+
+
+def test_similar_results_show_the_error_and_a_count_per_day():
+    from bot.records import SimilarSource
+
+    day = 86400
+    source = SimilarSource(run_id=RUN, app_name="A", status="failed", error=TB, shape="s")
+    res = SearchResult(
+        query=parse(f"similar:{RUN}", now=T0),
+        page_size=10,
+        apps=[AppHits(name="A", entries=[entry(1, error=TB)], total=3, found={"log-1": "error"})],
+        similar_to=source,
+        per_day=[(T0 - 2 * day, 2), (T0 - day, 0), (T0, 1)],
+    )
+    text, blocks = fmt.results(res)
+    valid(blocks)
+    shown = mrkdwn(blocks)
+    assert "3 runs" in text and f"like run {RUN}" in text
+    assert "json.decoder.JSONDecodeError" in shown
+    assert "*Per day*" in shown and "` ▇▇▇▇▇▇ 1" in shown and "` · 0" in shown
+    table = fmt.table(res)
+    assert "per day: " in table and "JSONDecodeError" in table
+
+
+def test_run_detail_offers_similar_runs_only_for_a_run_with_an_error():
+    failed = RunDetail(
+        app_name="A", run={"id": RUN, "status": "failed", "error": "boom"}, inputs={}, outputs={}
+    )
+    _, blocks = fmt.run_detail(failed)
+    (button,) = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert (button["action_id"], button["value"]) == (fmt.ACTION_SIMILAR, RUN)
+    fine = RunDetail(app_name="A", run={"id": RUN, "status": "succeeded"}, inputs={}, outputs={})
+    assert not [b for b in fmt.run_detail(fine)[1] if b["type"] == "actions"]
+
+
+def test_the_similar_button_builder_takes_run_ids_only():
+    assert fmt.similar_button(RUN, "wflogs_similar_7") == {
+        "type": "button",
+        "text": {"type": "plain_text", "text": "Similar runs", "emoji": True},
+        "action_id": "wflogs_similar_7",
+        "value": RUN,
+    }
+    assert fmt.similar_button(None) is None and fmt.similar_button("../x") is None
+
+
+# -- the terminal ------------------------------------------------------------------------------------
+
+
+def test_an_empty_answer_says_no_runs_match():
+    out = fmt.table(result(parse("failed since:2h", now=T0), AppHits(name="A")))
+    assert out.startswith("No runs match failed runs since ") and "APP" not in out
+
+
+def test_apps_that_could_not_be_searched_are_not_counted_as_zero_runs():
+    query = parse("failed", now=T0)
+    assert fmt.table(result(query, AppHits(name="A", error="cannot reach Dify"))) == ""
+    out = fmt.table(
+        result(query, AppHits(name="A", entries=[entry(1)], total=1), AppHits(name="B", error="x"))
+    )
+    assert "1 run: failed runs" in out and "could not search (the errors are on stderr): B" in out
+
+
+def test_help_readme_and_manifest_show_the_same_grammar():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Slash command") : readme.index("Who may use it")]
+    hint = next(line for line in (root / "manifest.yml").read_text().splitlines() if "usage_hint:" in line)
+    _, blocks = fmt.help_message()
+    helps = json.dumps(blocks, ensure_ascii=False)
+    for form in ("session:ID", "error:TEXT", "similar:RUN_ID", "run RUN_ID", "since:"):
+        assert form in section and form in hint and form in helps, form
+    assert "session ID]" not in section  # one spelling in the grammar
+    # Every example in the README is a query the grammar takes, and each new filter has one.
+    examples = [e for e in section.split("`") if e.startswith("/wflogs ") and "[" not in e]
+    parsed = [parse(e.removeprefix("/wflogs "), now=T0) for e in examples]
+    assert any(q.error for q in parsed) and any(q.similar for q in parsed) and any(q.keyword for q in parsed)
+
+
+def test_search_lines_mask_secrets_in_errors():
+    hits = AppHits(
+        name="A", entries=[entry(1, error="GET https://bot:hunter22@api.example.com failed: 401")], total=1
+    )
+    res = result(parse("failed", now=T0), hits)
+    shown = mrkdwn(fmt.results(res)[1]) + fmt.table(res)
+    assert "hunter22" not in shown and "api.example.com failed: 401" in shown

@@ -273,7 +273,7 @@ def _bad(h: Harness, kind: str) -> str:
         ("dify unreachable", "cannot reach Dify", False),
         ("rejected key", "Dify rejected the API key of app …", False),
         ("page out of range", "page 5 is out of range: 1 matching run fills 1 page", True),
-        ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", True),
+        ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", False),
     ],
 )
 def test_every_failure_gets_a_clear_answer_and_the_bot_keeps_serving(
@@ -354,6 +354,55 @@ def test_a_damaged_button_value_gets_an_answer(h: Harness):
     h.click(fmt.ACTION_NEXT, "{not json")
     (answer,) = h.responses(1)
     assert "damaged" in answer["text"]
+
+
+@pytest.mark.parametrize(
+    ("action_id", "value"),
+    [
+        (fmt.ACTION_SHARE, json.dumps({"kind": "run", "run_id": "../../info"})),
+        (fmt.ACTION_NEXT, json.dumps({"similar": "../logs?keyword=x", "page": 2})),
+        (fmt.ACTION_SIMILAR, "../../info"),
+        (fmt.ACTION_SIMILAR + "_42", "00000000-0000-4000-8000-000000000000/../../info"),
+        (fmt.ACTION_SIMILAR, None),
+    ],
+)
+def test_a_forged_run_id_in_a_button_gets_a_clear_answer_and_dify_is_not_asked(
+    h: Harness, action_id: str, value: str | None
+):
+    h.click(action_id, value)
+    (answer,) = h.responses(1)
+    assert "is not a run id" in answer["text"] or "damaged" in answer["text"]
+    assert answer["replace_original"] is False
+    assert not [r for r in h.dify.requests if "/workflows/" in r.url.path]
+
+
+def test_similar_runs_from_a_run_detail_and_from_an_alert_button(h: Harness):
+    error = "Node 'Fetch' run failed: HTTP 429 Too Many Requests for url https://api.example.com/v1/items/{n}"
+    runs = [h.dify.add_log(h.app, at=T0 - 3600 * (i + 1), error=error.format(n=i)) for i in range(3)]
+    h.dify.add_log(h.app, at=T0 - 60, error="Node 'Other' run failed: HTTP 429 Too Many Requests")
+    h.command(f"run {runs[0].run_id}")
+    (detail,) = h.responses(1)
+    similar = buttons(detail)[fmt.ACTION_SIMILAR]
+    h.click(fmt.ACTION_SIMILAR, similar["value"])
+    answer = h.responses(2)[1]
+    valid(answer["blocks"])
+    assert answer["text"].startswith("3 runs") and answer["response_type"] == "ephemeral"
+    assert answer["replace_original"] is False  # the run's detail stays
+    shown = mrkdwn(answer["blocks"])
+    assert all(r.run_id in shown for r in runs) and "*Per day*" in shown
+    # An alert's button (the builder gives it its own action id) is answered the same way.
+    alert_button = fmt.similar_button(runs[1].run_id, f"{fmt.ACTION_SIMILAR}_17")
+    assert alert_button is not None
+    h.click(alert_button["action_id"], alert_button["value"])
+    assert h.responses(3)[2]["text"].startswith("3 runs")
+
+
+def test_text_finds_errors_from_slack(h: Harness):
+    hit = h.dify.add_log(h.app, at=T0 - 60, error="openai.RateLimitError: Rate limit reached for gpt-4o")
+    h.command('"rate limit"')
+    (answer,) = h.responses(1)
+    assert answer["text"].startswith("1 run") and hit.run_id in mrkdwn(answer["blocks"])
+    assert "found in error" in mrkdwn(answer["blocks"])
 
 
 def test_alert_link_buttons_are_acknowledged_silently(h: Harness):

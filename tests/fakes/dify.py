@@ -545,9 +545,9 @@ class FakeDify:
 
 
 class DifyServer:
-    """Serves a :class:`FakeDify` over real HTTP on 127.0.0.1 (port chosen by the OS)."""
+    """Serves a :class:`FakeDify` over real HTTP on 127.0.0.1 (port chosen by the OS unless given)."""
 
-    def __init__(self, fake: FakeDify) -> None:
+    def __init__(self, fake: FakeDify, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.fake = fake
         outer = self
 
@@ -577,7 +577,8 @@ class DifyServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         # A short poll interval keeps shutdown (every test's teardown) quick.
         self.thread = threading.Thread(
@@ -586,7 +587,7 @@ class DifyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"http://{self.host}:{self.server.server_address[1]}/v1"
 
     def __enter__(self) -> DifyServer:
         self.thread.start()
