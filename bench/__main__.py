@@ -4,7 +4,8 @@
    quiet cycle needs two per app).
 2. Storms: 10,000 failures of one app at 20 a second (no second holds more
    than 100 rows) and at 167 a second (every second holds more than a page),
-   with the order inside a second stable or shuffled on every call. Each is
+   with the order inside a second stable or shuffled on every call, and at
+   20 a second with runs at random seconds (counts per second vary). Each is
    read in one cycle and delivered to a Slack fake with the production pacing
    (one post per second per channel). Printed: Dify log requests against the
    floor (one per 100 rows, at least one per status), the wall time until every
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import random
 import tempfile
 import time
 import tracemalloc
@@ -90,18 +92,23 @@ def storm(
     pacing: float,
     shapes: int = 1,
     memory: bool = False,
+    irregular: bool = False,
 ) -> dict[str, float]:
-    """``failures`` failed runs at ``rate`` a second ending just before now, one channel."""
+    """``failures`` failed runs at ``rate`` a second ending just before now, one channel.
+
+    Regular: exactly ``rate`` runs every second. Irregular: each run at a random second of
+    the same span (so seconds hold varying counts, as in a real storm)."""
     clock = [float(NOW)]
     dify = FakeDify(clock=lambda: clock[0])
     dify.stable_within_second = stable
     app = dify.add_app("Storm App")
     span = -(-failures // rate)
+    arrivals = random.Random(1)
     for i in range(failures):
         node = "abcdefghijklmnopqrstuvwxyz"[i % shapes] * 3
         dify.add_log(
             app,
-            at=NOW - span + i // rate,
+            at=NOW - span + (arrivals.randrange(span) if irregular else i // rate),
             error=f"node {node} timed out after {i}s",
             session=f"user_{i % 500}",
         )
@@ -142,7 +149,7 @@ def storm(
         top = [m for m in slack.messages if not m["thread_ts"]]
         listed = sum(f["content"].count("\n") - 1 for f in slack.files)
     floor = -(-failures // PAGE) + 1  # failed rows, plus one request for the empty stopped list
-    order = "stable  " if stable else "shuffled"
+    order = ("stable  " if stable else "shuffled") + (", irregular" if irregular else "")
     print(
         f"  {rate:>3}/s {order}: {made:>4} log requests, floor {floor} ({made / floor:.2f}x), "
         f"{wall:5.1f}s until all in Slack, at most {in_flight} in flight; "
@@ -164,6 +171,9 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=1, help="kinds of error in the storm")
     parser.add_argument("--pacing", type=float, default=1.0, help="seconds between posts to a channel")
     parser.add_argument("--memory", action="store_true", help="trace peak memory (slower)")
+    parser.add_argument(
+        "--irregular", default="20", help="rates also run with runs at random seconds (shuffled order)"
+    )
     args = parser.parse_args()
     latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.apps:
@@ -188,6 +198,18 @@ def main() -> None:
                 shapes=args.shapes,
                 memory=args.memory,
             )
+    for rate in (int(r) for r in args.irregular.split(",") if r):
+        storm(
+            args.failures,
+            rate,
+            stable=False,
+            latency=args.latency,
+            connections=args.connections,
+            pacing=args.pacing,
+            shapes=args.shapes,
+            memory=args.memory,
+            irregular=True,
+        )
 
 
 if __name__ == "__main__":

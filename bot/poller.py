@@ -464,11 +464,13 @@ class Poller:
             density = len(rows) / (newest - oldest + 1)
             per_second = Counter(row.created_at for row in rows)
             cut_here = per_second.pop(oldest)
-            if cut_here < max(per_second.values()):
+            steady = set(per_second.values())
+            if len(steady) > 1 or cut_here < min(steady):
                 # The oldest second may be cut: go on from it (read again whole), maybe in parts.
                 return self._split(read, task.status, lo, oldest, rest, density=density, split=split)
-            # The oldest second holds as many rows as the fullest one above it: probably whole.
-            # Go on below it; the next page's count tells whether it really was.
+            # A steady storm (every whole second on the page holds as many rows) and the oldest
+            # second holds as many too: the page probably ended between two seconds. Go on
+            # below it; the counts of what is read next tell whether it really was whole.
             if lo == oldest:
                 return [_Task(task.status, oldest, oldest)]
             tasks = self._split(
