@@ -527,3 +527,24 @@ def test_a_new_app_with_another_apps_state_around_is_backfilled_as_usual(tmp_pat
     rt = _runtime(tmp_path, dify, clock, slack, new_app.key)
     assert rt.cycle().ok
     assert messages_mentioning(slack, recent.run_id) == 1
+
+
+def test_one_app_reads_a_few_parts_at_once_and_all_apps_stay_inside_the_concurrency_bound(
+    tmp_path, dify, clock
+):
+    apps = [dify.add_app(f"app {i}") for i in range(3)]
+    now = int(clock.now)
+    for app in apps:
+        for i in range(1200):
+            dify.add_log(app, at=now - 300 + i // 10, error="timed out")
+    dify.latency = 0.005  # so that requests overlap
+    (tmp_path / "one").mkdir()
+    one = build_runtime(make_settings(tmp_path / "one", {"DIFY_API_KEY": apps[0].key}), dify, clock)
+    assert all(result.ok for result in one.poller.poll_all())
+    assert 2 <= dify.max_in_flight <= 6  # parallel, but politely
+    dify.max_in_flight = 0
+    toml = "".join(f'[[apps]]\napi_key = "{a.key}"\n' for a in apps)
+    (tmp_path / "all").mkdir()
+    settings = make_settings(tmp_path / "all", {"WFLOGS_CONCURRENCY": "4"}, toml=toml)
+    assert all(result.ok for result in build_runtime(settings, dify, clock).poller.poll_all())
+    assert dify.max_in_flight <= 4
