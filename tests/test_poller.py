@@ -548,3 +548,22 @@ def test_one_app_reads_a_few_parts_at_once_and_all_apps_stay_inside_the_concurre
     settings = make_settings(tmp_path / "all", {"WFLOGS_CONCURRENCY": "4"}, toml=toml)
     assert all(result.ok for result in build_runtime(settings, dify, clock).poller.poll_all())
     assert dify.max_in_flight <= 4
+
+
+def test_dify_failing_in_the_middle_of_a_storm_keeps_what_was_read_and_the_next_cycle_finishes(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    now = int(clock.now)
+    runs = [dify.add_log(app, at=now - 600 + i // 5, error="timed out") for i in range(1500)]
+    dify.fail_next(10_000, "500", after=5)  # down after five pages
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert not report.ok
+    delivered = report.delivery.runs_delivered
+    assert 300 <= delivered < 1500  # what the first pages held is alerted now
+    assert rt.store.app_state(rt.settings.apps[0].id)["checked_until"] is None
+    dify.faults.clear()
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert_each_once(slack, [r.run_id for r in runs])

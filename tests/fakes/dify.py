@@ -246,17 +246,26 @@ class FakeDify:
     # -- faults -----------------------------------------------------------------
 
     def fail_next(
-        self, count: int, kind: str = "500", path: str = "/workflows/logs", key: str | None = None
+        self,
+        count: int,
+        kind: str = "500",
+        path: str = "/workflows/logs",
+        key: str | None = None,
+        after: int = 0,
     ) -> None:
-        """The next ``count`` requests to ``path`` (with ``key`` when given) fail: 500, 502 (HTML),
-        badjson, timeout, connect, gzip (a body that cannot be decoded, as from a broken proxy),
-        or bug (the HTTP stack raises something unexpected)."""
+        """The next ``count`` requests to ``path`` (with ``key`` when given), once ``after`` more
+        were answered, fail: 500, 502 (HTML), badjson, timeout, connect, gzip (a body that cannot
+        be decoded, as from a broken proxy), or bug (the HTTP stack raises something unexpected)."""
         remaining = [count]
+        spared = [after]
 
         def fault(request: httpx.Request) -> httpx.Response | None:
             if not request.url.path.endswith(path) or remaining[0] <= 0:
                 return None
             if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+                return None
+            if spared[0] > 0:
+                spared[0] -= 1
                 return None
             remaining[0] -= 1
             if kind == "bug":
