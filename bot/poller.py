@@ -58,16 +58,13 @@ PARTIAL = "partial-succeeded"
 GONE = "gone"
 # Requests in flight for one app at once (a default Dify serves about ten in all).
 READ_PARALLEL = 6
-# Samples of one crowded second per cycle, in pages of it (enough that a shuffled
-# order misses a row with a chance of about 1 in 10,000).
+# Requests for one crowded second per cycle: this many per page of it, plus one round.
+# With an order shuffled on every call, 167 logs are then all seen but for a chance of about
+# one in 100,000, 250 of about one in 10,000; a crowd of 1,000 may need a second cycle.
 CROWDED_SAMPLES_PER_PAGE = 9
 # A storm's range is split for parallel reading only when each part gets a few pages: every
 # part ends with a page that is not full.
 SPLIT_PAGES = 10
-
-
-class IncompleteRead(WflogsError):
-    """A window could not be read completely this cycle (the next cycle tries again)."""
 
 
 @dataclass
