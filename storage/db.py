@@ -7,7 +7,9 @@ Tables:
 - ``seen``: every failed/stopped/partial log the poller has read inside the
   look-back window, alerted or not; pruned once it falls out of every window.
 - ``alerts``: the outbox. One row per alerted run, written in the same
-  transaction as ``seen``; ``sent_at`` is set only after Slack took it.
+  transaction as ``seen``; ``sent_at`` is set only after Slack took it. A log
+  already alerted (or seen) under another identity of the same app (a new key,
+  the URL written differently) is not enqueued again: log ids are UUIDs.
 - ``messages``: Slack messages planned from alerts (a single alert, a group, a
   summary) and, once posted, their ``ts`` so that thread replies follow.
 - ``digests``: every daily digest posted, per app: its local day, window, ``ts``,
