@@ -13,9 +13,11 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.config import Settings, alert_channel_for, digest_channel_for, load_settings
 from bot.errors import DifyError, QueryError, WflogsError
+from bot.lease import Lease, lease_timings, view
 from bot.logs import setup_logging
-from bot.runtime import Runtime
-from bot.text import strip_controls
+from bot.runtime import Runtime, database_error
+from bot.text import duration, strip_controls
+from storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,20 @@ def _secrets(settings: Settings) -> list[str | None]:
 def cmd_poll(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """One full cycle for every app, then exit (0 only if everything was polled and delivered)."""
     runtime = Runtime.build(settings, stream=out)
+    lease = Lease(
+        runtime.store, ttl=lease_timings(settings.poll_interval)[0], apps=[a.id for a in settings.apps]
+    )
     try:
-        report = runtime.cycle()
+        if not lease.tick():
+            err.write(
+                f"wflogs: another wflogs ({lease.holder}) is active on {settings.db_path} and polls it; "
+                "stop it first, or let it do the polling\n"
+            )
+            return 1
+        try:
+            report = runtime.cycle()
+        finally:
+            lease.release()
     finally:
         runtime.close()
     for problem in report.problems:
@@ -53,6 +67,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         out.write(f"! {warning}\n")
     runtime = Runtime.build(settings, stream=out, dify_backoff=0.2)
     try:
+        _check_instances(runtime, out)
         for app in settings.apps:
             client = runtime.clients[app.id]
             try:
@@ -100,6 +115,34 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     return 1 if failures else 0
 
 
+def _check_instances(runtime: Runtime, out: TextIO) -> None:
+    """Which ``wflogs run`` on this database is the active one (the lease), if any."""
+    lease = view(runtime.store)
+    now = time.time()
+    if lease is None or not lease.owner:
+        out.write("  no wflogs run has used this database yet\n")
+    elif lease.alive(now):
+        out.write(
+            f"✓ active instance: {lease.owner} (for {duration(int(now - lease.acquired_at))}, "
+            f"renewed {duration(int(max(0, now - lease.renewed_at)))} ago); "
+            "others on this database stand by\n"
+        )
+        unwatched = [a.label for a in runtime.settings.apps if lease.apps and a.id not in lease.apps]
+        if unwatched:
+            out.write(
+                f"! the active instance does not watch {', '.join(unwatched)} from this configuration; "
+                "give every wflogs on one database the same apps\n"
+            )
+    elif lease.expires_at <= 0:
+        out.write(f"  no instance is active: {lease.owner} stopped cleanly\n")
+    else:
+        out.write(
+            f"! no instance is active: the lease of {lease.owner} ran out "
+            f"{duration(int(now - lease.expires_at))} ago (it stopped or lost the database); "
+            f"a standby takes over within seconds\n"
+        )
+
+
 def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
     assert runtime.web is not None
     try:
@@ -113,8 +156,12 @@ def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
         return 1
     data = info.get("channel") or {}
     if not data.get("is_member") and not data.get("is_im"):
-        out.write(f"! channel {channel}: the bot is not a member; invite it with /invite @wflogs\n")
-        return 0
+        # Posting (without chat:write.public) and CSV uploads (always) need the bot in the channel.
+        out.write(
+            f"✗ channel {channel} (#{data.get('name', '?')}): the bot is not a member, so alerts and "
+            "CSV files cannot be posted; invite it with /invite @wflogs\n"
+        )
+        return 1
     out.write(f"✓ channel {channel} (#{data.get('name', '?')})\n")
     return 0
 
@@ -229,11 +276,19 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except WflogsError as exc:
         err.write(f"wflogs: configuration: {exc}\n")
         return 2
-    setup_logging(_secrets(settings), level=logging.DEBUG if args.verbose else logging.INFO)
+    setup_logging(
+        _secrets(settings),
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        json_lines=settings.log_format == "json",
+    )
     try:
         return COMMANDS[args.command](settings, args, out, err)
     except WflogsError as exc:
         err.write(f"wflogs: {exc}\n")
+        return 1
+    except STORAGE_ERRORS as exc:
+        # The database failed after it was opened (disk full, locked, file replaced underneath).
+        err.write(f"wflogs: {database_error(settings.db_path, exc)}\n")
         return 1
     except KeyboardInterrupt:
         return 130

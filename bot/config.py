@@ -26,6 +26,9 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_LOOKBACK = 1800
 DEFAULT_BACKFILL = 3600
 DEFAULT_POLL_INTERVAL = 60
+# Dify's default WORKFLOW_MAX_EXECUTION_TIME: a run logged at its start can fail this long after.
+MIN_SAFE_LOOKBACK = 1200
+LOG_FORMATS = ("text", "json")
 
 _APP_FIELDS = {
     "name",
@@ -100,6 +103,9 @@ class Settings:
     allowed_channels: tuple[str, ...] | None = None
     config_path: str | None = None
     warnings: tuple[str, ...] = ()
+    http_host: str = "0.0.0.0"  # noqa: S104  (health checks and Slack reach it from outside)
+    log_format: str = "text"
+    notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify, WatchdogSec=)
 
     @property
     def slack_enabled(self) -> bool:
@@ -325,6 +331,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         raise ConfigError(f"WFLOGS_DIGEST_TIME={digest_time!r} is not a time of day; use HH:MM, e.g. 09:00")
     digest_time = f"{int(match.group(1)):02d}:{match.group(2)}"
 
+    operations = _operations(env)
+    lookback = _int_env(env, "WFLOGS_LOOKBACK", DEFAULT_LOOKBACK, minimum=60)
+    if lookback < MIN_SAFE_LOOKBACK:
+        warnings.append(lookback_warning(lookback))
+
     return Settings(
         apps=tuple(apps),
         slack_bot_token=token,
@@ -336,7 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         db_path=env.get("WFLOGS_DB", "").strip() or "wflogs.db",
         poll_interval=_int_env(env, "WFLOGS_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, minimum=5),
         backfill=_int_env(env, "WFLOGS_BACKFILL", DEFAULT_BACKFILL, minimum=0),
-        lookback=_int_env(env, "WFLOGS_LOOKBACK", DEFAULT_LOOKBACK, minimum=60),
+        lookback=lookback,
         concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1),
         digest_channel=digest_channel,
         digest_time=digest_time,
@@ -345,6 +356,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         allowed_channels=allowed_channels,
         config_path=str(config_path) if config_path else None,
         warnings=tuple(warnings),
+        **operations,
     )
 
 
@@ -356,3 +368,26 @@ def alert_channel_for(settings: Settings, app: AppConfig) -> str | None:
 def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:
     """The channel an app's digest goes to."""
     return app.digest_channel or settings.digest_channel or alert_channel_for(settings, app)
+
+
+def lookback_warning(lookback: int) -> str:
+    """The warning for a look-back window shorter than Dify's longest run."""
+    return (
+        f"WFLOGS_LOOKBACK={lookback} is below {MIN_SAFE_LOOKBACK} s: Dify 1.11+ logs a run when it "
+        "starts, so a run that fails more than that long after starting can be missed; "
+        f"use {MIN_SAFE_LOOKBACK} or more (default {DEFAULT_LOOKBACK})"
+    )
+
+
+def _operations(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings of the process itself: where health and metrics listen, how logs look."""
+    host = env.get("WFLOGS_HTTP_HOST", "").strip() or "0.0.0.0"  # noqa: S104
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ConfigError(
+            f"WFLOGS_HTTP_HOST={host!r} is not a host; use an address like 0.0.0.0 or 127.0.0.1"
+        )
+    log_format = env.get("WFLOGS_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"WFLOGS_LOG_FORMAT={log_format!r} is not known; use text or json")
+    notify_socket = env.get("NOTIFY_SOCKET", "").strip() or None
+    return {"http_host": host, "log_format": log_format, "notify_socket": notify_socket}

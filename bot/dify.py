@@ -117,7 +117,7 @@ class DifyClient:
         message, code = _error_text(body)
         if status == 401:
             raise DifyAuthError(
-                f"Dify rejected the API key of {self.label} ({self._key_hint}): {message}. "
+                f"Dify rejected the API key{self._of()}: {message}. "
                 "Copy the key again from the app's API Access page",
                 status=status,
                 code=code,
@@ -132,11 +132,14 @@ class DifyClient:
         if status == 400:
             raise DifyBadRequest(message, status=status, code=code)
         if status == 404:
-            if body is _NOT_JSON:
-                raise DifyError(
-                    f"Dify at {self._base} has no {path} (HTTP 404); check that DIFY_API_URL ends in /v1",
-                    status=status,
+            if body is _NOT_JSON or not path.startswith("/workflows/run/"):
+                # Only a run can be missing; any other 404 means the URL is not the Service API.
+                hint = (
+                    "check that DIFY_API_URL is the Service API base (API Access shows it)"
+                    if self._base.endswith("/v1")
+                    else "check that DIFY_API_URL ends in /v1"
                 )
+                raise DifyError(f"Dify at {self._base} has no {path} (HTTP 404); {hint}", status=status)
             raise DifyNotFound(message, status=status, code=code)
         if status >= 500 or body is _NOT_JSON or status == 429:
             raise DifyUnavailable(
@@ -146,6 +149,11 @@ class DifyClient:
                 code=code,
             )
         raise DifyError(f"Dify answered HTTP {status}: {message}", status=status, code=code)
+
+    def _of(self) -> str:
+        """`` of <app> (…key)``, or nothing when the label is the key's hint: whoever shows the
+        error puts the app's label before it, and the key should appear once."""
+        return "" if self._key_hint in self.label else f" of {self.label} ({self._key_hint})"
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

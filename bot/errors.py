@@ -2,6 +2,7 @@
 
     WflogsError                 every error the user should read, with what to do next
     ├── ConfigError             the configuration is wrong; fix it and start again
+    ├── DatabaseError           WFLOGS_DB cannot be used (no such directory, not SQLite, read-only, full)
     ├── QueryError              a search (``/wflogs ...``) cannot be run as typed; carries the usage line
     ├── DifyError               a Dify request did not give a usable answer
     │   ├── DifyAuthError       401/403: the app's key was rejected or the app is gone
@@ -23,6 +24,10 @@ class WflogsError(Exception):
 
 class ConfigError(WflogsError):
     """The configuration is invalid; the message names the fix."""
+
+
+class DatabaseError(WflogsError):
+    """The database file cannot be used; the message names ``WFLOGS_DB``, the path and the fix."""
 
 
 class QueryError(WflogsError):

@@ -23,19 +23,25 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE = 300
 
 
-def notice(name: str, error: str, since: int, now: int) -> tuple[str, list[dict]]:
-    """The message saying an app cannot be read (pure)."""
+def notice(name: str, error: str, since: int, now: int, *, rejected: bool = False) -> tuple[str, list[dict]]:
+    """The message saying an app cannot be read (pure); ``rejected``: Dify refused the key or app."""
     title = f"⚠️ wflogs cannot read {name}"
     text = f"{title}: {escape_cut(error, 500)}"
     blocks = [
         header(title),
         section(f"```{escape_cut(error, 2000)}```"),
         context(
-            f"Failing for {duration(now - since)}. Failures of {escape(name)} are not being alerted "
+            f"{_how_long(since, now, rejected)} Failures of {escape(name)} are not being alerted "
             "until this is fixed; nothing is lost: once it can read again, it catches up."
         ),
     ]
     return text, blocks
+
+
+def _how_long(since: int, now: int, rejected: bool) -> str:
+    if rejected and now - since < 60:
+        return "Dify rejected it."
+    return f"Failing for {duration(now - since)}."
 
 
 def recovery(name: str, since: int, now: int) -> tuple[str, list[dict]]:
@@ -78,7 +84,7 @@ def check_health(
         rejected = "rejected the API key" in (result.error or "") or "refused access" in (result.error or "")
         if noticed or (now - since < grace and not rejected):
             continue
-        text, blocks = notice(result.name, result.error or "unknown error", since, now)
+        text, blocks = notice(result.name, result.error or "unknown error", since, now, rejected=rejected)
         try:
             sink.post(channel, text, blocks)
         except SlackError as exc:

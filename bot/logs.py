@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 _TOKENISH = re.compile(r"\b(xox[a-z]-[0-9A-Za-z-]{6,}|xapp-[0-9A-Za-z-]{6,}|app-[A-Za-z0-9]{12,})")
 
@@ -33,10 +35,37 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def setup_logging(secrets: Iterable[str | None], *, level: int = logging.INFO) -> None:
-    """Log to stderr with secrets scrubbed; keep HTTP libraries at WARNING."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``time``, ``level``, ``logger``, ``message``, ``error``), for log shippers.
+
+    Runs after :class:`SecretFilter`, so what it prints is already scrubbed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["error"] = record.exc_text
+        if record.threadName and record.threadName != "MainThread":
+            data["thread"] = record.threadName
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(
+    secrets: Iterable[str | None], *, level: int = logging.INFO, json_lines: bool = False
+) -> None:
+    """Log to stderr with secrets scrubbed (as text, or one JSON object per line); keep HTTP
+    libraries at WARNING."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -15,20 +15,31 @@ from bot.config import Settings
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
+from bot.errors import DatabaseError
 from bot.health import check_health
+from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
-from storage import Store
+from storage import STORAGE_ERRORS, Store, describe
+from storage.db import open_incidents_count, pending_by_status
 
 log = logging.getLogger(__name__)
 
 
-def build_http(*, timeout: float = 15.0, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """One pooled HTTP client for every Dify app."""
+def build_http(
+    *,
+    timeout: float = 15.0,
+    transport: httpx.BaseTransport | None = None,
+    metrics: Metrics | None = None,
+) -> httpx.Client:
+    """One pooled HTTP client for every Dify app (its requests counted in ``metrics``)."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    if metrics is not None:
+        transport = MeteredTransport(transport or httpx.HTTPTransport(limits=limits), metrics)
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=5.0),
         transport=transport,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        limits=limits,
         headers={"User-Agent": "wflogs/0.1"},
         follow_redirects=False,
     )
@@ -51,11 +62,31 @@ def build_clients(
     }
 
 
-def build_web_client(settings: Settings, *, timeout: int = 15) -> WebClient | None:
-    """The Slack Web API client, or None when no bot token is configured."""
+def build_web_client(
+    settings: Settings, *, timeout: int = 15, metrics: Metrics | None = None
+) -> WebClient | None:
+    """The Slack Web API client (its calls counted in ``metrics``), or None without a bot token."""
     if not settings.slack_bot_token:
         return None
+    if metrics is not None:
+        return MeteredWebClient(
+            token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=timeout, metrics=metrics
+        )
     return WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url, timeout=timeout)
+
+
+def open_store(path: str, *, timeout: float = 30.0) -> Store:
+    """The database at ``path`` (``WFLOGS_DB``), or a :class:`DatabaseError` naming it and the fix."""
+    try:
+        return Store.open(path, timeout=timeout)
+    except STORAGE_ERRORS as exc:
+        raise database_error(path, exc) from None
+
+
+def database_error(path: str, exc: BaseException) -> DatabaseError:
+    """One line for a database that cannot be used: ``WFLOGS_DB``, the path, the problem, the fix."""
+    problem = describe(path, exc)
+    return DatabaseError(f"WFLOGS_DB={path} {problem.problem}; {problem.fix}")
 
 
 @dataclass
@@ -66,6 +97,7 @@ class CycleReport:
     delivery: DeliveryResult
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    outbox_pending: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -86,6 +118,7 @@ class Runtime:
     deliverer: Deliverer
     digester: Digester
     _now: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     def build(
@@ -98,24 +131,30 @@ class Runtime:
         slack_min_interval: float = 1.0,
         dify_backoff: float = 0.5,
         web: WebClient | None = None,
+        metrics: Metrics | None = None,
+        db_timeout: float = 30.0,
     ) -> Runtime:
-        """Wire the bot from settings (tests pass a transport, a stream or a WebClient)."""
-        store = Store.open(settings.db_path)
-        http = build_http(transport=transport)
+        """Wire the bot from settings (tests pass a transport, a stream or a WebClient).
+
+        Raises :class:`DatabaseError` when ``WFLOGS_DB`` cannot be used."""
+        metrics = metrics or Metrics()
+        store = open_store(settings.db_path, timeout=db_timeout)
+        http = build_http(transport=transport, metrics=metrics)
         clients = build_clients(settings, http, backoff=dify_backoff)
-        web = web or build_web_client(settings)
+        web = web or build_web_client(settings, metrics=metrics)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         deliverer = Deliverer(store=store, sink=sink, now=now)
         digester = Digester(
             settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
         )
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now)
+        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now, metrics)
 
     def cycle(self) -> CycleReport:
         """Poll every app, then deliver everything pending (including older alerts)."""
         started = time.monotonic()
         apps = self.poller.poll_all()
+        waiting = self._observe_polled(apps)
         delivery = self.deliverer.deliver_all()
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
@@ -123,6 +162,7 @@ class Runtime:
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
         report = CycleReport(apps, delivery, time.monotonic() - started, problems)
+        self._observe_cycle(report, waiting)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
             len(apps),
@@ -133,6 +173,22 @@ class Runtime:
             f", {len(problems)} problems" if problems else "",
         )
         return report
+
+    # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
+
+    def _observe_polled(self, apps: list[AppResult]) -> dict[str, int]:
+        """Per-app poll metrics; returns the outbox per status before delivery."""
+        self.metrics.observe_apps(apps, self._now())
+        return pending_by_status(self.store)
+
+    def _observe_cycle(self, report: CycleReport, waiting: dict[str, int]) -> None:
+        """What delivery sent, the outbox, open incidents and the cycle itself."""
+        still_waiting = pending_by_status(self.store)
+        self.metrics.observe_sent(waiting, still_waiting)
+        report.outbox_pending = sum(still_waiting.values())
+        self.metrics.outbox_pending.set(report.outbox_pending)
+        self.metrics.open_incidents.set(open_incidents_count(self.store))
+        self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
 
     def close(self) -> None:
         """Release connections."""

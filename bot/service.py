@@ -1,4 +1,4 @@
-"""``wflogs run``: the long-running process (scheduler, Slack serving)."""
+"""``wflogs run``: the long-running process (scheduler, lease, health and metrics, Slack serving)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,37 @@ from typing import TextIO
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.config import Settings
 from bot.digest import Digester
-from bot.runtime import Runtime
-from bot.slack_app import start_slack
+from bot.errors import ConfigError, WflogsError
+from bot.lease import Lease, lease_timings
+from bot.ops_http import EVENTS_PATH, HEALTH_PATH, METRICS_PATH, OpsServer, ProcessHealth, make_wsgi_app
+from bot.runtime import CycleReport, Runtime, database_error
+from bot.slack_app import build_app
+from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
+from bot.socket_mode import SocketModeConnector
+from bot.systemd import Notifier
+from storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
 
-def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
-    """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped."""
+def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime, ops: Operations | None = None) -> None:
+    """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped.
+
+    With ``ops``, only while this instance holds the lease (see :mod:`bot.lease`)."""
 
     def job() -> None:
         try:
-            runtime.cycle()
+            if ops is not None:
+                ops.cycle()
+            else:
+                runtime.cycle()
         except Exception:
             # A cycle must never kill the scheduler; the next one starts from the stored state.
             log.exception("poll cycle crashed; the next cycle will retry")
-
-    from datetime import datetime
 
     scheduler.add_job(
         job,
@@ -45,6 +56,155 @@ def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime) -> None:
     )
 
 
+def add_lease_job(scheduler: BackgroundScheduler, ops: Operations) -> None:
+    """Take or renew the lease every fifth of a poll interval, in its own thread: a slow cycle
+    must not let the lease lapse."""
+
+    def job() -> None:
+        try:
+            ops.tick()
+            ops.watchdog()
+        except Exception:
+            log.exception("lease check crashed; the next one will retry")
+
+    scheduler.add_job(
+        job,
+        "interval",
+        seconds=ops.lease_every,
+        id="lease",
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=ops.lease_every,
+    )
+
+
+class Operations:
+    """The lease, the process health and the metrics around the runtime's cycle."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        lease: Lease | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        settings = runtime.settings
+        ttl, self.lease_every = lease_timings(settings.poll_interval)
+        self.runtime = runtime
+        self.lease = lease or Lease(runtime.store, ttl=ttl, now=now, apps=[a.id for a in settings.apps])
+        self.health = ProcessHealth(settings.poll_interval, now=now)
+        self.metrics = runtime.metrics
+        self.on_promoted: Callable[[], None] | None = None
+        self.systemd = Notifier(settings.notify_socket)
+        self._ticked = False
+
+    @property
+    def active(self) -> bool:
+        """Whether this instance polls, delivers and posts digests now."""
+        return self.lease.active
+
+    def _database_failed(self, exc: BaseException) -> None:
+        self.health.database_failed(str(database_error(self.runtime.settings.db_path, exc)))
+        self.metrics.database_ok.set(0)
+
+    def _database_ok(self) -> None:
+        self.health.database_ok()
+        self.metrics.database_ok.set(1)
+
+    def tick(self) -> bool:
+        """Take or renew the lease and update the role; True while this instance is active."""
+        was = self.health.role == "active"
+        try:
+            active = self.lease.tick()
+        except STORAGE_ERRORS as exc:
+            self._database_failed(exc)
+            active = self.lease.active  # keeps acting only until its own lease runs out
+            if was and not active:
+                self.health.stepped_down()
+                self.metrics.role.state("standby")
+                log.warning("this instance stops polling: it cannot renew its lease in the database")
+            return active
+        self.health.ticked(active=active, holder=self.lease.holder)
+        if not active:
+            # A standby writes only the lease; the active one is fine again once a cycle is.
+            self._database_ok()
+        self.metrics.role.state("active" if active else "standby")
+        if active and not was:
+            log.info(
+                "this instance (%s) is the active one: it polls, delivers and posts digests", self.lease.owner
+            )
+            if self.on_promoted is not None:
+                self.on_promoted()
+        elif was and not active:
+            log.warning("this instance is standby now: %s holds the lease", self.lease.holder)
+        elif not active and not self._ticked:
+            log.info(
+                "standby: %s is active on this database; this instance serves /wflogs and /healthz "
+                "and takes over when it stops",
+                self.lease.holder,
+            )
+        self._ticked = True
+        self._check_unwatched(active)
+        return active
+
+    def _check_unwatched(self, active: bool) -> None:
+        """A standby whose apps the active instance does not watch (the configs differ) says so."""
+        watched = self.lease.holder_apps
+        apps = self.runtime.settings.apps
+        unwatched = [] if active or not watched else [a.label for a in apps if a.id not in watched]
+        if unwatched and unwatched != self.health.unwatched_apps:
+            log.error(
+                "the active instance %s does not watch %s from this instance's configuration: they are "
+                "not polled; give every wflogs on one database the same apps",
+                self.lease.holder,
+                ", ".join(unwatched),
+            )
+        self.health.unwatched_apps = unwatched
+
+    def cycle(self) -> CycleReport | None:
+        """One poll cycle when this instance is active (None when standby or the database failed)."""
+        if not self.active:
+            return None
+        started = time.monotonic()
+        store = self.runtime.store
+        failures = store.write_failures
+        try:
+            report = self.runtime.cycle()
+        except STORAGE_ERRORS as exc:
+            # Whatever was not stored is read again next cycle: the cursor moves only after a store.
+            self._database_failed(exc)
+            self.metrics.observe_cycle(time.monotonic() - started, "error")
+            return None
+        except Exception:
+            self.metrics.observe_cycle(time.monotonic() - started, "error")
+            raise
+        if store.write_failures > failures and store.last_write_error is not None:
+            # A write failed inside the cycle and was handled there (as one app's error, say):
+            # the database is failing all the same.
+            self._database_failed(store.last_write_error)
+        else:
+            self._database_ok()
+        self.health.cycle_done(
+            apps_ok=[r.name for r in report.apps if r.ok],
+            apps_failing=[r.name for r in report.apps if not r.ok],
+            outbox_pending=report.outbox_pending,
+        )
+        return report
+
+    def watchdog(self) -> None:
+        """Tell systemd this process is alive, but only while ``/healthz`` would say 200."""
+        if self.systemd.enabled and self.health.report()[0] == 200:
+            self.systemd.send("WATCHDOG=1")
+
+    def stop(self) -> None:
+        """Hand the lease over at once (a clean stop)."""
+        self.systemd.send("STOPPING=1")
+        try:
+            self.lease.release()
+        except STORAGE_ERRORS as exc:
+            log.warning("could not release the lease (%s); another instance takes over when it expires", exc)
+
+
 DIGEST_CATCHUP_MINUTES = 5
 
 
@@ -54,6 +214,7 @@ def add_digest_jobs(
     digester: Digester,
     *,
     now: Callable[[], float] = time.time,
+    active: Callable[[], bool] | None = None,
 ) -> None:
     """The daily digest: a cron job at ``WFLOGS_DIGEST_TIME`` in ``WFLOGS_TIMEZONE``, plus a catch-up
     check at start-up and every few minutes that posts a digest missed while wflogs was down or
@@ -63,6 +224,8 @@ def add_digest_jobs(
         return
 
     def job() -> None:
+        if active is not None and not active():
+            return  # the active instance posts the digests
         try:
             digester.run_due(now())
         except Exception:
@@ -96,16 +259,84 @@ def install_stop_signals(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
+def start_serving(
+    runtime: Runtime, ops: Operations, *, socket_first_delay: float = SOCKET_FIRST_DELAY
+) -> Callable[[], None]:
+    """The HTTP server on ``WFLOGS_HTTP_HOST:PORT`` (health, metrics and, with a signing secret,
+    ``/slack/events``) and Socket Mode with an app token; returns the function that stops both.
+
+    Raises :class:`ConfigError` when the port cannot be had."""
+    settings = runtime.settings
+    slack_http = None
+    connector: SocketModeConnector | None = None
+    bolt_app = None
+    if settings.slack_app_token or settings.slack_signing_secret:
+        try:
+            bolt_app = build_app(runtime)
+        except ConfigError as exc:
+            log.warning("/wflogs is not served: %s", exc)
+    else:
+        log.info("/wflogs is not served: set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP)")
+    if bolt_app is not None and settings.slack_signing_secret and not settings.slack_app_token:
+        slack_http = SlackRequestHandler(bolt_app, path=EVENTS_PATH)
+    try:
+        server = OpsServer(
+            make_wsgi_app(ops.health, ops.metrics, slack_http), settings.http_host, settings.port
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {settings.http_host}:{settings.port} ({exc.strerror or exc}); set PORT "
+            "to a free port (each wflogs on one host needs its own)"
+        )
+    where = f"http://{settings.http_host}:{server.port}"
+    log.info("health at %s%s, metrics at %s%s", where, HEALTH_PATH, where, METRICS_PATH)
+    if slack_http is not None:
+        log.info("/wflogs is served at %s%s", where, EVENTS_PATH)
+    if bolt_app is not None and settings.slack_app_token:
+        connector = SocketModeConnector(
+            bolt_app,
+            settings.slack_app_token,
+            first_delay=socket_first_delay,
+            on_connected=lambda up: ops.metrics.socket_mode_connected.set(1 if up else 0),
+        ).start()
+
+    def stop() -> None:
+        if connector is not None:
+            connector.close()
+        server.close()
+
+    return stop
+
+
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
-    """Start the scheduler and the /wflogs serving, and block until ``stop`` is set (SIGTERM/SIGINT)."""
+    """Serve health and metrics, take part in the lease, poll (when active) and serve /wflogs, until
+    ``stop`` is set (SIGTERM/SIGINT)."""
     stop = stop or threading.Event()
     install_stop_signals(stop)
     runtime = Runtime.build(settings, stream=out)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    ops = Operations(runtime)
     scheduler = BackgroundScheduler(timezone=settings.tz)
-    add_poll_job(scheduler, runtime)
-    add_digest_jobs(scheduler, runtime, runtime.digester)
+    try:
+        stop_serving = start_serving(runtime, ops)
+    except WflogsError:
+        runtime.close()
+        raise
+
+    def promoted() -> None:
+        # Poll (and catch up on digests) at once rather than at the next tick of the schedule.
+        for job_id in ("poll", "digest-catchup"):
+            if scheduler.get_job(job_id) is not None:
+                scheduler.modify_job(job_id, next_run_time=datetime.now(settings.tz))
+
+    ops.tick()
+    add_lease_job(scheduler, ops)
+    add_poll_job(scheduler, runtime, ops)
+    add_digest_jobs(scheduler, runtime, runtime.digester, active=lambda: ops.active)
+    ops.on_promoted = promoted
     scheduler.start()
-    stop_slack = start_slack(runtime)
+    ops.systemd.send("READY=1")
     where = "Slack" if settings.slack_enabled else "this terminal"
     log.info(
         "wflogs is watching %d app(s) every %ds; alerts go to %s",
@@ -116,8 +347,8 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     try:
         stop.wait()
     finally:
-        if stop_slack is not None:
-            stop_slack()
+        stop_serving()
         scheduler.shutdown(wait=True)
+        ops.stop()
         runtime.close()
     return 0

@@ -17,7 +17,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
-from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot import search_format as fmt
@@ -251,44 +250,3 @@ class HttpServer:
 def start_http(app: App, host: str, port: int) -> HttpServer:
     """Serve ``app`` at ``http://host:port/slack/events``, returning at once."""
     return HttpServer(app, host, port)
-
-
-def start_socket_mode(app: App, app_token: str) -> SocketModeHandler:
-    """Connect ``app`` to Slack over Socket Mode (no public URL), returning at once."""
-    handler = SocketModeHandler(app, app_token)
-    handler.connect()
-    return handler
-
-
-def start_slack(runtime: Runtime) -> Callable[[], None] | None:
-    """Serve /wflogs as configured: Socket Mode with SLACK_APP_TOKEN, else HTTP with SLACK_SIGNING_SECRET.
-
-    Returns the function that stops it, or None when nothing is served."""
-    settings = runtime.settings
-    if not (settings.slack_app_token or settings.slack_signing_secret):
-        log.info("/wflogs is not served: set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP)")
-        return None
-    try:
-        app = build_app(runtime)
-    except ConfigError as exc:
-        log.warning("/wflogs is not served: %s", exc)
-        return None
-    if settings.slack_app_token:
-        try:
-            handler = start_socket_mode(app, settings.slack_app_token)
-        except Exception as exc:
-            # The poller keeps running; Slack serving is what is missing, and the log says why.
-            log.error("/wflogs is not served: cannot open Socket Mode (%s); check SLACK_APP_TOKEN", exc)
-            return None
-        log.info("/wflogs is served over Socket Mode")
-        return handler.close
-    # Slack must reach this port from outside; put it behind your TLS proxy.
-    try:
-        server = start_http(app, "0.0.0.0", settings.port)  # noqa: S104
-    except OSError as exc:
-        log.error(
-            "/wflogs is not served: cannot listen on port %d (%s); set PORT", settings.port, exc.strerror
-        )
-        return None
-    log.info("/wflogs is served at http://0.0.0.0:%d%s", server.port, EVENTS_PATH)
-    return server.close

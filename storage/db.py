@@ -17,6 +17,8 @@ Tables:
   At most one ``scheduled`` digest per app and day (a unique index).
 - ``digest_apps``: when the digest scheduler first saw each app, so that a fresh
   install does not post a late digest for a day before it ran.
+- ``lease``: which of several ``wflogs run`` sharing this file is the active one
+  (one row: owner and expiry, taken and renewed in a transaction).
 
 This module never imports ``bot``.
 """
@@ -32,6 +34,8 @@ from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from storage.errors import STORAGE_ERRORS, describe, precheck
 
 migrations = Migrations("wflogs")
 
@@ -117,17 +121,31 @@ def m002_digest(db: sqlite_utils.Database) -> None:
     db["digest_apps"].create({"app_id": str, "first_seen": int}, pk="app_id")  # type: ignore[union-attr]
 
 
-def open_db(path: str) -> sqlite_utils.Database:
-    """Open (creating if needed) the database at ``path`` and apply pending migrations."""
+def open_db(path: str, *, timeout: float = 30.0) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at ``path``, apply pending migrations and make sure it
+    can be written; raises :class:`StorageError` naming the problem and the fix."""
     if path == ":memory:":
         db = sqlite_utils.Database(memory=True)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        migrations.apply(db)
+        return db
+    precheck(path)
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         db = sqlite_utils.Database(conn)
         with db.ensure_autocommit_on():
             db.execute("PRAGMA journal_mode=WAL")
-    migrations.apply(db)
+        migrations.apply(db)
+        probe_write(db)
+    except STORAGE_ERRORS as exc:
+        raise describe(path, exc) from None
     return db
+
+
+def probe_write(db: sqlite_utils.Database) -> None:
+    """Take the write lock and let it go: fails at once when the file cannot be written."""
+    with db.ensure_autocommit_on():
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
 
 
 class Store:
@@ -136,22 +154,37 @@ class Store:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
         self._lock = threading.RLock()
+        # Writes SQLite refused (full, locked, read-only), counted even when a caller handles the
+        # error, so that the process can tell its database is failing.
+        self.write_failures = 0
+        self.last_write_error: sqlite3.Error | None = None
 
     @classmethod
-    def open(cls, path: str) -> Store:
-        """Open the database at ``path``, migrated."""
+    def open(cls, path: str, *, timeout: float = 30.0) -> Store:
+        """Open the database at ``path``, migrated; raises :class:`StorageError` when it is unusable."""
         if path == ":memory:":
             conn = sqlite3.connect(":memory:", check_same_thread=False)
             db = sqlite_utils.Database(conn)
             migrations.apply(db)
             return cls(db)
-        return cls(open_db(path))
+        return cls(open_db(path, timeout=timeout))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """One atomic unit: all of it is written, or none."""
-        with self._lock, self.db.atomic():
+        with self._lock, self._noting_failures(), self.db.atomic():
             yield
+
+    @contextmanager
+    def _noting_failures(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            # The file or the disk (locked, full, read-only, damaged), not a constraint or a bug.
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                self.write_failures += 1
+                self.last_write_error = exc
+            raise
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read query, as dicts."""
@@ -160,7 +193,7 @@ class Store:
 
     def execute(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> None:
         """Run one write statement (in a transaction when there is one)."""
-        with self._lock:
+        with self._lock, self._noting_failures():
             self.db.execute(sql, params)  # type: ignore[arg-type]
 
     # -- app state -------------------------------------------------------------
@@ -430,7 +463,77 @@ def m003_health(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m004_log_ids(db: sqlite_utils.Database) -> None:
+def m005_lease(db: sqlite_utils.Database) -> None:
+    """Who the active instance is: one row per lease name, with its owner, expiry (epoch seconds)
+    and the apps it watches (a JSON list of app ids, so a standby can tell when configs differ)."""
+    db["lease"].create(  # type: ignore[union-attr]
+        {
+            "name": str,
+            "owner": str,
+            "expires_at": float,
+            "acquired_at": float,
+            "renewed_at": float,
+            "apps": str,
+        },
+        pk="name",
+    )
+
+
+# -- operations: the lease, health figures ------------------------------------------------------
+
+
+def claim_lease(
+    store: Store, name: str, owner: str, now: float, ttl: float, apps: str = "[]"
+) -> dict[str, Any]:
+    """Take the lease ``name`` for ``owner`` when it is free, expired or already ``owner``'s, and
+    renew it until ``now + ttl`` (noting the ``apps`` it watches); returns the row as it stands
+    (whoever holds it), in one transaction."""
+    with store.transaction():
+        store.db.execute(
+            "insert into lease (name, owner, expires_at, acquired_at, renewed_at, apps) "
+            "values (?, ?, ?, ?, ?, ?) "
+            "on conflict(name) do update set owner = excluded.owner, expires_at = excluded.expires_at, "
+            "renewed_at = excluded.renewed_at, apps = excluded.apps, acquired_at = case "
+            "when lease.owner = excluded.owner then lease.acquired_at else excluded.acquired_at end "
+            "where lease.owner = excluded.owner or lease.expires_at <= excluded.renewed_at",
+            [name, owner, now + ttl, now, now, apps],
+        )
+        rows = list(store.db.query("select * from lease where name = ?", [name]))
+    return rows[0]
+
+
+def release_lease(store: Store, name: str, owner: str) -> None:
+    """Give the lease up at once (a clean stop), if ``owner`` holds it."""
+    store.execute("update lease set expires_at = 0 where name = ? and owner = ?", [name, owner])
+
+
+def read_lease(store: Store, name: str) -> dict[str, Any] | None:
+    """The lease row, or None when nobody ever took it."""
+    rows = store.query("select * from lease where name = ?", [name])
+    return rows[0] if rows else None
+
+
+def pending_by_status(store: Store) -> dict[str, int]:
+    """Alerts waiting for Slack, per run status."""
+    rows = store.query("select status, count(*) as n from alerts where sent_at is null group by status")
+    return {str(row["status"]): int(row["n"]) for row in rows}
+
+
+def open_incidents_count(store: Store) -> int:
+    """Incidents not resolved yet; 0 while the database has no ``incidents`` table."""
+    tables = store.query("select name from sqlite_master where type = 'table' and name = 'incidents'")
+    if not tables:
+        return 0
+    columns = {row["name"] for row in store.query("pragma table_info(incidents)")}
+    column = "state" if "state" in columns else "status" if "status" in columns else None
+    if column is None:
+        return int(store.query("select count(*) as n from incidents")[0]["n"])
+    sql = f"select count(*) as n from incidents where {column} not in ('resolved', 'closed')"
+    return int(store.query(sql)[0]["n"])
+
+
+@migrations()
+def m006_log_ids(db: sqlite_utils.Database) -> None:
     """Find a log by its id whatever app identity (key, URL) recorded it."""
     db["seen"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
     db["alerts"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]

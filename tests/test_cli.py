@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,13 @@ from tests.fakes.dify import DifyServer, FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -164,7 +173,7 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url),
+            env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url, PORT=str(free_port())),
         )
         deadline = time.monotonic() + 30
         while run.run_id not in out_path.read_text() and time.monotonic() < deadline:
@@ -174,3 +183,24 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
     text = out_path.read_text()
     assert run.run_id in text
     assert code == 0 and "Traceback" not in text
+
+
+def test_json_logs_are_one_object_per_line_with_secrets_scrubbed(tmp_path, server):
+    bad_key = "app-" + "q" * 20 + "ABCD"
+    done = wflogs(
+        tmp_path,
+        "poll",
+        "--once",
+        DIFY_API_KEY=bad_key,
+        DIFY_API_URL=server.url,
+        WFLOGS_LOG_FORMAT="json",
+        WFLOGS_LOOKBACK="600",
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    others = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert others == [line for line in others if line.startswith("wflogs:")]  # the CLI's own summary
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    failed = [r for r in records if r["level"] == "ERROR" and r["logger"] == "bot.poller"]
+    assert failed and "rejected the API key" in failed[0]["message"]
+    assert bad_key not in done.stderr + done.stdout

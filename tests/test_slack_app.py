@@ -22,7 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot import search_format as fmt
 from bot.runtime import Runtime
-from bot.slack_app import EVENTS_PATH, build_app, start_http, start_slack
+from bot.slack_app import EVENTS_PATH, build_app, start_http
 from tests.conftest import T0, Clock, make_settings
 from tests.fakes.dify import DifyServer, FakeApp, FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
@@ -271,7 +271,7 @@ def _bad(h: Harness, kind: str) -> str:
         ("unknown account", "Account not found: nobody@example.com", True),
         ("dify down", "answered HTTP 500", False),
         ("dify unreachable", "cannot reach Dify", False),
-        ("rejected key", "Dify rejected the API key of app …", False),
+        ("rejected key", "Dify rejected the API key", False),
         ("page out of range", "page 5 is out of range: 1 matching run fills 1 page", True),
         ("unknown run", "no run 00000000-0000-4000-8000-000000000000 in Support Bot", False),
     ],
@@ -537,12 +537,24 @@ def test_socket_mode_envelopes_are_acknowledged_and_answered(
 # -- wflogs run ------------------------------------------------------------------------------------------
 
 
-def test_start_slack_serves_nothing_without_an_app_token_or_a_signing_secret(tmp_path: Path, web: WebClient):
-    settings = make_settings(tmp_path, env={"DIFY_API_KEY": "app-" + "a" * 24})
+def test_without_an_app_token_or_a_signing_secret_only_health_and_metrics_are_served(
+    tmp_path: Path, web: WebClient
+):
+    from bot.service import Operations, start_serving
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        tmp_path, env={"DIFY_API_KEY": "app-" + "a" * 24, "PORT": str(port), "WFLOGS_HTTP_HOST": "127.0.0.1"}
+    )
     runtime = Runtime.build(settings, web=web)
+    stop = start_serving(runtime, Operations(runtime))
     try:
-        assert start_slack(runtime) is None
+        assert httpx.post(f"http://127.0.0.1:{port}{EVENTS_PATH}", content=b"{}").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
     finally:
+        stop()
         runtime.close()
 
 

@@ -9,7 +9,11 @@ method: an HTTP status, a Slack error, a 429 with ``Retry-After``, or a hang.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +22,35 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 BOT_TOKEN = "xoxb-test-token-0000"
+APP_TOKEN = "xapp-1-test-token"
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked WebSocket frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([0x80 | opcode, 127]) + struct.pack(">Q", n)
+    return head + payload
+
+
+def ws_read(rfile: Any) -> tuple[int, bytes] | None:
+    """One WebSocket frame from a client (masked), or None at the end of the stream."""
+    head = rfile.read(2)
+    if len(head) < 2:
+        return None
+    opcode, masked, n = head[0] & 0x0F, head[1] & 0x80, head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", rfile.read(8))[0]
+    mask = rfile.read(4) if masked else b"\0\0\0\0"
+    data = rfile.read(n)
+    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
 @dataclass
@@ -75,8 +108,16 @@ def check_blocks(blocks: list[dict[str, Any]]) -> str | None:
 class FakeSlack:
     """The Slack fake. Use as a context manager; ``base_url`` goes to ``WebClient``."""
 
-    def __init__(self, *, token: str = BOT_TOKEN, channels: set[str] | None = None) -> None:
+    def __init__(
+        self, *, token: str = BOT_TOKEN, channels: set[str] | None = None, app_token: str = APP_TOKEN
+    ) -> None:
         self.token = token
+        self.app_token = app_token
+        # Channels that exist but the bot was never invited to (posts and uploads get not_in_channel).
+        self.not_member: set[str] = set()
+        # Socket Mode: the open WebSocket connections and the text frames clients sent on them.
+        self.sockets: list[socket.socket] = []
+        self.socket_received: list[str] = []
         self.channels = channels  # None: every channel exists
         self.calls: list[Call] = []
         self.messages: list[dict[str, Any]] = []
@@ -97,6 +138,9 @@ class FakeSlack:
                 outer._handle(self, raw)
 
             def do_GET(self) -> None:
+                if self.path.startswith("/link") and self.headers.get("upgrade", "").lower() == "websocket":
+                    outer._websocket(self)
+                    return
                 outer._handle(self, b"")
 
             def log_message(self, *args: Any) -> None:
@@ -137,6 +181,44 @@ class FakeSlack:
         ("ratelimit", seconds), ("hang", seconds), ("html", 503)."""
         with self.lock:
             self.faults.setdefault(method, []).extend([(kind, value)] * times)
+
+    # -- Socket Mode ----------------------------------------------------------------
+
+    def socket_send(self, message: dict[str, Any]) -> None:
+        """Push an envelope (a slash command, an interaction) down the newest Socket Mode connection."""
+        with self.lock:
+            sock = self.sockets[-1]
+        sock.sendall(ws_frame(1, json.dumps(message).encode()))
+
+    def _websocket(self, handler: BaseHTTPRequestHandler) -> None:
+        key = handler.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()  # noqa: S324
+        handler.send_response(101, "Switching Protocols")
+        handler.send_header("Upgrade", "websocket")
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header("Sec-WebSocket-Accept", accept)
+        handler.end_headers()
+        handler.wfile.flush()
+        sock = handler.connection
+        with self.lock:
+            self.sockets.append(sock)
+        try:
+            while True:
+                frame = ws_read(handler.rfile)
+                if frame is None:
+                    break
+                opcode, payload = frame
+                if opcode == 1:
+                    with self.lock:
+                        self.socket_received.append(payload.decode())
+                elif opcode == 9:
+                    sock.sendall(ws_frame(10, payload))
+                elif opcode == 8:
+                    sock.sendall(ws_frame(8, payload[:2]))
+                    break
+        except OSError:
+            pass
+        handler.close_connection = True
 
     # -- queries ------------------------------------------------------------------
 
@@ -242,7 +324,8 @@ class FakeSlack:
             if kind == "error":
                 self._reply(handler, 200, {"ok": False, "error": value})
                 return
-        if headers.get("authorization") != f"Bearer {self.token}":
+        token = self.app_token if method == "apps.connections.open" else self.token
+        if headers.get("authorization") != f"Bearer {token}":
             self._reply(handler, 200, {"ok": False, "error": "invalid_auth"})
             return
         self._reply(handler, 200, self._method(method, params))
@@ -254,7 +337,11 @@ class FakeSlack:
         if method == "conversations.info":
             if self.channels is not None and channel not in self.channels:
                 return {"ok": False, "error": "channel_not_found"}
-            return {"ok": True, "channel": {"id": channel, "name": "alerts", "is_member": True}}
+            member = channel not in self.not_member
+            return {"ok": True, "channel": {"id": channel, "name": "alerts", "is_member": member}}
+        if method in ("chat.postMessage", "chat.update", "files.completeUploadExternal"):
+            if channel in self.not_member:
+                return {"ok": False, "error": "not_in_channel"}
         if method in ("chat.postMessage", "chat.update"):
             if self.channels is not None and channel not in self.channels:
                 return {"ok": False, "error": "channel_not_found"}
@@ -306,6 +393,8 @@ class FakeSlack:
                         }
                     )
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": f"ws://127.0.0.1:{self.server.server_address[1]}/link/?ticket=t1"}
         if method == "files.info":
             return {"ok": True, "file": {"id": p.get("file")}}
         return {"ok": False, "error": "unknown_method"}
