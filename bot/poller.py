@@ -15,8 +15,9 @@ status when nothing changed:
   hide a new one there); the older rest is compared by count (``total`` minus
   the rows above), and read only when the counts differ.
 - The rest is read newest first from the page's oldest second down (that second
-  is read again whole), in parallel where it is large: split where the known
-  rows, or the density of the page just read, put half of it.
+  is read again whole, unless a steady storm suggests the page ended between
+  two seconds, which the next counts confirm), in parallel where it is large:
+  split where the known rows, or the density of the page just read, put half.
 - A second with more than 100 rows cannot be split by time: its offset pages
   are read (in a stable order one round covers it), then first pages again,
   each a fresh sample of the shuffled order, until every row was seen or a
@@ -27,8 +28,14 @@ status when nothing changed:
   nothing but another look next cycle.
 
 The cursor moves only when a whole window was read. An app's failure (Dify
-down, a bug, a locked database) stays that app's: the other apps are polled and
-everything read before the failure is still alerted.
+down, a bug, a locked database) stays that app's: the other apps are polled,
+and when Dify fails mid-read, what was read before is still alerted.
+
+What counting cannot see: below the newest 100 logs of a window, a known log
+deleted in Dify and a new failure in the same cycle cancel out until anything
+else changes that part (or the deleted log leaves the window). Log ids are
+UUIDs, so a new key or URL of an app recognises what the old one alerted, and
+takes over its cursor when the old one is no longer configured.
 """
 
 from __future__ import annotations
