@@ -34,9 +34,10 @@ and when Dify fails mid-read, what was read before is still alerted.
 What counting cannot see: below the newest 100 logs of a window, a known log
 deleted in Dify and a new failure in the same cycle cancel out until anything
 else changes the count of that part; a new failure older than the deleted log
-can leave the window unread. Log ids are
-UUIDs, so a new key or URL of an app recognises what the old one alerted, and
-takes over its cursor when the old one is no longer configured.
+can leave the window unread.
+
+Log ids are UUIDs, so a new key or URL of an app recognises what the old one
+alerted, and takes over its cursor when the old one is no longer configured.
 """
 
 from __future__ import annotations
