@@ -1,23 +1,33 @@
 """Benchmarks: ``python -m bench`` prints the figures.
 
-1. A cycle over many apps with Dify answering in 100 ms: wall time and
-   requests against the minimum (a quiet cycle needs two per app).
-2. A storm: 10,000 failures of one app within one minute, delivered to a
-   Slack fake with the production pacing (one post per second per channel):
-   Dify requests against the minimum (one per 100 rows), wall time, Slack
-   posts, and peak memory.
+1. A cycle over many apps: wall time and requests against the minimum (a
+   quiet cycle needs two per app).
+2. Storms: 10,000 failures of one app at 20 a second (no second holds more
+   than 100 rows) and at 167 a second (every second holds more than a page),
+   with the order inside a second stable or shuffled on every call, and at
+   20 a second with runs at random seconds (counts per second vary). Each is
+   read in one cycle and delivered to a Slack fake with the production pacing
+   (one post per second per channel). Printed: Dify log requests against the
+   floor (one per 100 rows, at least one per status), the wall time until every
+   run is in Slack, the most requests Dify had in flight at once, Slack posts,
+   and the cost of the quiet cycle that follows.
 3. An incident: one error that keeps failing (one run a minute) for 60
    cycles, then goes quiet until it resolves: channel messages (one), thread
    replies (at most one a cycle), parent edits (at most one a cycle), and every
    run in Slack exactly once.
 
-Everything runs against the fakes on this machine; nothing reaches a network.
+Dify answers each request after ``--latency`` seconds and serves at most
+``--connections`` requests at once (a real server's default is about ten), so
+request counts and their parallelism turn into seconds as they do in
+production. Everything runs against the fakes on this machine; nothing reaches
+a network.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import random
 import tempfile
 import time
 import tracemalloc
@@ -32,6 +42,7 @@ from tests.fakes.dify import FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 
 NOW = 1_795_000_000
+PAGE = 100
 
 
 def _settings(tmp: Path, env: dict[str, str], toml: str | None = None):
@@ -43,11 +54,12 @@ def _settings(tmp: Path, env: dict[str, str], toml: str | None = None):
     return load_settings(base, cwd=tmp)
 
 
-def many_apps(apps: int, latency: float) -> None:
+def many_apps(apps: int, latency: float, connections: int) -> None:
     """One first cycle and one quiet cycle over ``apps`` apps."""
     clock = [float(NOW)]
     dify = FakeDify(clock=lambda: clock[0])
     dify.latency = latency
+    dify.connections = connections
     keys = []
     for i in range(apps):
         app = dify.add_app(f"app {i}")
@@ -61,33 +73,51 @@ def many_apps(apps: int, latency: float) -> None:
             settings, transport=httpx.MockTransport(dify.handler), stream=io.StringIO(), now=lambda: clock[0]
         )
         for label in ("first cycle (alerts 3 runs per app)", "quiet cycle (nothing new)"):
-            before = len(dify.requests)
+            before = len(dify.log_requests())
             started = time.perf_counter()
             report = runtime.cycle()
             wall = time.perf_counter() - started
-            made = len(dify.requests) - before
+            made = len(dify.log_requests()) - before
             print(
-                f"  {label}: {wall:.2f}s wall, {made} Dify requests (minimum {2 * apps}), "
+                f"  {label}: {wall:.2f}s wall, {made} Dify log requests (minimum {2 * apps}), "
                 f"{report.delivery.runs_delivered} runs delivered, ok={report.ok}"
             )
             clock[0] += 60
         runtime.close()
 
 
-def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) -> None:
-    """``failures`` failed runs in one minute, ``shapes`` kinds of error, one channel."""
+def storm(
+    failures: int,
+    rate: int,
+    *,
+    stable: bool,
+    latency: float,
+    connections: int,
+    pacing: float,
+    shapes: int = 1,
+    memory: bool = False,
+    irregular: bool = False,
+) -> dict[str, float]:
+    """``failures`` failed runs at ``rate`` a second ending just before now, one channel.
+
+    Regular: exactly ``rate`` runs every second. Irregular: each run at a random second of
+    the same span (so seconds hold varying counts, as in a real storm)."""
     clock = [float(NOW)]
     dify = FakeDify(clock=lambda: clock[0])
     dify.stable_within_second = stable
     app = dify.add_app("Storm App")
+    span = -(-failures // rate)
+    arrivals = random.Random(1)
     for i in range(failures):
         node = "abcdefghijklmnopqrstuvwxyz"[i % shapes] * 3
         dify.add_log(
             app,
-            at=NOW - 60 + (i * 60) // failures,
+            at=NOW - span + (arrivals.randrange(span) if irregular else i // rate),
             error=f"node {node} timed out after {i}s",
             session=f"user_{i % 500}",
         )
+    dify.latency = latency
+    dify.connections = connections
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
         settings = _settings(
             Path(tmp),
@@ -106,24 +136,33 @@ def storm(failures: int, shapes: int, pacing: float, *, stable: bool = False) ->
             web=web,
             slack_min_interval=pacing,
         )
-        tracemalloc.start()
+        if memory:
+            tracemalloc.start()
         started = time.perf_counter()
         report = runtime.cycle()
         wall = time.perf_counter() - started
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peak = tracemalloc.get_traced_memory()[1] if memory else 0
+        if memory:
+            tracemalloc.stop()
+        made = len(dify.log_requests())
+        in_flight = dify.max_in_flight
+        clock[0] += 60
+        quiet = runtime.cycle()
+        quiet_requests = len(dify.log_requests()) - made
         runtime.close()
         top = [m for m in slack.messages if not m["thread_ts"]]
         listed = sum(f["content"].count("\n") - 1 for f in slack.files)
-        order = "stable" if stable else "shuffled per call"
-        print(
-            f"  {failures:,} failures, {shapes} error shapes, order within a second {order}, "
-            f"pacing {pacing:.1f}s/post: {wall:.1f}s wall, "
-            f"{report.apps[0].requests} Dify requests (minimum {-(-failures // 100)}), "
-            f"{len(slack.messages)} Slack posts ({len(top)} top-level) + {len(slack.files)} CSV files "
-            f"({listed:,} rows), {report.delivery.runs_delivered:,} runs delivered, "
-            f"peak traced memory {peak / 1e6:.1f} MB, ok={report.ok}"
-        )
+    floor = -(-failures // PAGE) + 1  # failed rows, plus one request for the empty stopped list
+    order = ("stable  " if stable else "shuffled") + (", irregular" if irregular else "")
+    print(
+        f"  {rate:>3}/s {order}: {made:>4} log requests, floor {floor} ({made / floor:.2f}x), "
+        f"{wall:5.1f}s until all in Slack, at most {in_flight} in flight; "
+        f"{report.delivery.runs_delivered:,} runs delivered in {len(slack.messages)} posts "
+        f"({len(top)} top-level) + {len(slack.files)} CSV ({listed:,} rows); "
+        f"next quiet cycle {quiet_requests} requests; ok={report.ok and quiet.ok}"
+        + (f"; peak traced memory {peak / 1e6:.1f} MB" if memory else "")
+    )
+    return {"requests": made, "floor": floor, "wall": wall}
 
 
 def incident(cycles: int) -> None:
@@ -178,12 +217,13 @@ def incident(cycles: int) -> None:
         )
 
 
-def idle_cost(apps: int, latency: float, cycles: int = 10) -> None:
+def idle_cost(apps: int, latency: float, connections: int, cycles: int = 10) -> None:
     """Quiet cycles over ``apps`` busy but healthy apps with every feature on (failure rate,
     stuck runs, mentions, escalation): Dify requests per app per cycle, by what asked."""
     clock = [float(NOW)]
     dify = FakeDify(clock=lambda: clock[0])
     dify.latency = latency
+    dify.connections = connections
     keys = []
     for i in range(apps):
         app = dify.add_app(f"app {i}")
@@ -231,27 +271,70 @@ def idle_cost(apps: int, latency: float, cycles: int = 10) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--apps", type=int, default=200)
-    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds Dify takes per request")
+    parser.add_argument("--connections", type=int, default=10, help="requests Dify serves at once")
     parser.add_argument("--failures", type=int, default=10_000)
-    parser.add_argument("--pacing", type=float, default=1.0)
-    parser.add_argument("--cycles", type=int, default=60)
-    parser.add_argument("--only", choices=["apps", "idle", "storm", "incident"], help="run one benchmark")
+    parser.add_argument("--rates", default="20,167", help="failures a second, comma separated")
+    parser.add_argument("--shapes", type=int, default=1, help="kinds of error in the storm")
+    parser.add_argument("--pacing", type=float, default=1.0, help="seconds between posts to a channel")
+    parser.add_argument("--memory", action="store_true", help="trace peak memory (slower)")
+    parser.add_argument(
+        "--irregular", default="20", help="rates also run with runs at random seconds (shuffled order)"
+    )
+    parser.add_argument("--cycles", type=int, default=60, help="cycles of the incident (0: skip it)")
+    parser.add_argument("--incident-only", action="store_true", help="only the incident")
+    parser.add_argument(
+        "--idle-cycles", type=int, default=10, help="quiet cycles with every feature on (0: skip them)"
+    )
+    parser.add_argument("--idle-only", action="store_true", help="only the idle cost")
     args = parser.parse_args()
-    if args.only in (None, "apps"):
-        print(f"many apps: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms, concurrency 16")
-        many_apps(args.apps, args.latency)
-    if args.only in (None, "idle"):
-        print(f"idle cost: {args.apps} apps, Dify latency {args.latency * 1000:.0f} ms")
-        idle_cost(args.apps, args.latency)
-    if args.only in (None, "storm"):
-        print("storm:")
-        storm(args.failures, 1, args.pacing)
-        storm(args.failures, 1, args.pacing, stable=True)
-        storm(args.failures, 25, args.pacing)
-    if args.only in (None, "incident"):
+    latency_ms = f"{args.latency * 1000:.0f} ms"
+    if args.idle_cycles and args.apps:
+        print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")
+        idle_cost(args.apps, args.latency, args.connections, args.idle_cycles)
+    if args.idle_only:
+        return
+    if args.cycles:
         print("incident (Slack pacing off; edits and replies counted, not timed):")
         incident(args.cycles)
+    if args.incident_only:
+        return
+    latency_ms = f"{args.latency * 1000:.0f} ms"
+    if args.apps:
+        print(
+            f"many apps: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections, "
+            "concurrency 16"
+        )
+        many_apps(args.apps, args.latency, args.connections)
+    print(
+        f"storms: {args.failures:,} failures of one app, Dify latency {latency_ms}, "
+        f"{args.connections} connections, pacing {args.pacing:.1f}s/post"
+    )
+    for rate in (int(r) for r in args.rates.split(",")):
+        for stable in (True, False):
+            storm(
+                args.failures,
+                rate,
+                stable=stable,
+                latency=args.latency,
+                connections=args.connections,
+                pacing=args.pacing,
+                shapes=args.shapes,
+                memory=args.memory,
+            )
+    for rate in (int(r) for r in args.irregular.split(",") if r):
+        storm(
+            args.failures,
+            rate,
+            stable=False,
+            latency=args.latency,
+            connections=args.connections,
+            pacing=args.pacing,
+            shapes=args.shapes,
+            memory=args.memory,
+            irregular=True,
+        )
 
 
 if __name__ == "__main__":

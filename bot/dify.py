@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -63,7 +64,8 @@ class DifyClient:
         self._retries = retries
         self._backoff = backoff
         self._sleep = sleep
-        self.requests = 0
+        self.requests = 0  # every request made, retries included (for cost figures)
+        self._count_lock = threading.Lock()
         self.last_version: str | None = None
 
     def __repr__(self) -> str:
@@ -86,9 +88,15 @@ class DifyClient:
 
     def _get_once(self, path: str, params: dict[str, Any] | None) -> Any:
         url = f"{self._base}{path}"
-        self.requests += 1
+        with self._count_lock:  # requests of one app run in parallel
+            self.requests += 1
         try:
             response = self._http.get(url, params=params, headers=self._headers)
+        except httpx.DecodingError as exc:
+            raise DifyUnavailable(
+                f"Dify at {self._base} answered {path} with a body that cannot be decoded "
+                f"({type(exc).__name__}: {exc}); a proxy between wflogs and Dify may be altering responses"
+            )
         except httpx.TimeoutException:
             raise DifyUnavailable(f"Dify at {self._base} did not answer in time")
         except httpx.TransportError as exc:

@@ -3,27 +3,60 @@
 Dify's log list is ordered by a second-precision time with no tie-breaker,
 paged by offset, and (from Dify 1.11) a row carries its run's START time while
 its status turns ``failed`` minutes later. So each cycle re-reads a look-back
-window ``[checked_until - lookback, now]`` and compares Dify's ``total`` (a
-fresh COUNT) with how many of those logs are already known. Equal: nothing new,
-one request per status. Different: the window is halved until each part fits
-one page, so only the parts that changed are read, and the order of rows
-within a page never matters. What has been seen is remembered per log id, so
-re-reading never alerts twice; the cursor moves only when a whole window was read.
+window ``[checked_until - lookback, now]`` per status, and what has been seen is
+remembered per log id, so re-reading never alerts twice.
+
+Reading a window costs about one request per 100 new rows, and one request per
+status when nothing changed:
+
+- The first page of any time range (newest first, up to 100 rows) is one SQL
+  snapshot: every second NEWER than the page's oldest second is complete in it.
+  Those rows are compared id by id with what is known (a deleted log cannot
+  hide a new one there); the older rest is compared by count (``total`` minus
+  the rows above), and read only when the counts differ.
+- The rest is read newest first from the page's oldest second down (that second
+  is read again whole, unless a steady storm suggests the page ended between
+  two seconds, which the next counts confirm), in parallel where it is large:
+  split where the known rows, or the density of the page just read, put half.
+- A second with more than 100 rows cannot be split by time: its offset pages
+  are read (in a stable order one round covers it), then first pages again,
+  each a fresh sample of the shuffled order, until every row was seen or a
+  budget is spent; what was found is alerted either way and the next cycle
+  continues.
+- ``total`` (a separate COUNT) only decides what to read; rows come from pages
+  alone, so a storm that changes the count between the two statements costs
+  nothing but another look next cycle.
+
+The cursor moves only when a whole window was read. An app's failure (Dify
+down, a bug, a locked database) stays that app's: the other apps are polled,
+and when Dify fails mid-read, what was read before is still alerted.
+
+What counting cannot see: below the newest 100 logs of a window, a known log
+deleted in Dify and a new failure in the same cycle cancel out until anything
+else changes the count of that part; a new failure older than the deleted log
+can leave the window unread.
+
+Log ids are UUIDs, so a new key or URL of an app recognises what the old one
+alerted, and takes over its cursor when the old one is no longer configured.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
-from bot.dify import MAX_LIMIT, DifyClient
+from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyError, WflogsError
-from bot.records import LogEntry
+from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import Store
 
@@ -32,12 +65,15 @@ log = logging.getLogger(__name__)
 ALERT_STATUSES = ("failed", "stopped")
 PARTIAL = "partial-succeeded"
 GONE = "gone"
-# Rounds of offset paging inside one crowded second before giving up until next cycle.
-SAME_SECOND_ROUNDS = 8
-
-
-class IncompleteRead(WflogsError):
-    """A window could not be read completely this cycle (the next cycle tries again)."""
+# Requests in flight for one app at once (a default Dify serves about ten in all).
+READ_PARALLEL = 6
+# Requests for one crowded second per cycle: this many per page of it, plus one round.
+# With an order shuffled on every call, 167 logs are then all seen but for a chance of about
+# one in 100,000, 250 of about one in 10,000; a crowd of 1,000 may need a second cycle.
+CROWDED_SAMPLES_PER_PAGE = 9
+# A storm's range is split for parallel reading only when each part gets a few pages: every
+# part ends with a page that is not full.
+SPLIT_PAGES = 10
 
 
 @dataclass
@@ -51,14 +87,112 @@ class AppResult:
     new_alerts: int = 0
     requests: int = 0
     window: tuple[int, int] | None = None
+    # Set when part of the window could not be read this cycle (what was read is alerted).
+    incomplete: str | None = None
 
 
 @dataclass
-class _Read:
-    """Rows gathered for one status, and whether the window was read to the end."""
+class _Task:
+    """One request: the first page of a time range, or a page of one crowded second."""
 
-    rows: dict[str, LogEntry] = field(default_factory=dict)
+    status: str
+    lo: int
+    hi: int
+    page: int = 1
+    second: bool = False
+    first: bool = False  # the first look at a status's window
+    check: _Check | None = None
+
+
+@dataclass
+class _Check:
+    """A second guessed complete on a page: the counts of the parts read below it confirm it.
+
+    ``with_it`` is Dify's count of [lo, second]; the parts cover [lo, second - 1].
+    """
+
+    second: int
+    with_it: int
+    parts: int
+    below: int = 0
+
+
+@dataclass
+class _Crowded:
+    """Progress on one second holding more than a page of logs."""
+
+    second: int
+    total: int | None = None
+    requests: int = 0
+    in_flight: int = 0
+    next_page: int = 1
+    seen_here: set[str] = field(default_factory=set)
+    done: bool = False
+    round_done: bool = False  # every offset page was asked for once
+
+
+@dataclass
+class _StatusRead:
+    """Everything read of one status in one window, and what is still open."""
+
+    status: str
+    known: dict[str, int]
+    found: dict[str, LogEntry] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
+    crowded: dict[int, _Crowded] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # A round over a crowded second's pages left it incomplete: the order changes per call.
+    shuffled: bool = False
+    _known_times: list[int] = field(default_factory=list)
+    _new_times: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._known_times = sorted(self.known.values())
+
+    @property
+    def complete(self) -> bool:
+        return not self.notes
+
+    def add(self, rows: Iterable[LogEntry]) -> set[str]:
+        """Keep rows read; returns the ids not seen before (this cycle or earlier)."""
+        fresh = set()
+        for row in rows:
+            if row.log_id not in self.found and row.log_id not in self.known:
+                bisect.insort(self._new_times, row.created_at)
+                fresh.add(row.log_id)
+            self.found[row.log_id] = row
+        return fresh
+
+    def count(self, lo: int, hi: int) -> int:
+        """Logs known to be in [lo, hi]: seen before or read this cycle, less those now gone."""
+        known = bisect.bisect_right(self._known_times, hi) - bisect.bisect_left(self._known_times, lo)
+        new = bisect.bisect_right(self._new_times, hi) - bisect.bisect_left(self._new_times, lo)
+        gone = sum(1 for log_id in self.gone if lo <= self.known[log_id] <= hi)
+        return known + new - gone
+
+    def settle(self, lo: int, hi: int, present: set[str]) -> None:
+        """[lo, hi] was read whole: known logs there that were not in it are gone."""
+        for log_id, created_at in self.known.items():
+            if lo <= created_at <= hi and log_id not in present:
+                self.gone.add(log_id)
+
+    def known_split(self, lo: int, hi: int) -> int | None:
+        """A time in (lo, hi] with about half the known logs of [lo, hi] at or after it."""
+        left = bisect.bisect_left(self._known_times, lo)
+        right = bisect.bisect_right(self._known_times, hi)
+        if right - left < 2:
+            return None
+        middle = self._known_times[(left + right) // 2]
+        return middle if lo < middle <= hi else None
+
+
+class _ReadFailed(Exception):
+    """A request failed while reading; carries what was read before it."""
+
+    def __init__(self, reads: dict[str, _StatusRead], error: Exception) -> None:
+        super().__init__(str(error))
+        self.reads = reads
+        self.error = error
 
 
 class Poller:
@@ -71,12 +205,16 @@ class Poller:
         store: Store,
         clients: dict[str, DifyClient],
         now: Callable[[], float] = time.time,
+        parallel: int = READ_PARALLEL,
     ) -> None:
         self.settings = settings
         self.store = store
         self.clients = clients
         self._now = now
         self._names: dict[str, str] = {}
+        self._parallel = max(1, parallel)
+        # Every log request of every app shares this bound (apps poll concurrently).
+        self._in_flight = threading.BoundedSemaphore(max(1, settings.concurrency))
 
     # -- names -------------------------------------------------------------------
 
@@ -107,10 +245,28 @@ class Poller:
         """Poll every app concurrently (bounded); never raises for one app's failure."""
         apps = list(self.settings.apps)
         if len(apps) == 1:
-            return [self.poll_app(apps[0])]
+            return [self._poll_guarded(apps[0])]
         workers = min(self.settings.concurrency, len(apps))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
-            return list(pool.map(self.poll_app, apps))
+            return list(pool.map(self._poll_guarded, apps))
+
+    def _poll_guarded(self, app: AppConfig) -> AppResult:
+        """:meth:`poll_app`, with anything unexpected turned into that app's error."""
+        try:
+            return self.poll_app(app)
+        except Exception as exc:
+            # A bug, a locked database, a body httpx cannot decode: this app's cycle failed,
+            # the others (and delivery, and health checks) go on; its cursor did not move.
+            log.exception("polling %s failed unexpectedly", app.label)
+            error = (
+                f"unexpected error while polling ({type(exc).__name__}: {str(exc)[:300]}); "
+                "wflogs retries every cycle, see its log for details"
+            )
+            try:
+                self.store.update_app_state(app.id, last_error=error)
+            except Exception:
+                log.exception("cannot record the error of %s", app.label)
+            return AppResult(app=app, name=self._names.get(app.id) or app.label, ok=False, error=error)
 
     def poll_app(self, app: AppConfig) -> AppResult:
         """One cycle for one app: read its window, enqueue new alerts, move its cursor."""
@@ -120,6 +276,15 @@ class Poller:
         result = AppResult(app=app, name=name)
         now = int(self._now())
         state = self.store.app_state(app.id) or {}
+        if not state.get("first_polled") and state.get("checked_until") is None:
+            try:
+                state = self._adopt_predecessor(client, app) or state
+            except DifyError as exc:
+                # Asked again next cycle, before anything is backfilled.
+                result.ok, result.error = False, str(exc)
+                log.error("polling %s failed: %s", name, exc)
+                result.requests = client.requests - before_requests
+                return result
         if state.get("checked_until") is None:
             # First read of this app; keep the first attempt's start if that one failed.
             if state.get("alert_from") is None:
@@ -132,20 +297,32 @@ class Poller:
             after = int(state["checked_until"]) - self.settings.lookback
         before = now
         result.window = (after, before)
+        error: Exception | None = None
         try:
-            for status in ALERT_STATUSES:
-                read = _Read()
-                self._read(client, app, status, after, before, read)
-                result.new_alerts += self._record(app, name, status, read, alert_from)
-            if app.alert_partial:
-                read = _Read()
-                self._read_unfiltered(client, app, after, before, read)
-                result.new_alerts += self._record(app, name, PARTIAL, read, alert_from)
-        except WflogsError as exc:
+            reads = self._read_window(client, app, ALERT_STATUSES, after, before)
+        except _ReadFailed as failed:
+            reads, error = failed.reads, failed.error
+        # Whatever was read is alerted now, even when the rest failed or must wait.
+        for status in ALERT_STATUSES:
+            result.new_alerts += self._record(app, name, status, reads[status], alert_from)
+        if error is None and app.alert_partial:
+            try:
+                partial = _StatusRead(PARTIAL, {})
+                self._read_unfiltered(client, app, after, before, partial)
+                result.new_alerts += self._record(app, name, PARTIAL, partial, alert_from)
+            except WflogsError as exc:
+                error = exc
+        notes = [note for status in ALERT_STATUSES for note in reads[status].notes]
+        if error is not None:
             result.ok = False
-            result.error = str(exc)
-            self.store.update_app_state(app.id, last_error=str(exc))
-            log.error("polling %s failed: %s", name, exc)
+            result.error = str(error)
+            self.store.update_app_state(app.id, last_error=str(error))
+            log.error("polling %s failed: %s", name, error)
+        elif notes:
+            # Not an outage: what was found is alerted, the cursor waits, the next cycle goes on.
+            result.incomplete = "; ".join(notes)
+            self.store.update_app_state(app.id, last_ok=now, last_error=None)
+            log.warning("%s: %s", name, result.incomplete)
         else:
             with self.store.transaction():
                 self.store.update_app_state(app.id, checked_until=before, last_ok=now, last_error=None)
@@ -153,69 +330,264 @@ class Poller:
         result.requests = client.requests - before_requests
         return result
 
+    # -- identities ----------------------------------------------------------------
+
+    def _adopt_predecessor(self, client: DifyClient, app: AppConfig) -> dict[str, Any] | None:
+        """A new identity (new key, URL spelled differently) of an app wflogs already watched
+        takes over that app's cursor, so the time in between is read, not backfilled.
+
+        Candidates are identities no longer configured; one is the same app when a run it
+        alerted is found through this key (a run's UUID as keyword matches exactly that run).
+        """
+        configured = {configured_app.id for configured_app in self.settings.apps}
+        for candidate in self.store.orphan_identities(configured, limit=3):
+            run_ids = self.store.recent_alerted_run_ids(candidate["app_id"], limit=1)
+            if not run_ids:
+                continue
+            page = client.logs(keyword=run_ids[0], limit=1)
+            if not any(row.run_id == run_ids[0] for row in page.data):
+                continue
+            log.info("%s was watched before under another key or URL: going on from there", app.label)
+            return self.store.adopt_identity(candidate["app_id"], app.id)
+        return None
+
     # -- reading windows ---------------------------------------------------------
 
-    def _read(self, client: DifyClient, app: AppConfig, status: str, a: int, b: int, read: _Read) -> None:
-        """Gather the rows of ``status`` in [a, b] that may be new, halving as needed."""
-        known = self.store.known_count(app.id, status, a, b)
-        page = client.logs(status=status, after=a, before=b, limit=MAX_LIMIT)
-        if page.total == known:
-            return
-        if page.total <= MAX_LIMIT:
-            if len(page.data) != page.total:
-                # The COUNT and the rows disagree: something changed in between. Ask again.
-                page = client.logs(status=status, after=a, before=b, limit=MAX_LIMIT)
-                if len(page.data) != page.total:
-                    raise IncompleteRead(f"{app.label}: {status} logs kept changing while read")
-            self._leaf(app, status, a, b, page.data, read)
-            return
-        if a >= b:
-            self._read_crowded_second(client, app, status, a, page.total, read)
-            return
-        mid = (a + b) // 2
-        self._read(client, app, status, mid + 1, b, read)
-        self._read(client, app, status, a, mid, read)
+    def _read_window(
+        self, client: DifyClient, app: AppConfig, statuses: Iterable[str], a: int, b: int
+    ) -> dict[str, _StatusRead]:
+        """Read [a, b] for each status, up to ``parallel`` requests at once.
 
-    def _leaf(self, app: AppConfig, status: str, a: int, b: int, rows: list[LogEntry], read: _Read) -> None:
-        """All rows of ``status`` in [a, b]: keep them; known ones now absent are gone."""
-        ids = set()
-        for row in rows:
-            read.rows[row.log_id] = row
-            ids.add(row.log_id)
-        for known_id in self._known_ids(app, status, a, b) - ids:
-            read.gone.add(known_id)
+        Workers only make requests; this thread decides what to read next, so the
+        bookkeeping needs no lock. A Dify error stops new requests and raises
+        :class:`_ReadFailed` carrying what was read; anything else propagates.
+        """
+        reads = {status: _StatusRead(status, self._known(app, status, a, b)) for status in statuses}
+        # Ranges go first: they find the work (and the crowded seconds) that samples then share.
+        # Each status is first looked at after the previous one answered, so an outage costs
+        # one failed request (with its retries), not one per status.
+        starts = deque(_Task(status, a, b, first=True) for status in reads)
+        ranges: deque[_Task] = deque([starts.popleft()])
+        samples: deque[_Task] = deque()
+        pending: dict[Future[LogPage], _Task] = {}
+        failure: Exception | None = None
+        with ThreadPoolExecutor(max_workers=self._parallel, thread_name_prefix="read") as pool:
+            while ranges or samples or pending:
+                while (ranges or samples) and len(pending) < self._parallel and failure is None:
+                    task = ranges.popleft() if ranges else samples.popleft()
+                    pending[pool.submit(self._fetch, client, task)] = task
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = pending.pop(future)
+                    try:
+                        page = future.result()
+                    except DifyError as exc:
+                        failure = failure or exc
+                        self._abandon(reads[task.status], task)
+                        continue
+                    if task.first and starts:
+                        ranges.appendleft(starts.popleft())
+                    read = reads[task.status]
+                    if task.second:
+                        follow = self._on_second(read, task, page)
+                    else:
+                        chains = len(ranges) + sum(1 for t in pending.values() if not t.second)
+                        spare = self._parallel - len(pending) - len(ranges) - len(samples)
+                        follow = self._on_range(read, task, page, split=spare > 0 or chains < 3)
+                    if failure is None:
+                        for follow_task in follow:
+                            (samples if follow_task.second else ranges).append(follow_task)
+                if failure is not None:
+                    ranges.clear()
+                    samples.clear()
+        if failure is not None:
+            raise _ReadFailed(reads, failure)
+        return reads
 
-    def _known_ids(self, app: AppConfig, status: str, a: int, b: int) -> set[str]:
+    def _fetch(self, client: DifyClient, task: _Task) -> LogPage:
+        with self._in_flight:
+            return client.logs(
+                status=task.status, after=task.lo, before=task.hi, page=task.page, limit=MAX_LIMIT
+            )
+
+    def _known(self, app: AppConfig, status: str, a: int, b: int) -> dict[str, int]:
         rows = self.store.query(
-            "select log_id from seen where app_id = ? and status = ? and created_at between ? and ?",
+            "select log_id, created_at from seen "
+            "where app_id = ? and status = ? and created_at between ? and ?",
             [app.id, status, a, b],
         )
-        return {row["log_id"] for row in rows}
+        return {row["log_id"]: int(row["created_at"]) for row in rows}
 
-    def _read_crowded_second(
-        self, client: DifyClient, app: AppConfig, status: str, second: int, total: int, read: _Read
-    ) -> None:
-        """More than a page of logs in one second: offset pages, whose order varies per call,
-        are read again until every row has been seen."""
-        found: dict[str, LogEntry] = {}
-        for _round in range(SAME_SECOND_ROUNDS):
-            pages = -(-total // MAX_LIMIT)
-            for number in range(1, pages + 1):
-                page = client.logs(status=status, after=second, before=second, page=number, limit=MAX_LIMIT)
-                total = page.total
-                for row in page.data:
-                    found[row.log_id] = row
-            if len(found) >= total:
-                self._leaf(app, status, second, second, list(found.values()), read)
-                return
-        # Keep what was found (it is alerted now) and read the rest next cycle.
-        read.rows.update(found)
-        raise IncompleteRead(
-            f"{app.label}: {total} {status} logs share one second; {len(found)} read so far, "
-            "the rest next cycle"
-        )
+    def _abandon(self, read: _StatusRead, task: _Task) -> None:
+        if task.second:
+            crowded = read.crowded[task.lo]
+            crowded.in_flight -= 1
+        read.notes.append(f"{task.status} logs from {iso(task.lo)} to {iso(task.hi)} not read")
 
-    def _read_unfiltered(self, client: DifyClient, app: AppConfig, a: int, b: int, read: _Read) -> None:
+    def _on_range(self, read: _StatusRead, task: _Task, page: LogPage, *, split: bool) -> list[_Task]:
+        """The first page of [lo, hi]: settle what it proves, and say what to read next."""
+        lo, hi = task.lo, task.hi
+        rows = [row for row in page.data if lo <= row.created_at <= hi]
+        read.add(rows)
+        ids = {row.log_id for row in rows}
+        follow: list[_Task] = []
+        check = task.check
+        if check is not None:
+            check.parts -= 1
+            check.below += page.total
+            if check.parts == 0 and check.with_it - check.below > read.count(check.second, check.second):
+                follow.append(_Task(task.status, check.second, check.second))  # it was cut after all
+        return follow + self._next_ranges(read, task, page, rows, ids, split=split)
+
+    def _next_ranges(
+        self,
+        read: _StatusRead,
+        task: _Task,
+        page: LogPage,
+        rows: list[LogEntry],
+        ids: set[str],
+        *,
+        split: bool,
+    ) -> list[_Task]:
+        lo, hi = task.lo, task.hi
+        if len(page.data) < MAX_LIMIT:
+            # Fewer rows than asked for: this one SELECT returned every row of the range.
+            read.settle(lo, hi, ids)
+            return []
+        if not rows:
+            read.notes.append(f"Dify answered {task.status} logs outside {iso(lo)} to {iso(hi)}")
+            return []
+        oldest = min(row.created_at for row in rows)
+        newest = max(row.created_at for row in rows)
+        above = sum(1 for row in rows if row.created_at > oldest)
+        read.settle(oldest + 1, hi, ids)  # newer than the page's oldest second: all on the page
+        rest = page.total - above  # logs in [lo, oldest] by Dify's count
+        if rest == read.count(lo, oldest):
+            return []  # nothing changed below (as far as counting can tell)
+        if oldest < newest:
+            density = len(rows) / (newest - oldest + 1)
+            per_second = Counter(row.created_at for row in rows)
+            cut_here = per_second.pop(oldest)
+            steady = set(per_second.values())
+            if len(steady) > 1 or cut_here < min(steady):
+                # The oldest second may be cut: go on from it (read again whole), maybe in parts.
+                return self._split(read, task.status, lo, oldest, rest, density=density, split=split)
+            # A steady storm (every whole second on the page holds as many rows) and the oldest
+            # second holds as many too: the page probably ended between two seconds. Go on
+            # below it; the counts of what is read next tell whether it really was whole.
+            if lo == oldest:
+                return [_Task(task.status, oldest, oldest)]
+            tasks = self._split(
+                read, task.status, lo, oldest - 1, rest - cut_here, density=density, split=split
+            )
+            check = _Check(oldest, rest, parts=len(tasks))
+            for part in tasks:
+                part.check = check
+            return tasks
+        # A full page of one second: it may hold more than a page. Read it on its own.
+        tasks = self._start_second(read, task.status, oldest, sample=ids)
+        if lo < oldest:
+            below = max(rest - len(rows), 0)
+            tasks += self._split(read, task.status, lo, oldest - 1, below, density=len(rows), split=split)
+        return tasks
+
+    def _split(
+        self, read: _StatusRead, status: str, lo: int, hi: int, total: int, *, density: float, split: bool
+    ) -> list[_Task]:
+        """Read [lo, hi] (``total`` logs by Dify's count) next: as one range, or two parts in parallel."""
+        known = read.count(lo, hi)
+        mostly_known = known * 2 >= total
+        if lo >= hi or total <= MAX_LIMIT:
+            return [_Task(status, lo, hi)]
+        if mostly_known:
+            # A few changes among many known logs: halve where the known logs are; only a half
+            # whose count differs is read further.
+            cut = read.known_split(lo, hi) or (lo + hi + 1) // 2
+        elif split and total >= SPLIT_PAGES * MAX_LIMIT:
+            # Mostly new (a storm) and a worker to spare: guess from the density of the page
+            # just read where half of the rest lies; a wrong guess costs a request, never a row.
+            cut = hi - int(total / 2 / max(density, 1e-9))
+        else:
+            return [_Task(status, lo, hi)]
+        cut = min(max(cut, lo + 1), hi)
+        return [_Task(status, cut, hi), _Task(status, lo, cut - 1)]
+
+    def _start_second(self, read: _StatusRead, status: str, second: int, sample: set[str]) -> list[_Task]:
+        crowded = read.crowded.get(second)
+        if crowded is None:
+            crowded = read.crowded[second] = _Crowded(second)
+        elif crowded.done:
+            return []
+        crowded.seen_here |= sample
+        if read.shuffled:
+            # Another second showed that the order changes per call: sample first pages.
+            crowded.round_done = True
+            crowded.next_page = 1
+        else:
+            # The page just read was this second's first page: ask for the second page, which
+            # also says how many logs the second holds.
+            crowded.next_page = 2
+        return self._next_samples(read, status, crowded)
+
+    def _on_second(self, read: _StatusRead, task: _Task, page: LogPage) -> list[_Task]:
+        """A page of one crowded second: done when every log of it was seen, else sample again."""
+        crowded = read.crowded[task.lo]
+        crowded.in_flight -= 1
+        crowded.requests += 1
+        rows = [row for row in page.data if row.created_at == task.lo]
+        fresh = read.add(rows)
+        crowded.seen_here |= {row.log_id for row in rows}
+        first_total = crowded.total is None and not crowded.round_done
+        crowded.total = page.total
+        if crowded.done:
+            return []
+        if len(crowded.seen_here) >= page.total:
+            crowded.done = True
+            read.settle(task.lo, task.lo, crowded.seen_here)
+            return []
+        if read.count(task.lo, task.lo) >= page.total and not read.gone:
+            crowded.done = True  # what is missing here was seen in earlier cycles
+            return []
+        pages = max(1, math.ceil(page.total / MAX_LIMIT))
+        if first_total:
+            # One round over every page reads a stable order completely.
+            crowded.next_page = 3
+            tasks = [_Task(task.status, task.lo, task.lo, page=n, second=True) for n in range(3, pages + 1)]
+            crowded.in_flight += len(tasks)
+            if tasks:
+                crowded.next_page = pages + 1
+                return tasks
+        elif not fresh and task.page == crowded.next_page:
+            crowded.next_page += 1  # this page keeps showing the same rows: look at another one
+        return self._next_samples(read, task.status, crowded)
+
+    def _next_samples(self, read: _StatusRead, status: str, crowded: _Crowded) -> list[_Task]:
+        """The next page(s) of a crowded second, within its budget for this cycle."""
+        if crowded.in_flight:
+            return []
+        total = crowded.total or 2 * MAX_LIMIT
+        pages = max(1, math.ceil(total / MAX_LIMIT))
+        budget = pages * CROWDED_SAMPLES_PER_PAGE + pages
+        if crowded.requests >= budget:
+            crowded.done = True
+            read.notes.append(
+                f"{total} {status} logs share one second ({iso(crowded.second)}); "
+                f"{len(crowded.seen_here)} read so far, the rest next cycle"
+            )
+            return []
+        if crowded.next_page > pages:
+            crowded.next_page = 1
+            if not crowded.round_done:
+                crowded.round_done = read.shuffled = True
+        # After the first round the order is known to change per call: a first page is then a
+        # fresh sample of 100 rows, the most any request can bring.
+        number = crowded.next_page
+        crowded.in_flight += 1
+        return [_Task(status, crowded.second, crowded.second, page=number, second=True)]
+
+    def _read_unfiltered(self, client: DifyClient, app: AppConfig, a: int, b: int, read: _StatusRead) -> None:
         """Every row in [a, b] (Dify cannot filter partial successes); keep the partial ones."""
         page = client.logs(after=a, before=b, limit=MAX_LIMIT)
         if page.total <= MAX_LIMIT or a >= b:
@@ -227,7 +599,7 @@ class Poller:
                 rows.extend(page.data)
             for row in rows:
                 if row.status == PARTIAL:
-                    read.rows[row.log_id] = row
+                    read.found[row.log_id] = row
             return
         mid = (a + b) // 2
         self._read_unfiltered(client, app, mid + 1, b, read)
@@ -235,21 +607,21 @@ class Poller:
 
     # -- recording ---------------------------------------------------------------
 
-    def _record(self, app: AppConfig, name: str, status: str, read: _Read, alert_from: int) -> int:
+    def _record(self, app: AppConfig, name: str, status: str, read: _StatusRead, alert_from: int) -> int:
         """Remember what was read and enqueue alerts for new runs, atomically."""
-        if not read.rows and not read.gone:
+        if not read.found and not read.gone:
             return 0
-        known = self.store.known_statuses(app.id, list(read.rows) + list(read.gone))
+        known = self.store.known_statuses(app.id, list(read.found) + list(read.gone))
         channel = alert_channel_for(self.settings, app) or "terminal"
         now = int(self._now())
         seen: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
         changes: dict[str, str] = {}
         for log_id in read.gone:
-            if known.get(log_id) not in (None, GONE) and log_id not in read.rows:
+            if known.get(log_id) not in (None, GONE) and log_id not in read.found:
                 changes[log_id] = GONE
         # Oldest first, so the outbox (and Slack) tells the story in order.
-        for row in sorted(read.rows.values(), key=lambda r: (r.ended_at, r.created_at, r.log_id)):
+        for row in sorted(read.found.values(), key=lambda r: (r.ended_at, r.created_at, r.log_id)):
             row_status = row.status or status
             previous = known.get(row.log_id)
             if previous is not None:

@@ -7,7 +7,9 @@ Tables:
 - ``seen``: every failed/stopped/partial log the poller has read inside the
   look-back window, alerted or not; pruned once it falls out of every window.
 - ``alerts``: the outbox. One row per alerted run, written in the same
-  transaction as ``seen``; ``sent_at`` is set only after Slack took it.
+  transaction as ``seen``; ``sent_at`` is set only after Slack took it. A log
+  already alerted (or seen) under another identity of the same app (a new key,
+  the URL written differently) is not enqueued again: log ids are UUIDs.
 - ``messages``: Slack messages planned from alerts (a single alert, a group, a
   summary) and, once posted, their ``ts`` so that thread replies follow.
 - ``digests``: every daily digest posted, per app: its local day, window, ``ts``,
@@ -210,6 +212,40 @@ class Store:
         with self.transaction():
             self.db["app_state"].upsert({"app_id": app_id, **fields}, pk="app_id")  # type: ignore[union-attr]
 
+    def orphan_identities(self, configured: Iterable[str], limit: int = 3) -> list[dict[str, Any]]:
+        """App states read before but no longer configured (a replaced key or URL), newest first."""
+        ids = list(configured)
+        marks = ",".join("?" * len(ids)) or "''"
+        return self.query(
+            f"select * from app_state where checked_until is not null and app_id not in ({marks}) "
+            "order by coalesce(last_ok, checked_until) desc limit ?",
+            [*ids, limit],
+        )
+
+    def recent_alerted_run_ids(self, app_id: str, limit: int = 1) -> list[str]:
+        """Run ids of the app's most recent alerts (still in the outbox), newest first."""
+        out = []
+        for row in self.query(
+            "select entry from alerts where app_id = ? order by id desc limit ?", [app_id, limit * 5]
+        ):
+            run_id = (json.loads(row["entry"]) if row.get("entry") else {}).get("run_id")
+            if run_id and run_id not in out:
+                out.append(run_id)
+        return out[:limit]
+
+    def adopt_identity(self, old_id: str, new_id: str) -> dict[str, Any]:
+        """``new_id`` takes over ``old_id``'s cursor and what it has seen; returns the new state."""
+        with self.transaction():
+            old = self.app_state(old_id) or {}
+            keep = {k: old.get(k) for k in ("checked_until", "alert_from", "first_polled", "name")}
+            self.db["app_state"].upsert(  # type: ignore[union-attr]
+                {"app_id": new_id, **{k: v for k, v in keep.items() if v is not None}}, pk="app_id"
+            )
+            self.db.execute("update or ignore seen set app_id = ? where app_id = ?", [new_id, old_id])
+            self.db.execute("delete from seen where app_id = ?", [old_id])
+            self.db.execute("delete from app_state where app_id = ?", [old_id])
+        return self.app_state(new_id) or {}
+
     # -- what the poller has seen ----------------------------------------------
 
     def known_count(self, app_id: str, status: str | None, after: int, before: int) -> int:
@@ -257,12 +293,30 @@ class Store:
                     "update seen set status = ? where app_id = ? and log_id = ?",
                     [status, app_id, log_id],
                 )
+            if alerts:
+                # Log ids are UUIDs: one alerted, or seen, under another identity of the same app
+                # (a new key, the URL spelled differently) is not alerted again.
+                taken = self._taken_elsewhere(app_id, [row["log_id"] for row in alerts])
+                alerts = [row for row in alerts if row["log_id"] not in taken]
             before = self.db.conn.total_changes
             if alerts:
                 self.db["alerts"].insert_all(  # type: ignore[union-attr]
                     [{"app_id": app_id, **row} for row in alerts], ignore=True
                 )
             return self.db.conn.total_changes - before
+
+    def _taken_elsewhere(self, app_id: str, log_ids: list[str]) -> set[str]:
+        taken: set[str] = set()
+        for start in range(0, len(log_ids), 500):
+            chunk = log_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.query(
+                f"select log_id from alerts where log_id in ({marks}) and app_id != ? "
+                f"union select log_id from seen where log_id in ({marks}) and app_id != ?",
+                [*chunk, app_id, *chunk, app_id],
+            )
+            taken.update(row["log_id"] for row in rows)
+        return taken
 
     def prune_seen(self, app_id: str, older_than: int) -> None:
         """Forget logs that no future window will read again."""
@@ -541,13 +595,20 @@ def open_incidents_count(store: Store) -> int:
 
 
 @migrations()
-def m004_delivery_notices(db: sqlite_utils.Database) -> None:
+def m006_log_ids(db: sqlite_utils.Database) -> None:
+    """Find a log by its id whatever app identity (key, URL) recorded it."""
+    db["seen"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
+    db["alerts"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
+
+
+@migrations()
+def m007_delivery_notices(db: sqlite_utils.Database) -> None:
     """Things the operator has been told once (e.g. a refused CSV upload), by key."""
     db["notices"].create({"key": str, "told_at": int, "text": str}, pk="key")  # type: ignore[union-attr]
 
 
 @migrations()
-def m005_incidents(db: sqlite_utils.Database) -> None:
+def m008_incidents(db: sqlite_utils.Database) -> None:
     """Incidents (one app + status + error shape while it keeps failing), their mutes, the
     events their threads tell, and which incident (and whether muted) each alert belongs to."""
     db["incidents"].create(  # type: ignore[union-attr]
@@ -621,14 +682,14 @@ def m005_incidents(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m006_incident_indexes(db: sqlite_utils.Database) -> None:
+def m009_incident_indexes(db: sqlite_utils.Database) -> None:
     """Runs by incident (counting what is still to send) and alerts not yet in an incident."""
     db["alerts"].create_index(["incident_id", "sent_at"])  # type: ignore[union-attr]
     db["incidents"].create_index(["dirty"])  # type: ignore[union-attr]
 
 
 @migrations()
-def m007_watch(db: sqlite_utils.Database) -> None:
+def m010_watch(db: sqlite_utils.Database) -> None:
     """Signals (failure rate, stuck runs) and the incidents they open, the running rows found
     stuck, how far each app's runs were checked for being stuck, and escalations."""
     db["watch_state"].create({"app_id": str, "stuck_checked_until": int}, pk="app_id")  # type: ignore[union-attr]

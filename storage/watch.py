@@ -1,4 +1,4 @@
-"""Queries of failure-rate and stuck-run watching (tables made by ``m007_watch`` in ``db.py``).
+"""Queries of failure-rate and stuck-run watching (tables made by ``m010_watch`` in ``db.py``).
 
 - ``signals``: one row per failure-rate or stuck-runs episode of an app (``kind``), open until
   ``resolved_at``; at most one open per app and kind (a unique index). ``detail`` holds the

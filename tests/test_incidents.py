@@ -408,3 +408,35 @@ def test_a_parent_slack_will_not_let_us_edit_is_left_alone(tmp_path, dify, clock
     rt.cycle()
     assert len(slack.calls_to("chat.update")) == 1  # not retried for ever
     assert messages_mentioning(slack, run.run_id) == 1 and len(top(slack)) == 1
+
+
+def test_an_app_mute_that_runs_out_is_told_once_and_alerts_resume(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    app_id = rt.settings.apps[0].id
+    rt.actions.mute_app(
+        app_id=app_id,
+        app_name="Support Bot",
+        channel=CHANNEL,
+        seconds=600,
+        reason="deploy",
+        user="U0OPS",
+        now=int(clock.now),
+    )
+    hidden = fail_some(dify, app, clock, 2)
+    rt.cycle()
+    assert [m["text"] for m in slack.posts()] == [
+        next(m["text"] for m in slack.posts() if "is muted" in m["text"])
+    ]  # only the notice
+    for _ in range(11):
+        clock.advance(60)
+        rt.cycle()
+    shown_now = fail_some(dify, app, clock, 1, error="model overloaded after {i}4s")
+    clock.advance(60)
+    rt.cycle()
+    ended = [m for m in slack.posts() if "no longer muted" in m["text"]]
+    assert len(ended) == 1 and "ran out" in ended[0]["text"]
+    for run in hidden:
+        assert messages_mentioning(slack, run.run_id) == 0
+    assert messages_mentioning(slack, shown_now[0].run_id) == 1
+    assert rt.store.outbox_size() == 0

@@ -310,3 +310,260 @@ def test_a_stored_app_name_is_used_without_asking_dify_again_while_it_is_down(tm
     asked = len([r for r in dify.requests if r.url.path.endswith("/info")])
     assert rt.poller.app_name(rt.settings.apps[0]) == "Support Bot"
     assert len([r for r in dify.requests if r.url.path.endswith("/info")]) == asked
+
+
+# -- storms, crowded seconds, isolation, identity --------------------------------------------
+
+
+def test_a_count_that_disagrees_with_its_rows_during_a_storm_still_alerts_what_was_read(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    now = int(clock.now)
+    older = [dify.add_log(app, at=now - 900 + i * 20, error=f"older {i}") for i in range(30)]
+    storm: list = []
+
+    def fail_between_count_and_rows(_request) -> None:
+        # Dify counts, then selects: a run failing in between makes them disagree, every time.
+        storm.append(dify.add_log(app, at=int(clock.now) - 1, error="storm"))
+
+    dify.between_count_and_rows = fail_between_count_and_rows
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert report.ok, report.problems
+    assert_each_once(slack, [r.run_id for r in older])  # not held back by the storm
+    for _ in range(3):
+        clock.advance(60)
+        assert rt.cycle().ok
+    dify.between_count_and_rows = None
+    for _ in range(2):
+        clock.advance(60)
+        rt.cycle()
+    assert_each_once(slack, [r.run_id for r in older + storm])
+
+
+def _hide(hidden_log_id: str):
+    """An order within one second in which one row is never on the page asked for."""
+
+    def order(rows, request):
+        others = [r for r in rows if r.log_id != hidden_log_id]
+        if len(others) == len(rows):
+            return rows
+        hidden = [r for r in rows if r.log_id == hidden_log_id]
+        return others + hidden if request.url.params.get("page", "1") == "1" else hidden + others
+
+    return order
+
+
+def test_an_unreadable_crowded_second_alerts_what_was_found_reads_the_other_status_and_recovers(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    second = int(clock.now) - 120
+    crowd = [dify.add_log(app, at=second, error=f"Node llm_{i % 3} failed") for i in range(150)]
+    stopped = dify.add_log(app, status="stopped", at=second - 30)
+    dify.order_within_second = _hide(crowd[0].log_id)  # a consistently unlucky order
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert report.ok, report.problems  # an unlucky order is not an outage
+    assert "150 failed logs share one second" in (report.apps[0].incomplete or "")
+    assert_each_once(slack, [r.run_id for r in crowd[1:]] + [stopped.run_id])
+    assert messages_mentioning(slack, crowd[0].run_id) == 0
+    assert rt.store.app_state(rt.settings.apps[0].id)["checked_until"] is None  # the window waits
+    dify.order_within_second = None  # the order changes, as it does between calls
+    clock.advance(60)
+    report = rt.cycle()
+    assert report.ok and report.apps[0].incomplete is None
+    assert rt.store.app_state(rt.settings.apps[0].id)["checked_until"] == int(clock.now)
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [r.run_id for r in crowd] + [stopped.run_id])
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bug"])
+def test_one_apps_unexpected_failure_stays_that_apps(tmp_path, dify, clock, slack, kind):
+    broken, healthy = dify.add_app("Broken"), dify.add_app("Healthy")
+    lost = dify.add_log(broken, at=int(clock.now) - 30, error="behind a broken proxy")
+    fine = dify.add_log(healthy, at=int(clock.now) - 30, error="healthy app broke")
+    toml = (
+        f'[[apps]]\napi_key = "{broken.key}"\nname = "Broken"\n'
+        f'[[apps]]\napi_key = "{healthy.key}"\nname = "Healthy"\n'
+    )
+    rt = build_runtime(make_settings(tmp_path, slack_env(slack), toml=toml), dify, clock)
+    dify.fail_next(10_000, kind, key=broken.key)
+    report = rt.cycle()  # does not raise
+    assert messages_mentioning(slack, fine.run_id) == 1  # delivery ran for the other app
+    (problem,) = report.problems
+    assert problem.startswith("Broken: ")
+    assert "cannot be decoded" in problem if kind == "gzip" else "RuntimeError" in problem
+    for _ in range(6):  # health checks run too: after the grace period the channel is told
+        clock.advance(60)
+        rt.cycle()
+    assert any("cannot read Broken" in p["text"] for p in slack.posts())
+    dify.faults.clear()
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert messages_mentioning(slack, lost.run_id) == 1
+
+
+def test_a_new_api_key_for_the_same_app_does_not_alert_again(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [
+        dify.add_log(app, at=int(clock.now) - 600 + i * 60, error=f"before the rotation {i}")
+        for i in range(5)
+    ]
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    new_key = dify.add_key(app)
+    dify.revoke_key(app.key)
+    clock.advance(120)
+    after = dify.add_log(app, at=int(clock.now) - 10, error="after the rotation")
+    rt = _runtime(tmp_path, dify, clock, slack, new_key)  # restarted with the new key
+    assert rt.cycle().ok
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [r.run_id for r in [*runs, after]])
+
+
+def test_the_same_app_under_a_differently_spelled_url_does_not_alert_again(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [dify.add_log(app, at=int(clock.now) - 300 + i * 60, error=f"run {i}") for i in range(3)]
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    clock.advance(60)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, DIFY_API_URL="http://dify.test:80/v1")
+    assert (
+        rt.settings.apps[0].id
+        != build_runtime(make_settings(tmp_path, {"DIFY_API_KEY": app.key}), dify, clock).settings.apps[0].id
+    )
+    rt.cycle()
+    assert_each_once(slack, [r.run_id for r in runs])
+
+
+def test_a_deleted_known_log_cannot_hide_a_new_older_failure(tmp_path, clock, slack):
+    dify = FakeDify(version="1.13.3", clock=clock)
+    app = dify.add_app()
+    now = int(clock.now)
+    slow = dify.start_run(app, at=now - 400)  # logged at its start, still running
+    known = [dify.add_log(app, at=now - 300 + i * 60, error=f"known {i}") for i in range(3)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.cycle()
+    dify.delete_log(app, known[1])  # the count of the window drops by one...
+    dify.finish_run(slow, status="failed", at=int(clock.now), error="timed out")  # ...and rises by one
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [slow.run_id] + [r.run_id for r in known])
+
+
+def test_a_second_that_looked_whole_on_a_page_but_was_cut_is_read_again(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    dify.stable_within_second = True
+    top = int(clock.now) - 100
+    runs = [dify.add_log(app, at=top - s, error=f"s{s}") for s in range(4) for _ in range(20)]
+    # 50 rows in the next second: 20 of them close the first page, as many as any second above.
+    runs += [dify.add_log(app, at=top - 4, error="cut") for _ in range(50)]
+    runs += [dify.add_log(app, at=top - 5 - s, error="below") for s in range(30)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    assert rt.cycle().ok
+    assert_each_once(slack, [r.run_id for r in runs])
+
+
+@pytest.mark.parametrize("stable", [True, False])
+def test_a_storm_costs_close_to_one_request_per_hundred_rows(tmp_path, dify, clock, slack, stable):
+    app = dify.add_app()
+    dify.stable_within_second = stable
+    now = int(clock.now)
+    runs = [dify.add_log(app, at=now - 200 + i // 15, error="timed out") for i in range(3000)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert report.ok
+    floor = 30 + 1  # 100 rows a request, and one for the empty stopped list
+    # Above the floor: each page's oldest second, when cut, is read again whole (here 15 rows).
+    assert len(dify.log_requests()) <= 1.2 * floor
+    assert_each_once(slack, [r.run_id for r in runs])
+    clock.advance(60)
+    assert rt.cycle().apps[0].requests == 2  # then a quiet cycle costs one request per status
+
+
+def test_a_quiet_cycle_over_hundreds_of_known_logs_and_a_crowded_second_costs_one_request_per_status(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    now = int(clock.now)
+    for i in range(400):
+        dify.add_log(app, at=now - 1200 + i * 2, error="old")
+    for _ in range(150):
+        dify.add_log(app, at=now - 5, error="crowded")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    assert rt.cycle().ok
+    clock.advance(60)
+    assert rt.cycle().apps[0].requests == 2
+
+
+def test_a_key_replaced_after_a_long_outage_goes_on_from_where_the_old_key_stopped(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    before = dify.add_log(app, at=int(clock.now) - 300, error="before the rotation")
+    _runtime(tmp_path, dify, clock, slack, app.key).cycle()
+    dify.revoke_key(app.key)  # the old key stops working; nobody notices for two hours
+    clock.advance(600)
+    missed = dify.add_log(app, at=int(clock.now), error="while the key was rejected")
+    clock.advance(2 * 3600)  # longer than the backfill
+    new_key = dify.add_key(app)
+    rt = _runtime(tmp_path, dify, clock, slack, new_key)
+    assert rt.cycle().ok
+    clock.advance(60)
+    rt.cycle()
+    assert_each_once(slack, [before.run_id, missed.run_id])
+
+
+def test_a_new_app_with_another_apps_state_around_is_backfilled_as_usual(tmp_path, dify, clock, slack):
+    old_app, new_app = dify.add_app("Old"), dify.add_app("New")
+    dify.add_log(old_app, at=int(clock.now) - 60, error="old app")
+    _runtime(tmp_path, dify, clock, slack, old_app.key).cycle()  # then removed from the config
+    clock.advance(60)
+    recent = dify.add_log(new_app, at=int(clock.now) - 600, error="new app, ten minutes ago")
+    rt = _runtime(tmp_path, dify, clock, slack, new_app.key)
+    assert rt.cycle().ok
+    assert messages_mentioning(slack, recent.run_id) == 1
+
+
+def test_one_app_reads_a_few_parts_at_once_and_all_apps_stay_inside_the_concurrency_bound(
+    tmp_path, dify, clock
+):
+    apps = [dify.add_app(f"app {i}") for i in range(3)]
+    now = int(clock.now)
+    for app in apps:
+        for i in range(1200):
+            dify.add_log(app, at=now - 300 + i // 10, error="timed out")
+    dify.latency = 0.005  # so that requests overlap
+    (tmp_path / "one").mkdir()
+    one = build_runtime(make_settings(tmp_path / "one", {"DIFY_API_KEY": apps[0].key}), dify, clock)
+    assert all(result.ok for result in one.poller.poll_all())
+    assert 2 <= dify.max_in_flight <= 6  # parallel, but politely
+    dify.max_in_flight = 0
+    toml = "".join(f'[[apps]]\napi_key = "{a.key}"\n' for a in apps)
+    (tmp_path / "all").mkdir()
+    settings = make_settings(tmp_path / "all", {"WFLOGS_CONCURRENCY": "4"}, toml=toml)
+    assert all(result.ok for result in build_runtime(settings, dify, clock).poller.poll_all())
+    assert dify.max_in_flight <= 4
+
+
+def test_dify_failing_in_the_middle_of_a_storm_keeps_what_was_read_and_the_next_cycle_finishes(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app()
+    now = int(clock.now)
+    runs = [dify.add_log(app, at=now - 600 + i // 5, error="timed out") for i in range(1500)]
+    dify.fail_next(10_000, "500", after=5)  # down after five pages
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    report = rt.cycle()
+    assert not report.ok
+    delivered = report.delivery.runs_delivered
+    assert 300 <= delivered < 1500  # what the first pages held is alerted now
+    assert rt.store.app_state(rt.settings.apps[0].id)["checked_until"] is None
+    dify.faults.clear()
+    clock.advance(60)
+    assert rt.cycle().ok
+    assert_each_once(slack, [r.run_id for r in runs])

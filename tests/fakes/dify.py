@@ -15,10 +15,12 @@ END before; ``X-Version`` on every response; the run detail endpoint with
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,7 +125,19 @@ class FakeDify:
         self.clock = clock or (lambda: datetime.now(UTC).timestamp())
         self.faults: list[Callable[[httpx.Request], httpx.Response | None]] = []
         self.after_logs: Callable[[httpx.Request], None] | None = None
+        # Dify counts (``total``) and selects the page's rows in two statements: whatever this
+        # hook changes lands between them, so ``total`` and the rows can disagree.
+        self.between_count_and_rows: Callable[[httpx.Request], None] | None = None
+        # The order of the rows sharing one second (any order is allowed by the contract):
+        # given them and the request, return them in the order this call answers.
+        self.order_within_second: Callable[[list[FakeRun], httpx.Request], list[FakeRun]] | None = None
         self.latency = 0.0
+        # A real Dify serves about ten requests at once (one gevent worker, 10 connections);
+        # the others queue. None: no limit.
+        self.connections: int | None = None
+        self._slots: threading.BoundedSemaphore | None = None
+        self.max_in_flight = 0
+        self._in_flight = 0
         # Dify sorts by created_at alone; by default the order within a second changes per call.
         self.stable_within_second = False
         self._seq = 0
@@ -214,16 +228,54 @@ class FakeDify:
                 run.log_created_at = at
                 run.visible = True
 
+    def add_key(self, app: FakeApp, key: str | None = None) -> str:
+        """A second API key for the same app (Dify lets an app have several)."""
+        key = key or "app-" + uuid.uuid4().hex[:24]
+        self.apps[key] = app
+        return key
+
+    def revoke_key(self, key: str) -> None:
+        """The key is deleted in Dify: it now gets 401 "Access token is invalid"."""
+        del self.apps[key]
+
+    def delete_log(self, app: FakeApp, run: FakeRun) -> None:
+        """Dify's log clean-up (or an operator) removes a log row."""
+        with self.lock:
+            app.runs.remove(run)
+
     # -- faults -----------------------------------------------------------------
 
-    def fail_next(self, count: int, kind: str = "500", path: str = "/workflows/logs") -> None:
-        """The next ``count`` requests to ``path`` fail: 500, 502 (HTML), badjson, timeout, connect."""
+    def fail_next(
+        self,
+        count: int,
+        kind: str = "500",
+        path: str = "/workflows/logs",
+        key: str | None = None,
+        after: int = 0,
+    ) -> None:
+        """The next ``count`` requests to ``path`` (with ``key`` when given), once ``after`` more
+        were answered, fail: 500, 502 (HTML), badjson, timeout, connect, gzip (a body that cannot
+        be decoded, as from a broken proxy), or bug (the HTTP stack raises something unexpected)."""
         remaining = [count]
+        spared = [after]
 
         def fault(request: httpx.Request) -> httpx.Response | None:
             if not request.url.path.endswith(path) or remaining[0] <= 0:
                 return None
+            if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+                return None
+            if spared[0] > 0:
+                spared[0] -= 1
+                return None
             remaining[0] -= 1
+            if kind == "bug":
+                raise RuntimeError("something nobody expected")
+            if kind == "gzip":
+                return httpx.Response(
+                    200,
+                    content=b'{"page": 1, "data": []}',
+                    headers={"content-type": "application/json", "content-encoding": "gzip"},
+                )
             if kind == "timeout":
                 raise httpx.ReadTimeout("timed out", request=request)
             if kind == "connect":
@@ -273,10 +325,27 @@ class FakeDify:
         """The ``httpx.MockTransport`` handler."""
         with self.lock:
             self.requests.append(request)
-        if self.latency:
-            import time
+            if self.connections and self._slots is None:
+                self._slots = threading.BoundedSemaphore(self.connections)
+            slots = self._slots
+        if slots is not None:
+            with slots:
+                return self._serve(request)
+        return self._serve(request)
 
-            time.sleep(self.latency)
+    def _serve(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._answer(request)
+        finally:
+            with self.lock:
+                self._in_flight -= 1
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         for fault in list(self.faults):
             response = fault(request)
             if response is not None:
@@ -362,14 +431,57 @@ class FakeDify:
             return self._json(
                 400, {"code": "invalid_param", "message": f"Account not found: {account}", "status": 400}
             )
+        rows = self._select(app, status, after, before, keyword, session, account)
+        total = len(rows)  # the COUNT statement
+        if self.between_count_and_rows is not None:
+            self.between_count_and_rows(request)
+            rows = self._select(app, status, after, before, keyword, session, account)
+        # Newest first, NO tie-breaker: the order within one second changes per call.
+        rows.sort(key=lambda r: -r.log_created_at)
+        start, end = (page - 1) * limit, page * limit
+        chunk: list[FakeRun] = []
+        position = 0
+        for _second, group in itertools.groupby(rows, key=lambda r: r.log_created_at):
+            same = list(group)
+            if position + len(same) > start and position < end:
+                if self.order_within_second is not None:
+                    same = self.order_within_second(same, request)
+                elif not self.stable_within_second:
+                    self.rng.shuffle(same)
+                chunk.extend(same[max(0, start - position) : end - position])
+            position += len(same)
+            if position >= end:
+                break
+        return self._json(
+            200,
+            {
+                "page": page,
+                "limit": limit,
+                "total": total,
+                "has_more": total > page * limit,
+                "data": [r.log_item() for r in chunk],
+            },
+        )
+
+    def _select(
+        self,
+        app: FakeApp,
+        status: str | None,
+        after: int | None,
+        before: int | None,
+        keyword: str | None,
+        session: str | None,
+        account: str | None,
+    ) -> list[FakeRun]:
+        """The rows matching a query (one SQL statement: a consistent snapshot)."""
+        low = after if after is not None else -(2**63)
+        high = before if before is not None else 2**63
         with self.lock:
-            rows = [r for r in app.runs if r.visible]
-        if status:
-            rows = [r for r in rows if r.status == status]
-        if after is not None:
-            rows = [r for r in rows if r.log_created_at >= after]
-        if before is not None:
-            rows = [r for r in rows if r.log_created_at <= before]
+            rows = [
+                r
+                for r in app.runs
+                if r.visible and low <= r.log_created_at <= high and (not status or r.status == status)
+            ]
         if session:
             rows = [r for r in rows if r.session_id == session and not r.account_email]
         if account:
@@ -384,21 +496,7 @@ class FakeDify:
                 or word in json.dumps(r.outputs).lower()
                 or (r.session_id and word in r.session_id.lower())
             ]
-        # Newest first, NO tie-breaker: the order within one second changes per call.
-        keyed = [(r.log_created_at, 0.0 if self.stable_within_second else self.rng.random(), r) for r in rows]
-        keyed.sort(key=lambda t: (-t[0], t[1]))
-        total = len(keyed)
-        chunk = keyed[(page - 1) * limit : page * limit]
-        return self._json(
-            200,
-            {
-                "page": page,
-                "limit": limit,
-                "total": total,
-                "has_more": total > page * limit,
-                "data": [r.log_item() for _, _, r in chunk],
-            },
-        )
+        return rows
 
     def _run_detail(self, app: FakeApp, run_id: str) -> httpx.Response:
         if not UUID_RE.match(run_id):
@@ -470,8 +568,6 @@ class DifyServer:
                 try:
                     response = outer.fake.handler(request)
                 except httpx.TimeoutException:
-                    import time
-
                     time.sleep(3)
                     self.close_connection = True
                     return
