@@ -14,9 +14,10 @@ it falls below the threshold. It does not look at error shapes, so muting
 every shape does not silence it.
 
 **Stuck runs.** A run whose row still says ``running`` ``stuck_after`` seconds
-after it started. Each cycle looks at the band of start times that crossed
-that age since the last cycle, ``(checked_until, now - stuck_after]``: its first
-page is both its count and, up to 100 rows, its content (one request). A busier
+after it started. Once a tenth of that limit has passed (at least one cycle),
+wflogs looks at the band of start times that crossed that age since it last
+looked, ``(checked_until, now - stuck_after]``: its first page is both its
+count and, up to 100 rows, its content (one request). A busier
 band is counted by status first (succeeded, failed, stopped) and read only when
 those do not add up to its total, i.e. when something in it is not finished.
 Runs found running are remembered in storage with when to look again; each is
@@ -226,7 +227,9 @@ class Watcher:
         checked = self.db.stuck_checked_until(app.id)
         start = cut - self.settings.lookback if checked is None else checked + 1
         start = max(start, cut - STUCK_CATCHUP)
-        if start <= cut:
+        # Bands of at least a tenth of the limit: a stuck run is reported at most that late, and a
+        # quiet app costs one request every few cycles rather than one every cycle.
+        if checked is None or cut - checked >= self.stuck_step(after):
             rows = self._running_between(client, start, cut)
             found = [
                 {
@@ -255,6 +258,11 @@ class Watcher:
             else:
                 self.db.stuck_checked(app.id, run["log_id"], now + self._pause(now - int(run["found_at"])))
         self._stuck_signal(app, after, now)
+
+    def stuck_step(self, after: int) -> int:
+        """Seconds of start times looked at together for stuck runs: a tenth of the limit, at least
+        one poll interval."""
+        return max(self.settings.poll_interval, after // 10)
 
     def _pause(self, stuck_for: int) -> int:
         """How long to wait before looking at a stuck run again: every cycle for an hour, then

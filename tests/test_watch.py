@@ -292,39 +292,58 @@ def test_a_stuck_run_opens_one_incident_with_mentions_and_resolves_when_it_ends(
     assert messages_mentioning(slack, "No stuck runs any more") == 1
 
 
-def test_stuck_watching_costs_one_request_a_cycle_when_nothing_is_stuck(tmp_path, dify, clock, slack):
+def test_stuck_watching_costs_one_request_per_tenth_of_the_limit_when_nothing_is_stuck(
+    tmp_path, dify, clock, slack
+):
     app = dify.add_app("Support Bot")
     now = int(clock.now)
-    for i in range(30):
+    for i in range(60):
         dify.add_log(app, status="succeeded", at=now - 3000 + i * 100, error="")
-    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1800")
     rt.cycle()
-    for _ in range(5):
+    made = []
+    for _ in range(9):
         clock.advance(60)
         before = len(dify.log_requests())
         rt.cycle()
-        assert len(dify.log_requests()) - before == 3  # the poller's two counts and the band
+        made.append(len(dify.log_requests()) - before - 2)  # beyond the poller's two counts
+    assert made == [0, 0, 1] * 3  # one band of 180 s (a tenth of 1800) every third cycle
     assert not slack.messages
+
+
+def test_a_run_is_reported_at_most_a_tenth_of_the_limit_late(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1800")
+    rt.cycle()
+    run = dify.start_run(app, at=int(clock.now) + 5)
+    waited = 0
+    while not messages_mentioning(slack, run.run_id):
+        clock.advance(60)
+        waited += 60
+        rt.cycle()
+        assert waited <= 1800 + 180 + 60
+    assert waited >= 1800
 
 
 def test_a_busy_band_is_counted_before_it_is_read(tmp_path, dify, clock, slack):
     app = dify.add_app("Busy")
     rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200")
     rt.cycle()
-    # 150 finished runs start in the next band: counted (1 + 3 requests), not read.
+    # 150 finished runs start in the next band (120 s, a tenth of the limit): counted
+    # (1 + 3 requests), not read.
     now = int(clock.now)
     for i in range(150):
-        dify.add_log(app, status="succeeded", at=now - 1200 + 1 + i % 60, error="")
-    clock.advance(60)
+        dify.add_log(app, status="succeeded", at=now - 1200 + 1 + i % 120, error="")
+    clock.advance(120)
     before = len(dify.log_requests())
     rt.cycle()
     assert len(dify.log_requests()) - before == 2 + 4
     # One of the next band's 150 is still running: the band is read, the run found.
     now = int(clock.now)
     for i in range(149):
-        dify.add_log(app, status="succeeded", at=now - 1200 + 1 + i % 60, error="")
+        dify.add_log(app, status="succeeded", at=now - 1200 + 1 + i % 120, error="")
     hung = dify.start_run(app, at=now - 1200 + 30)
-    clock.advance(60)
+    clock.advance(120)
     rt.cycle()
     assert messages_mentioning(slack, hung.run_id) == 1
 
@@ -366,7 +385,7 @@ def test_resolving_stuck_runs_by_hand_stops_looking_at_them(tmp_path, dify, cloc
     assert "Resolved" in json.dumps(parent["blocks"][0]) and run.run_id in texts(parent)
     # A run that gets stuck later opens a new incident.
     dify.start_run(app, at=int(clock.now) - 1170)
-    clock.advance(60)
+    clock.advance(120)
     rt.cycle()
     assert len(_stuck_parents(slack)) == 2
 
