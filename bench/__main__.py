@@ -11,6 +11,10 @@
    floor (one per 100 rows, at least one per status), the wall time until every
    run is in Slack, the most requests Dify had in flight at once, Slack posts,
    and the cost of the quiet cycle that follows.
+3. An incident: one error that keeps failing (one run a minute) for 60
+   cycles, then goes quiet until it resolves: channel messages (one), thread
+   replies (at most one a cycle), parent edits (at most one a cycle), and every
+   run in Slack exactly once.
 
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
@@ -161,6 +165,58 @@ def storm(
     return {"requests": made, "floor": floor, "wall": wall}
 
 
+def incident(cycles: int) -> None:
+    """One error failing once a minute for ``cycles`` cycles, then quiet until it resolves."""
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    app = dify.add_app("Flaky App")
+    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+        settings = _settings(
+            Path(tmp),
+            {
+                "DIFY_API_KEY": app.key,
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_API_URL": slack.base_url,
+                "WFLOGS_ALERT_CHANNEL": "C0FLAKY",
+                "SLACK_SIGNING_SECRET": "bench-secret",
+            },
+        )
+        web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
+        runtime = Runtime.build(
+            settings,
+            transport=httpx.MockTransport(dify.handler),
+            now=lambda: clock[0],
+            web=web,
+            slack_min_interval=0.0,
+        )
+        runs = []
+        started = time.perf_counter()
+        for i in range(cycles):
+            runs.append(
+                dify.add_log(app, at=int(clock[0]) - 20, error=f"LLM provider timed out after {30 + i}s")
+            )
+            runtime.cycle()
+            clock[0] += 60
+        during = (len(slack.messages), len(slack.calls_to("chat.update")))
+        for _ in range(31):  # quiet for WFLOGS_RESOLVE_AFTER (30 minutes)
+            runtime.cycle()
+            clock[0] += 60
+        wall = time.perf_counter() - started
+        runtime.close()
+        top = [m for m in slack.messages if not m["thread_ts"]]
+        replies = [m for m in slack.messages if m["thread_ts"]]
+        everywhere = "\n".join((m["text"] or "") + str(m["blocks"]) for m in slack.messages)
+        once = sum(1 for r in runs if r.run_id in everywhere)
+        resolved = top and "Resolved" in str(top[0]["blocks"])
+        print(
+            f"  {cycles} cycles of one error, one run each: {len(top)} channel message, "
+            f"{during[0] - len(top)} thread replies and {during[1]} parent edits while failing; "
+            f"after 30 quiet minutes: resolved={bool(resolved)}, {len(replies)} replies and "
+            f"{len(slack.calls_to('chat.update'))} edits in all; {once}/{len(runs)} runs in Slack; "
+            f"{wall:.1f}s wall"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -174,7 +230,14 @@ def main() -> None:
     parser.add_argument(
         "--irregular", default="20", help="rates also run with runs at random seconds (shuffled order)"
     )
+    parser.add_argument("--cycles", type=int, default=60, help="cycles of the incident (0: skip it)")
+    parser.add_argument("--incident-only", action="store_true", help="only the incident")
     args = parser.parse_args()
+    if args.cycles:
+        print("incident (Slack pacing off; edits and replies counted, not timed):")
+        incident(args.cycles)
+    if args.incident_only:
+        return
     latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.apps:
         print(

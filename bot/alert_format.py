@@ -113,17 +113,47 @@ def _sessions(alerts: Sequence[Alert]) -> tuple[int, str]:
     return len(who), top + (f" and {more} more" if more > 0 else "")
 
 
-def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block]]:
+def pack_lines(lines: Sequence[str], *, section_limit: int = 2900, budget: int = 9000) -> list[str]:
+    """Join whole lines into section texts of at most ``section_limit`` characters, stopping
+    before ``budget`` characters in all: what a message can hold, never a cut line."""
+    sections: list[str] = []
+    chunk: list[str] = []
+    size = total = 0
+    for line in lines:
+        cost = len(line) + 1
+        if total + cost > budget:
+            break
+        if chunk and size + cost > section_limit:
+            sections.append("\n".join(chunk))
+            chunk, size = [], 0
+        if cost > section_limit:
+            break
+        chunk.append(line)
+        size += cost
+        total += cost
+    if chunk:
+        sections.append("\n".join(chunk))
+    return sections
+
+
+def _count_lines(sections: Sequence[str]) -> int:
+    return sum(s.count("\n") + 1 for s in sections)
+
+
+def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block], int]:
     """Many runs of one app with the same status and error shape, in one message.
 
     ``rest_in`` says where the run ids not listed here go: "thread" or "csv".
+    Returns the text, the blocks and how many of ``alerts`` (from the first) the
+    message lists; the rest must go elsewhere.
     """
-    listed = alerts[:RUNS_IN_PARENT]
-    first = listed[-1]  # the newest run listed here stands for the group
+    first = alerts[min(RUNS_IN_PARENT, len(alerts)) - 1]  # the newest run listed stands for the group
     count = len(alerts)
     error = first.entry.error or "(Dify gave no error message)"
     n_sessions, top = _sessions(alerts)
     starts = [a.entry.run_created_at or a.entry.created_at for a in alerts]
+    runs = pack_lines([run_line(a) for a in alerts[:RUNS_IN_PARENT]], budget=2900)
+    listed = _count_lines(runs)
     blocks: list[Block] = [
         header(_title(first, count)),
         section(
@@ -136,9 +166,9 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block]]:
                 ("Between", f"{clock(min(starts))}\nand {clock(max(starts))}"),
             ]
         ),
-        section("\n".join(run_line(a) for a in listed)),
+        *(section(text) for text in runs),
     ]
-    rest = count - len(listed)
+    rest = count - listed
     if rest > 0:
         where = "in a CSV file in the thread" if rest_in == "csv" else "in the thread"
         blocks.append(context(f"The other {plural(rest, 'run')} are listed {where}."))
@@ -150,7 +180,10 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block]]:
         f"{STATUS_EMOJI.get(first.status, '')} {escape(first.app_name)}: {count:,} runs "
         f"{STATUS_WORD.get(first.status, first.status)}: {escape_cut(one_line(error), 300)}"
     )
-    return text, fit(blocks)
+    kept = fit(blocks)
+    if len(kept) < 4 or kept[3] is not blocks[3]:
+        listed = 0  # the size guard dropped the run list: every run goes to the thread
+    return text, kept, listed
 
 
 def summary(alerts: Sequence[Alert]) -> tuple[str, list[Block]]:
@@ -179,22 +212,21 @@ def summary(alerts: Sequence[Alert]) -> tuple[str, list[Block]]:
     return truncate(text, 3000), fit(blocks)
 
 
-def thread_reply(alerts: Sequence[Alert], *, start: int, total: int) -> tuple[str, list[Block]]:
-    """A thread reply listing runs ``start+1 .. start+len(alerts)`` of ``total``."""
-    label = f"Runs {start + 1:,}–{start + len(alerts):,} of {total:,}"
-    lines = [run_line(a, with_error=True) for a in alerts]
-    blocks: list[Block] = [context(label)]
-    chunk: list[str] = []
-    size = 0
-    for line in lines:
-        if size + len(line) + 1 > 2900:
-            blocks.append(section("\n".join(chunk)))
-            chunk, size = [], 0
-        chunk.append(line)
-        size += len(line) + 1
-    if chunk:
-        blocks.append(section("\n".join(chunk)))
-    return label, fit(blocks)
+def thread_reply(alerts: Sequence[Alert], *, start: int, total: int) -> tuple[str, list[Block], int]:
+    """A thread reply listing runs from ``start+1`` of ``total``: as many of ``alerts`` as fit.
+
+    Returns the text, the blocks and how many runs (from the first) it lists; the
+    caller sends the rest in the next reply.
+    """
+    sections = pack_lines([run_line(a, with_error=True) for a in alerts[:RUNS_PER_REPLY]])
+    listed = _count_lines(sections)
+    label = (
+        f"Runs {start + 1:,}–{start + listed:,} of {total:,}"
+        if listed > 1
+        else f"Run {start + 1:,} of {total:,}"
+    )
+    blocks: list[Block] = [context(label), *(section(text) for text in sections)]
+    return label, blocks, listed
 
 
 CSV_COLUMNS = [

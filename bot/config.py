@@ -26,6 +26,8 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_LOOKBACK = 1800
 DEFAULT_BACKFILL = 3600
 DEFAULT_POLL_INTERVAL = 60
+# An incident resolves after this many seconds without a failure of its kind.
+DEFAULT_RESOLVE_AFTER = 1800
 # Dify's default WORKFLOW_MAX_EXECUTION_TIME: a run logged at its start can fail this long after.
 MIN_SAFE_LOOKBACK = 1200
 LOG_FORMATS = ("text", "json")
@@ -41,6 +43,7 @@ _APP_FIELDS = {
     "digest",
     "channels",
     "alert_partial",
+    "resolve_after",
 }
 _SLACK_FIELDS = {"allowed_users", "allowed_channels"}
 _TOP_FIELDS = {"apps", "slack"}
@@ -61,6 +64,7 @@ class AppConfig:
     digest: bool = True
     channels: tuple[str, ...] | None = None
     alert_partial: bool = False
+    resolve_after: int | None = None
     source: str = "environment"
 
     @property
@@ -96,6 +100,7 @@ class Settings:
     backfill: int = DEFAULT_BACKFILL
     lookback: int = DEFAULT_LOOKBACK
     concurrency: int = 16
+    resolve_after: int = DEFAULT_RESOLVE_AFTER
     digest_channel: str | None = None
     digest_time: str = "09:00"
     timezone: str = "UTC"
@@ -111,6 +116,11 @@ class Settings:
     def slack_enabled(self) -> bool:
         """Whether alerts go to Slack (otherwise they are printed)."""
         return bool(self.slack_bot_token)
+
+    @property
+    def interactive(self) -> bool:
+        """Whether Slack can send clicks to wflogs (Socket Mode or a signing secret)."""
+        return bool(self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret))
 
     @property
     def tz(self) -> ZoneInfo:
@@ -134,6 +144,14 @@ def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
         raise ConfigError(f"{name}={raw!r} is not a whole number of seconds; e.g. {name}={default}")
     if value < minimum:
         raise ConfigError(f"{name}={value} is too small; use {minimum} or more")
+    return value
+
+
+def _seconds(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a whole number of seconds, 1 or more (e.g. 1800), not {value!r}")
     return value
 
 
@@ -238,6 +256,7 @@ def _apps_from_toml(
                 digest=_bool(raw.get("digest", True), f"{where}: digest"),
                 channels=_str_list(raw["channels"], f"{where}: channels") if "channels" in raw else None,
                 alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
+                resolve_after=_seconds(raw.get("resolve_after"), f"{where}: resolve_after"),
                 source=f"{path} #{number}",
             )
         )
@@ -349,6 +368,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         backfill=_int_env(env, "WFLOGS_BACKFILL", DEFAULT_BACKFILL, minimum=0),
         lookback=lookback,
         concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1),
+        resolve_after=_int_env(env, "WFLOGS_RESOLVE_AFTER", DEFAULT_RESOLVE_AFTER, minimum=1),
         digest_channel=digest_channel,
         digest_time=digest_time,
         timezone=timezone,
@@ -363,6 +383,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
 def alert_channel_for(settings: Settings, app: AppConfig) -> str | None:
     """The channel an app's alerts go to."""
     return app.channel or settings.alert_channel
+
+
+def resolve_after_for(settings: Settings, app: AppConfig) -> int:
+    """Seconds without a failure after which an incident of ``app`` resolves."""
+    return app.resolve_after or settings.resolve_after
 
 
 def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:

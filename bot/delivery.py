@@ -1,25 +1,35 @@
-"""Delivery: turns the outbox into Slack messages, exactly once per run.
+"""Delivery: turns the outbox into Slack messages, exactly once per run, one thread per incident.
 
-Pending alerts of a channel are planned into messages first (one per run, one
-per group of runs sharing app, status and error shape, and one summary when a
-storm has many shapes), and the plan is stored. Then each message is posted and
-the runs it carries are marked sent in the same step, so a crash can repeat at
-most the one post in flight and a Slack outage loses nothing: the rest waits.
+Each pass first lets the :class:`IncidentKeeper` count new runs into incidents
+(app + status + error shape), end mutes and resolve quiet incidents. Then, per
+channel, pending runs are planned into messages and the plan is stored: an
+incident's first runs become its parent (one channel message, at most five a
+pass, the rest of a storm in one summary); later runs become one reply in its
+thread. Each message is posted and the runs it carries are marked sent in the
+same step, so a crash can repeat at most the one post in flight and a Slack
+outage loses nothing: the rest waits. Then the incidents' thread events
+(acknowledged, muted, resolved) are posted and each changed parent is edited,
+at most once a pass. The deliverer is the one writer of channel messages.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from bot import alert_format as fmt
+from bot import incident_format as ifmt
 from bot.errors import SlackError, SlackPermanentError
-from bot.notifier import Sink
+from bot.incidents import IncidentKeeper
+from bot.notifier import MESSAGE_SHAPE, PERMANENT, Sink
 from bot.records import Alert
 from storage import Store
+from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,8 @@ MAX_MESSAGES_PER_PLAN = 5
 # More unlisted runs than this go into a CSV file rather than thread replies.
 CSV_THRESHOLD = 200
 KEEP_SENT_SECONDS = 7 * 86400
+# Resolved incidents are kept this long (the digest, "back again" links), then forgotten.
+KEEP_INCIDENTS_SECONDS = 30 * 86400
 
 
 @dataclass
@@ -37,15 +49,28 @@ class DeliveryResult:
 
     runs_delivered: int = 0
     posts: int = 0
+    edits: int = 0
     errors: dict[str, str] = field(default_factory=dict)
+    # Messages Slack refused on their own (the channel's others went out).
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
+# Slack errors that say nothing more can go to the channel now (the rest of its
+# messages would meet the same); any other refusal is about one message only.
+CHANNEL_ERRORS = set(PERMANENT) | {"ratelimited", "unreachable", "fatal_error"}
+
+
+def _stops_channel(exc: SlackError) -> bool:
+    error = exc.error or ""
+    return error in CHANNEL_ERRORS or error.startswith("http_")
+
+
 class Deliverer:
-    """Drains the outbox into a :class:`Sink`."""
+    """Drains the outbox into a :class:`Sink`, keeping each incident in one thread."""
 
     def __init__(
         self,
@@ -55,100 +80,319 @@ class Deliverer:
         now: Callable[[], float] = time.time,
         max_messages: int = MAX_MESSAGES_PER_PLAN,
         csv_threshold: int = CSV_THRESHOLD,
+        channels: dict[str, str] | None = None,
+        keeper: IncidentKeeper | None = None,
+        controls: bool = False,
     ) -> None:
         self.store = store
         self.sink = sink
         self._now = now
         self.max_messages = max_messages
         self.csv_threshold = csv_threshold
+        # Each app's current alert channel: alerts not yet in Slack follow a changed config.
+        self.channels = dict(channels or {})
+        self.keeper = keeper or IncidentKeeper(store)
+        self.incidents = IncidentStore(store)
+        # Acknowledge / Mute / Resolve are drawn only when Slack can send the clicks to wflogs.
+        self.controls = controls
+        self._lock = threading.Lock()
 
     def deliver_all(self) -> DeliveryResult:
-        """Deliver every pending alert; a channel that fails keeps its alerts for later."""
-        result = DeliveryResult()
-        for channel in self.store.pending_channels():
+        """Evaluate incidents, then deliver everything pending; a channel that fails keeps its work."""
+        with self._lock:  # one writer of channel messages at a time
+            result = DeliveryResult()
+            now = int(self._now())
+            if self.channels:
+                moved = self.store.rebind_channels(self.channels)
+                if moved:
+                    log.info("%d waiting alerts follow their app to its current channel", moved)
             try:
-                self.deliver_channel(channel, result)
-            except SlackPermanentError as exc:
-                result.errors[channel] = str(exc)
-                log.error("alerts for %s are waiting: %s", channel, exc)
-            except SlackError as exc:
-                result.errors[channel] = str(exc)
-                log.warning("alerts for %s are waiting: %s", channel, exc)
-        self.store.prune_outbox(int(self._now()) - KEEP_SENT_SECONDS)
-        return result
+                self.keeper.evaluate(now)
+            except Exception:
+                # Runs are safe in the outbox; what was planned before still goes out.
+                log.exception("evaluating incidents failed; the next pass retries")
+            for channel in self.incidents.channels_with_work():
+                try:
+                    self.deliver_channel(channel, result)
+                except SlackPermanentError as exc:
+                    result.errors[channel] = str(exc)
+                    log.error("alerts for %s are waiting: %s", channel, exc)
+                except SlackError as exc:
+                    result.errors[channel] = str(exc)
+                    log.warning("alerts for %s are waiting: %s", channel, exc)
+            self.store.prune_outbox(now - KEEP_SENT_SECONDS)
+            self.incidents.prune(now - KEEP_INCIDENTS_SECONDS)
+            return result
+
+    # -- planning ---------------------------------------------------------------------------
 
     def plan(self, channel: str) -> None:
-        """Group the channel's unplanned alerts into messages and store the plan."""
-        rows = self.store.unplanned_alerts(channel)
+        """Plan the channel's pending runs into messages and store the plan.
+
+        Messages planned earlier that never reached Slack (an outage) are planned
+        again together with the new runs, so a backlog is still at most
+        ``max_messages`` channel messages and one reply per incident.
+        """
+        self.store.release_unposted(channel)
+        rows = [r for r in self.store.unplanned_alerts(channel) if r["sent_at"] is None and r["incident_id"]]
         if not rows:
             return
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        by_incident: dict[int, list[dict[str, Any]]] = {}
         for row in rows:
-            groups.setdefault((row["app_id"], row["status"], row["group_key"]), []).append(row)
-        ranked = sorted(groups.values(), key=len, reverse=True)
+            by_incident.setdefault(int(row["incident_id"]), []).append(row)
+        now = int(self._now())
+        replies: list[tuple[int, list[dict[str, Any]]]] = []
+        candidates: list[tuple[int, list[dict[str, Any]]]] = []
+        threads: dict[int, str | None] = {}
+        for incident_id, members in by_incident.items():
+            incident = self.incidents.get(incident_id) or {}
+            threads[incident_id] = incident.get("thread_ts")
+            if incident.get("parent_ts"):
+                replies.append((incident_id, members))
+            else:
+                candidates.append((incident_id, members))
+        ranked = sorted(candidates, key=lambda c: len(c[1]), reverse=True)
         own, rest = ranked, []
         if len(ranked) > self.max_messages:
             own, rest = ranked[: self.max_messages - 1], ranked[self.max_messages - 1 :]
-        now = int(self._now())
-        for members in sorted(own, key=lambda g: g[0]["id"]):
+        for incident_id, members in sorted(own, key=lambda c: c[1][0]["id"]):
             kind = "single" if len(members) == 1 else "group"
-            self.store.plan_message(channel, kind, [r["id"] for r in members], now)
-        if rest:
-            ids = sorted(r["id"] for members in rest for r in members)
+            self.store.plan_message(channel, kind, [r["id"] for r in members], now, incident_id=incident_id)
+        # Beyond the cap: shapes already in a storm summary's thread continue there; the others
+        # share one new summary.
+        summary = [c for c in rest if not threads[c[0]]]
+        replies += [c for c in rest if threads[c[0]]]
+        if summary:
+            ids = sorted(r["id"] for _, members in summary for r in members)
             self.store.plan_message(channel, "summary", ids, now)
+        for incident_id, members in sorted(replies, key=lambda c: c[1][0]["id"]):
+            self.store.plan_message(
+                channel, "reply", [r["id"] for r in members], now, incident_id=incident_id
+            )
+
+    # -- one channel --------------------------------------------------------------------------
 
     def deliver_channel(self, channel: str, result: DeliveryResult) -> None:
-        """Plan, then post every open message of ``channel`` in order."""
+        """Plan, post every open message of ``channel`` in order, tell events, edit parents.
+
+        An error that concerns the channel (membership, token, outage, rate limit)
+        stops it: the rest waits. A refusal of one message is recorded (and told
+        once) and the other messages still go out.
+        """
         self.plan(channel)
+        top_level = 0
         for message in self.store.open_messages(channel):
-            self._deliver(channel, message, result)
+            if message["parent_ts"] is None and message["kind"] != "reply":
+                if top_level >= self.max_messages:
+                    continue  # never more than max_messages new channel messages a pass
+                top_level += 1
+            self._guarded(channel, message, result, partial(self._deliver, channel, message, result))
+        for event in self.incidents.pending_events(channel):
+            self._guarded(channel, event, result, partial(self._tell, channel, event, result))
+        for incident in self.incidents.dirty(channel):
+            top_level += self._edit(channel, incident, result, may_post=top_level < self.max_messages)
+
+    def _guarded(
+        self, channel: str, item: dict[str, Any], result: DeliveryResult, fn: Callable[[], None]
+    ) -> None:
+        try:
+            fn()
+        except SlackError as exc:
+            if _stops_channel(exc):
+                raise
+            if "kind" in item:
+                self.store.message_error(item["id"], str(exc))
+                # A message planned again after a refusal is a new row: name it by its first run.
+                first = min((r["id"] for r in self.store.message_alerts(item["id"])), default=item["id"])
+                key = f"refused:{channel}:run {first}:{exc.error}"
+            else:
+                key = f"refused:{channel}:event {item['id']}:{exc.error}"
+            if self.store.tell_once(key, str(exc), int(self._now())):
+                log.error(
+                    "Slack refused a message for %s; the others go on (it is retried): %s", channel, exc
+                )
+            result.refused[channel] = str(exc)
 
     def _deliver(self, channel: str, message: dict[str, Any], result: DeliveryResult) -> None:
         rows = self.store.message_alerts(message["id"])
         alerts = [Alert.from_row(r) for r in rows]
         sent = {r["id"] for r in rows if r["sent_at"] is not None}
         parent_ts = message["parent_ts"]
+        incident_id = message.get("incident_id")
+        if incident_id is None and message["kind"] in ("single", "group") and rows:
+            incident_id = rows[0].get("incident_id")  # planned before incidents existed
+        incident = self.incidents.get(int(incident_id)) if incident_id else None
         now = int(self._now())
+        # Numbering of replies: within the incident when there is one, else within the message.
+        base, total = 0, len(alerts)
         try:
-            if parent_ts is None:
-                kind = message["kind"]
-                if kind == "single":
-                    listed = alerts[:1]
-                    text, blocks = fmt.single(alerts[0])
-                elif kind == "group":
-                    listed = alerts[: fmt.RUNS_IN_PARENT]
-                    rest_in = "csv" if len(alerts) - len(listed) > self.csv_threshold else "thread"
-                    text, blocks = fmt.group(alerts, rest_in=rest_in)
-                else:
-                    listed = []
-                    text, blocks = fmt.summary(alerts)
-                parent_ts = self.sink.post(channel, text, blocks)
-                self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=parent_ts)
-                result.posts += 1
-                result.runs_delivered += len([a for a in listed if a.id not in sent])
-                sent.update(a.id for a in listed)
+            if message["kind"] == "reply":
+                if incident is None or not incident.get("thread_ts"):
+                    return  # its thread is not in Slack yet; it waits
+                parent_ts = incident["thread_ts"]
+                shown = int(incident["runs"]) - int(incident["muted_runs"] or 0)
+                base = max(0, shown - self.incidents.unsent_count(int(incident["id"])))
+                total = shown
+            elif parent_ts is None:
+                parent_ts = self._post_parent(channel, message, alerts, incident, sent, result)
             unsent = [a for a in alerts if a.id not in sent]
-            if len(unsent) > self.csv_threshold:
-                self.sink.upload(
-                    channel,
-                    parent_ts,
-                    f"wflogs-runs-{message['id']}.csv",
-                    fmt.runs_csv(unsent),
-                    f"{len(unsent):,} runs",
-                )
+            if len(unsent) > self.csv_threshold and self._upload_csv(channel, message, parent_ts, unsent):
                 self.store.mark_posted(message["id"], [a.id for a in unsent], now)
                 result.posts += 1
                 result.runs_delivered += len(unsent)
-            else:
-                start = len(alerts) - len(unsent)
-                for offset in range(0, len(unsent), fmt.RUNS_PER_REPLY):
-                    chunk = unsent[offset : offset + fmt.RUNS_PER_REPLY]
-                    text, blocks = fmt.thread_reply(chunk, start=start + offset, total=len(alerts))
-                    self.sink.post(channel, text, blocks, thread_ts=parent_ts)
-                    self.store.mark_posted(message["id"], [a.id for a in chunk], now)
-                    result.posts += 1
-                    result.runs_delivered += len(chunk)
+                unsent = []
+            done = base + len(alerts) - len(unsent) if message["kind"] != "reply" else base
+            while unsent:
+                text, blocks, count = fmt.thread_reply(
+                    unsent, start=done, total=max(total, done + len(unsent))
+                )
+                chunk, unsent = unsent[:count], unsent[count:]
+                self.sink.post(channel, text, blocks, thread_ts=parent_ts)
+                # Only the runs the reply lists are sent; the rest go in the next reply.
+                self.store.mark_posted(message["id"], [a.id for a in chunk], now)
+                result.posts += 1
+                result.runs_delivered += len(chunk)
+                done += len(chunk)
         except SlackError as exc:
             self.store.message_error(message["id"], str(exc))
             raise
         self.store.finish_message(message["id"])
+
+    def _post_parent(
+        self,
+        channel: str,
+        message: dict[str, Any],
+        alerts: list[Alert],
+        incident: dict[str, Any] | None,
+        sent: set[int],
+        result: DeliveryResult,
+    ) -> str:
+        """Post the message's channel message: an incident's parent or a storm summary."""
+        now = int(self._now())
+        rest_in = "csv" if len(alerts) - fmt.RUNS_IN_PARENT > self.csv_threshold else "thread"
+        body = None
+        if incident is not None:
+            incident = self._with_previous_link(incident)
+            view = ifmt.Incident.from_row(incident, self._mute(incident, now))
+            text, blocks, count, body = ifmt.parent(
+                view, alerts, with_controls=self.controls, now=now, rest_in=rest_in
+            )
+            listed = alerts[:count]
+        else:
+            listed = []
+            text, blocks = fmt.summary(alerts)
+        ts = self.sink.post(channel, text, blocks)
+        with self.store.transaction():
+            self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=ts)
+            if incident is not None and body is not None:
+                self.incidents.set_parent(
+                    int(incident["id"]), ts, body, shown=int(incident.get("dirty") or 0)
+                )
+            else:
+                ids = sorted({int(r["incident_id"]) for r in self.store.message_alerts(message["id"])})
+                self.incidents.set_thread(ids, ts)
+        result.posts += 1
+        result.runs_delivered += len([a for a in listed if a.id not in sent])
+        sent.update(a.id for a in listed)
+        return ts
+
+    def _with_previous_link(self, incident: dict[str, Any]) -> dict[str, Any]:
+        """For an incident that is back: a link to the previous incident's thread (best effort)."""
+        if not incident.get("previous_id") or incident.get("previous_link"):
+            return incident
+        previous = self.incidents.get(int(incident["previous_id"]))
+        if not previous or not (previous.get("parent_ts") or previous.get("thread_ts")):
+            return incident
+        try:
+            link = self.sink.permalink(
+                previous["channel"], previous.get("parent_ts") or previous["thread_ts"]
+            )
+        except SlackError as exc:
+            log.info("no link to the previous incident: %s", exc)
+            link = None
+        if link:
+            self.incidents.set_previous_link(int(incident["id"]), link)
+            incident = {**incident, "previous_link": link}
+        return incident
+
+    def _mute(self, incident: dict[str, Any], now: int) -> dict[str, Any] | None:
+        mute = self.incidents.mute_for(incident["app_id"], int(incident["id"]), now)
+        return mute
+
+    def _tell(self, channel: str, event: dict[str, Any], result: DeliveryResult) -> None:
+        """Post an incident event in its thread (or a channel notice)."""
+        if event.get("incident_id") and not event.get("thread_ts"):
+            incident = self.incidents.get(int(event["incident_id"]))
+            if (
+                incident
+                and int(incident["runs"]) == int(incident["muted_runs"] or 0)
+                and incident["state"] != "open"
+            ):
+                # Nothing of it ever reached Slack (all muted): nothing to tell either.
+                self.incidents.event_posted(int(event["id"]), int(self._now()))
+            return  # its thread is not in Slack yet
+        text, blocks = ifmt.event(event["text"])
+        self.sink.post(
+            channel, text, blocks, thread_ts=event.get("thread_ts") if event.get("incident_id") else None
+        )
+        self.incidents.event_posted(int(event["id"]), int(self._now()))
+        result.posts += 1
+
+    def _edit(self, channel: str, incident: dict[str, Any], result: DeliveryResult, *, may_post: bool) -> int:
+        """Edit a parent to show the incident's state; a deleted parent gets a new one.
+
+        Returns how many channel messages were posted (0 or 1)."""
+        now = int(self._now())
+        view = ifmt.Incident.from_row(incident, self._mute(incident, now))
+        text, blocks = ifmt.edit(view, incident.get("parent_body"), with_controls=self.controls, now=now)
+        try:
+            self.sink.update(channel, incident["parent_ts"], text, blocks)
+        except SlackError as exc:
+            if exc.error == "message_not_found":
+                if not may_post:
+                    return 0
+                # Deleted in Slack: a new parent (keeping the runs the old one listed) and a new thread.
+                ts = self.sink.post(channel, text, blocks)
+                self.incidents.set_parent(
+                    int(incident["id"]),
+                    ts,
+                    incident.get("parent_body") or "[]",
+                    shown=int(incident["dirty"] or 0),
+                )
+                log.info("the message of incident %s was deleted in Slack; posted a new one", incident["id"])
+                result.posts += 1
+                return 1
+            if exc.error in {"cant_update_message", "edit_window_closed"} | MESSAGE_SHAPE:
+                log.warning("cannot edit the message of incident %s any more: %s", incident["id"], exc.error)
+                self.incidents.stop_editing(int(incident["id"]))
+                return 0
+            if _stops_channel(exc):
+                raise
+            log.warning("editing the message of incident %s failed; will retry: %s", incident["id"], exc)
+            return 0
+        self.incidents.edited(int(incident["id"]), int(incident["dirty"] or 0))
+        result.edits += 1
+        return 0
+
+    def _upload_csv(self, channel: str, message: dict[str, Any], parent_ts: str, alerts: list[Alert]) -> bool:
+        """Share the runs as a CSV file in the thread; False when Slack refuses files for good
+        (e.g. ``missing_scope``), so that they go as thread replies instead."""
+        try:
+            self.sink.upload(
+                channel,
+                parent_ts,
+                f"wflogs-runs-{message['id']}.csv",
+                fmt.runs_csv(alerts),
+                f"{len(alerts):,} runs",
+            )
+        except SlackError as exc:
+            if exc.error != "missing_scope" and _stops_channel(exc):
+                raise
+            text = (
+                f"Slack refused a CSV file of runs ({exc.error}): add the files:write scope and "
+                "reinstall the app (manifest.yml); meanwhile runs are listed as thread replies"
+            )
+            if self.store.tell_once(f"csv:{exc.error}", text, int(self._now())):
+                log.error("%s", text)
+            return False
+        return True

@@ -59,6 +59,7 @@ from bot.notifier import Sink
 from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
 from bot.text import normalize_error, one_line, strip_controls
 from storage import Store
+from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,9 @@ class Digester:
             for h in self.store.recent_digests(app.id, before=digest.window.end, limit=HISTORY)
             if h.get("ok")
         ]
+        digest.incidents = IncidentStore(self.store).window_stats(
+            app.id, digest.window.start, digest.window.end + 1
+        )
         try:
             self._fill(client, digest, history)
         except DifyError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.blocks import STATUS_EMOJI, TEXT_LIMIT, Block, context, fields, fit, header, section
@@ -168,6 +169,9 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
         lines.extend(rows)
 
     extras: list[str] = []
+    incidents = incidents_line(d.incidents)
+    if incidents:
+        extras.append(incidents)
     if d.sessions:
         approx = "≈" if d.failures_sampled else ""
         extras.append(
@@ -209,6 +213,17 @@ def render(d: AppDigest) -> tuple[str, list[Block]]:
         blocks.append(context(note))
         lines.append(note)
     return _finish(lines, blocks)
+
+
+def incidents_line(stats: dict[str, Any] | None) -> str | None:
+    """``*Incidents*: 2 opened, 1 resolved (median 42m 00s to resolve), 1 still open``; None when none."""
+    if not stats or not (stats.get("opened") or stats.get("resolved") or stats.get("open")):
+        return None
+    parts = [f"{stats.get('opened', 0):,} opened", f"{stats.get('resolved', 0):,} resolved"]
+    if stats.get("median_resolve") is not None:
+        parts[-1] += f" (median {duration(stats['median_resolve'])} to resolve)"
+    parts.append(f"{stats.get('open', 0):,} still open")
+    return "*Incidents*: " + ", ".join(parts)
 
 
 def _finish(lines: list[str], blocks: list[Block]) -> tuple[str, list[Block]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ PERMANENT = {
     "missing_scope": "the Slack app lacks a scope; reinstall it from manifest.yml",
     "restricted_action": "the workspace does not let the bot post there",
 }
+# The pacing key of chat.update, which Slack limits per workspace rather than per channel.
+UPDATES = "chat.update"
 # Errors about the message itself: retry once as plain text.
 MESSAGE_SHAPE = {"invalid_blocks", "invalid_blocks_format", "msg_blocks_too_long", "msg_too_long"}
 
@@ -45,6 +48,14 @@ class Sink(Protocol):
 
     def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
         """Share a text file, in a thread when ``thread_ts`` is given."""
+        ...
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
+        """Edit a message posted earlier."""
+        ...
+
+    def permalink(self, channel: str, ts: str) -> str | None:
+        """A link to a message (and its thread), when there is one."""
         ...
 
 
@@ -66,15 +77,24 @@ class TerminalSink:
         with self._lock:
             self._count += 1
             prefix = "  ↳ " if thread_ts else ""
-            body = _plain(blocks) if blocks else text
+            body = _plain(blocks) if blocks else terminal_safe(text)
             self.stream.write(f"{prefix}{body}\n\n")
             self.stream.flush()
             return f"terminal.{self._count}"
 
     def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
         with self._lock:
-            self.stream.write(f"  ↳ {comment} ({filename})\n{content}\n")
+            self.stream.write(f"  ↳ {comment} ({filename})\n{terminal_safe(content)}\n")
             self.stream.flush()
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
+        # A terminal cannot change what it printed: an edit is one line saying what changed.
+        with self._lock:
+            self.stream.write(f"{_unescape(text)}\n\n")
+            self.stream.flush()
+
+    def permalink(self, channel: str, ts: str) -> str | None:
+        return None
 
 
 def _plain(blocks: list[Block]) -> str:
@@ -97,7 +117,23 @@ def _plain(blocks: list[Block]) -> str:
 
 
 def _unescape(text: str) -> str:
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return terminal_safe(text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+
+
+# Escape sequences a terminal would act on: CSI (colours, cursor, screen clears), OSC (window
+# titles, hyperlinks), other ESC sequences and their 8-bit forms; then every control character.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Untrusted text as plain text for a terminal: escape sequences and control characters removed
+    (newlines and tabs kept), as ``wflogs search`` prints."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 class SlackSink:
@@ -116,9 +152,12 @@ class SlackSink:
         max_wait: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        update_interval: float | None = None,
     ) -> None:
         self.client = client
         self._min_interval = min_interval
+        # chat.update is limited per workspace (Tier 3, about 50 a minute): one edit every 1.2 s.
+        self._update_interval = 1.2 * min_interval if update_interval is None else update_interval
         self._max_wait = max_wait
         self._clock = clock
         self._sleep = sleep
@@ -126,13 +165,15 @@ class SlackSink:
         self._blocked_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self.posts = 0
+        self.updates = 0
 
     def _pace(self, channel: str) -> None:
         with self._lock:
             now = self._clock()
             at = max(self._next.get(channel, 0.0), self._blocked_until.get(channel, 0.0))
             wait = at - now
-            self._next[channel] = max(now, at) + self._min_interval
+            interval = self._update_interval if channel == UPDATES else self._min_interval
+            self._next[channel] = max(now, at) + interval
         if wait > 0:
             self._sleep(wait)
 
@@ -214,6 +255,20 @@ class SlackSink:
             ),
         )
         self.posts += 1
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
+        """``chat.update``, paced and 429-aware like posts (workspace-wide pacing)."""
+        self._call(
+            UPDATES,
+            lambda: self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks),
+        )
+        self.updates += 1
+
+    def permalink(self, channel: str, ts: str) -> str | None:
+        """``chat.getPermalink``; None when Slack gives none."""
+        response = self._call(channel, lambda: self.client.chat_getPermalink(channel=channel, message_ts=ts))
+        link = response.get("permalink")
+        return str(link) if link else None
 
 
 def _retry_after(headers: Any) -> float:

@@ -469,3 +469,50 @@ def describe(query: Query, tz: ZoneInfo | None = None) -> str:
 def _short_time(ts: int, tz: ZoneInfo | None) -> str:
     moment = datetime.fromtimestamp(ts, tz or UTC)
     return moment.strftime("%Y-%m-%d %H:%M ") + (moment.tzname() or "UTC")
+
+
+# -- mutes: /wflogs mutes, /wflogs unmute N, /wflogs mute app:NAME 2h [reason] -----------------------
+
+MUTE_USAGE = "Usage: /wflogs mutes · /wflogs unmute N · /wflogs mute app:NAME 2h [reason]"
+MUTE_WORDS = ("mutes", "unmute", "mute")
+MAX_MUTE_SECONDS = 30 * 86400
+
+
+@dataclass(frozen=True)
+class MuteCommand:
+    """A parsed mute command: ``list``, ``unmute`` (``number``) or ``mute`` (``app``, ``seconds``)."""
+
+    kind: str
+    number: int | None = None
+    app: str | None = None
+    seconds: int | None = None
+    reason: str | None = None
+
+
+def parse_mute_command(text: str) -> MuteCommand | None:
+    """The mute command in ``text``, or None when it is not one (then it is a search)."""
+    words = text.strip().split()
+    if not words or words[0].lower() not in MUTE_WORDS:
+        return None
+    verb, rest = words[0].lower(), words[1:]
+    if verb == "mutes":
+        if rest:
+            raise QueryError("`mutes` takes nothing after it", usage=MUTE_USAGE)
+        return MuteCommand("list")
+    if verb == "unmute":
+        if len(rest) != 1 or not rest[0].isdigit():
+            raise QueryError("say which mute to end by its number, e.g. `unmute 3`", usage=MUTE_USAGE)
+        return MuteCommand("unmute", number=int(rest[0]))
+    app = next((w.split(":", 1)[1] for w in rest if w.lower().startswith("app:")), None)
+    if not app:
+        raise QueryError(
+            "say which app to mute with app:NAME, e.g. `mute app:support-bot 2h`", usage=MUTE_USAGE
+        )
+    others = [w for w in rest if not w.lower().startswith("app:")]
+    if not others or not _DURATION.match(others[0].lower()):
+        raise QueryError("say for how long, e.g. `2h`, `30m` or `1d`", usage=MUTE_USAGE)
+    seconds = sum(int(n) * _UNIT[u] for n, u in _DURATION_PART.findall(others[0].lower()))
+    if not 60 <= seconds <= MAX_MUTE_SECONDS:
+        raise QueryError("a mute lasts from 1m to 30d", usage=MUTE_USAGE)
+    reason = " ".join(others[1:]).strip() or None
+    return MuteCommand("mute", app=app.strip(), seconds=seconds, reason=reason[:300] if reason else None)

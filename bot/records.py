@@ -315,6 +315,8 @@ class AppDigest:
     usual_runs: int | None = None
     first_digest: bool = True
     shapes: list[str] = field(default_factory=list)
+    # Incidents in the window: opened, resolved, median_resolve (seconds or None), open (at its end).
+    incidents: dict[str, Any] | None = None
 
     @property
     def silent(self) -> bool:

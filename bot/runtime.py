@@ -11,12 +11,13 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings
+from bot.config import Settings, alert_channel_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
 from bot.errors import DatabaseError
 from bot.health import check_health
+from bot.incidents import IncidentActions, IncidentKeeper
 from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
@@ -117,8 +118,12 @@ class Runtime:
     poller: Poller
     deliverer: Deliverer
     digester: Digester
+    actions: IncidentActions
     _now: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics)
+    # Set by ``wflogs run``'s delivery thread: it delivers, and is woken after each poll and click.
+    wake: Callable[[], None] | None = None
+    deliver_in_cycle: bool = True
 
     @classmethod
     def build(
@@ -144,31 +149,77 @@ class Runtime:
         web = web or build_web_client(settings, metrics=metrics)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
-        deliverer = Deliverer(store=store, sink=sink, now=now)
+        channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
+        resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
         digester = Digester(
             settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
         )
-        return cls(settings, store, http, clients, sink, web, poller, deliverer, digester, now, metrics)
 
-    def cycle(self) -> CycleReport:
-        """Poll every app, then deliver everything pending (including older alerts)."""
-        started = time.monotonic()
+        def successes(app_id: str, after: int, before: int) -> int | None:
+            client = clients.get(app_id)
+            if client is None or after > before:
+                return None
+            return client.logs(status="succeeded", after=after, before=before, limit=1).total
+
+        keeper = IncidentKeeper(
+            store,
+            resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
+            successes=successes,
+        )
+        deliverer = Deliverer(
+            store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
+        )
+        actions = IncidentActions(store, successes=successes)
+        return cls(
+            settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now, metrics
+        )
+
+    def poll(self) -> list[AppResult]:
+        """Poll every app and tell channels about apps that cannot be read (or read again).
+
+        The health notices go first, so "recovered; missed failures follow" comes
+        before the failures that delivery then posts."""
         apps = self.poller.poll_all()
-        waiting = self._observe_polled(apps)
-        delivery = self.deliverer.deliver_all()
+        self.metrics.observe_apps(apps, self._now())
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
+        return apps
+
+    def deliver(self) -> DeliveryResult:
+        """Evaluate incidents and deliver everything pending (safe from another thread than
+        :meth:`poll`; one pass at a time)."""
+        waiting = pending_by_status(self.store)
+        result = self.deliverer.deliver_all()
+        self.metrics.observe_sent(waiting, pending_by_status(self.store))
+        return result
+
+    def cycle(self) -> CycleReport:
+        """Poll every app, then deliver everything pending (including older alerts); in
+        ``wflogs run`` delivery has its own thread, which the cycle wakes instead."""
+        started = time.monotonic()
+        apps = self.poll()
+        if self.deliver_in_cycle:
+            delivery = self.deliver()
+        else:
+            delivery = DeliveryResult()
+            if self.wake is not None:
+                self.wake()
+        return self.report(apps, delivery, time.monotonic() - started)
+
+    def report(self, apps: list[AppResult], delivery: DeliveryResult, seconds: float) -> CycleReport:
+        """Sum up a cycle (metrics and the log)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        report = CycleReport(apps, delivery, time.monotonic() - started, problems)
-        self._observe_cycle(report, waiting)
+        report = CycleReport(apps, delivery, seconds, problems)
+        self._observe_cycle(report)
         log.info(
-            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts, %.1fs%s",
+            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
             len(apps),
             sum(r.new_alerts for r in apps),
             delivery.runs_delivered,
             delivery.posts,
+            delivery.edits,
             report.seconds,
             f", {len(problems)} problems" if problems else "",
         )
@@ -176,15 +227,10 @@ class Runtime:
 
     # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
 
-    def _observe_polled(self, apps: list[AppResult]) -> dict[str, int]:
-        """Per-app poll metrics; returns the outbox per status before delivery."""
-        self.metrics.observe_apps(apps, self._now())
-        return pending_by_status(self.store)
-
-    def _observe_cycle(self, report: CycleReport, waiting: dict[str, int]) -> None:
-        """What delivery sent, the outbox, open incidents and the cycle itself."""
+    def _observe_cycle(self, report: CycleReport) -> None:
+        """The outbox, open incidents and the cycle itself (what delivery sent is counted by
+        :meth:`deliver`, wherever it runs)."""
         still_waiting = pending_by_status(self.store)
-        self.metrics.observe_sent(waiting, still_waiting)
         report.outbox_pending = sum(still_waiting.values())
         self.metrics.outbox_pending.set(report.outbox_pending)
         self.metrics.open_incidents.set(open_incidents_count(self.store))

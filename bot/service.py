@@ -29,6 +29,67 @@ from storage import STORAGE_ERRORS
 log = logging.getLogger(__name__)
 
 
+DELIVERY_INTERVAL = 15
+
+
+class DeliveryLoop:
+    """Delivery on its own thread: a slow Slack does not hold up polling and a slow Dify does
+    not hold up alerts already found. It runs at once, when woken (after each poll, after a
+    click), and every ``interval`` seconds to retry what waits."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        interval: float = DELIVERY_INTERVAL,
+        active: Callable[[], bool] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        # Only the active instance (the lease holder) writes channel messages.
+        self._active = active
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
+
+    def start(self) -> DeliveryLoop:
+        """Take over delivery from the poll cycles (which then wake this thread) and start."""
+        self.runtime.wake = self.wake
+        self.runtime.deliver_in_cycle = False
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Deliver as soon as the current pass (if any) ends."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current pass and stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            if self._active is not None and not self._active():
+                self._wake.wait(self.interval)
+                continue
+            try:
+                result = self.runtime.deliver()
+                if result.posts or result.edits:
+                    log.info(
+                        "delivered %d runs in %d posts and %d edits%s",
+                        result.runs_delivered,
+                        result.posts,
+                        result.edits,
+                        f"; waiting: {', '.join(result.errors)}" if result.errors else "",
+                    )
+            except Exception:
+                log.exception("delivery crashed; the next pass will retry")
+            self._wake.wait(self.interval)
+
+
 def add_poll_job(scheduler: BackgroundScheduler, runtime: Runtime, ops: Operations | None = None) -> None:
     """Poll every ``poll_interval`` seconds, starting now; overlapping cycles are skipped.
 
@@ -332,6 +393,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
 
     ops.tick()
     add_lease_job(scheduler, ops)
+    delivery = DeliveryLoop(runtime, active=lambda: ops.active).start()
     add_poll_job(scheduler, runtime, ops)
     add_digest_jobs(scheduler, runtime, runtime.digester, active=lambda: ops.active)
     ops.on_promoted = promoted
@@ -349,6 +411,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     finally:
         stop_serving()
         scheduler.shutdown(wait=True)
+        delivery.stop()
         ops.stop()
         runtime.close()
     return 0

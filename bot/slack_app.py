@@ -19,13 +19,15 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+from bot import incident_format as ifmt
 from bot import search_format as fmt
-from bot.blocks import Block
-from bot.config import Settings
+from bot.blocks import Block, section
+from bot.config import Settings, alert_channel_for
 from bot.errors import ConfigError, QueryError, WflogsError
-from bot.query import SIMILAR_DAYS, Query, check_run_id, parse
+from bot.query import SIMILAR_DAYS, MuteCommand, Query, check_run_id, parse, parse_mute_command
 from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
+from bot.text import duration, escape
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,8 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
 
     @app.command(COMMAND)
     def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
+        if mute_command(ack, body, runtime, now=now):
+            return
         channel, user = _channel_of(body), _user_of(body)
         refused = refusal_reason(settings, user=user, channel=channel)
         if refused:
@@ -203,7 +207,127 @@ def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
         logger=logging.getLogger("slack_bolt.wflogs"),
     )
     register(app, runtime, now=now)
+    register_incident_controls(app, runtime, now=now)
     return app
+
+
+# -- incident controls and mutes ------------------------------------------------------------
+
+
+def control_refusal(settings: Settings, *, user: str | None, channel: str | None) -> str | None:
+    """Why ``user`` may not act on incidents from ``channel`` (None: they may)."""
+    if settings.allowed_users is not None and user not in settings.allowed_users:
+        return (
+            "Sorry, wflogs' controls are limited to a list of people and you are not on it; nothing was "
+            "changed. Ask whoever runs wflogs to add your Slack member ID to allowed_users in wflogs.toml."
+        )
+    if settings.allowed_channels is not None and channel not in settings.allowed_channels:
+        return "Sorry, wflogs' controls are not enabled in this conversation; nothing was changed."
+    return None
+
+
+def _note(text: str) -> tuple[str, list[Block]]:
+    return text, [section(text)]
+
+
+def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time) -> None:
+    """Acknowledge / Mute / Resolve on incident messages: each click is acknowledged at once,
+    checked against allowed_users / allowed_channels, and recorded in SQLite; the deliverer then
+    edits the message from the stored state."""
+    settings = runtime.settings
+
+    def on_control(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        ack()
+        channel, user = _channel_of(body), _user_of(body)
+        refused = control_refusal(settings, user=user, channel=channel)
+        if refused:
+            _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
+            return
+        actions, at, who = runtime.actions, int(now()), user or "someone"
+        try:
+            kind = action.get("action_id")
+            if kind == ifmt.ACTION_MUTE:
+                number, choice = str((action.get("selected_option") or {}).get("value") or "").split(":", 1)
+                answer = actions.mute(int(number), choice, who, at, channel=channel)
+            elif kind == ifmt.ACTION_ACK:
+                answer = actions.acknowledge(int(str(action.get("value"))), who, at, channel=channel)
+            else:
+                answer = actions.resolve(int(str(action.get("value"))), who, at, channel=channel)
+        except ValueError:
+            answer = "That control's value is damaged; nothing was changed."
+        except WflogsError as exc:
+            answer = f"Nothing was changed: {exc}"
+        if runtime.wake is not None:
+            runtime.wake()
+        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
+
+    for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
+        app.action(action_id)(on_control)
+
+
+def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]) -> bool:
+    """``/wflogs mutes``, ``/wflogs unmute N``, ``/wflogs mute app:NAME 2h [reason]``, answered in the
+    acknowledgement; False when the command is a search."""
+    try:
+        command = parse_mute_command(str(body.get("text") or ""))
+    except QueryError as exc:
+        text, blocks = fmt.error(str(exc), exc.usage)
+        ack(text=text, blocks=blocks)
+        return True
+    if command is None:
+        return False
+    settings = runtime.settings
+    channel, user = _channel_of(body), _user_of(body) or "someone"
+    refused = control_refusal(settings, user=user, channel=channel)
+    if refused:
+        ack(*_note(refused))
+        return True
+    at = int(now())
+    if command.kind == "list":
+        text, blocks = ifmt.mutes_list(runtime.actions.active_mutes(at), at)
+        ack(text=text, blocks=blocks)
+        return True
+    if command.kind == "unmute":
+        answer = runtime.actions.unmute(command.number or 0, user, at)
+    else:
+        answer = _mute_app(runtime, command, user, at, channel)
+    if runtime.wake is not None:
+        runtime.wake()
+    ack(*_note(answer))
+    return True
+
+
+def _mute_app(runtime: Runtime, command: MuteCommand, user: str, at: int, channel: str | None) -> str:
+    settings = runtime.settings
+    names = {
+        app.id: app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label
+        for app in settings.apps
+    }
+
+    def norm(name: str) -> str:
+        return re.sub(r"[\s_-]+", "-", name.strip().lower())
+
+    wanted = norm(command.app or "")
+    found = [app for app in settings.apps if norm(names[app.id]) == wanted]
+    if len(found) != 1:
+        known = ", ".join(f"`{escape(n)}`" for n in sorted(names.values())[:20])
+        return f"No single app is called `{escape(command.app or '')}`; the apps are: {known}."
+    app = found[0]
+    if app.channels is not None and channel not in app.channels:
+        return f"{escape(names[app.id])} cannot be muted from this conversation; try its own channel."
+    mute_id = runtime.actions.mute_app(
+        app_id=app.id,
+        app_name=names[app.id],
+        channel=alert_channel_for(settings, app) or "terminal",
+        seconds=command.seconds or 3600,
+        reason=command.reason,
+        user=user,
+        now=at,
+    )
+    return (
+        f"Muted {escape(names[app.id])} for {duration(command.seconds)} (mute {mute_id}); "
+        f"its channel is told. End it early with `/wflogs unmute {mute_id}`."
+    )
 
 
 # -- serving ----------------------------------------------------------------------------------

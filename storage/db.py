@@ -17,6 +17,10 @@ Tables:
   At most one ``scheduled`` digest per app and day (a unique index).
 - ``digest_apps``: when the digest scheduler first saw each app, so that a fresh
   install does not post a late digest for a day before it ran.
+- ``notices``: what the operator has been told once (a refused CSV upload, a refused message).
+- ``incidents``, ``incident_sessions``, ``mutes``, ``incident_events``: see
+  ``storage/incidents.py``; ``alerts.incident_id`` and ``messages.incident_id`` tie
+  runs and messages to their incident, ``alerts.muted`` marks runs recorded but not posted.
 - ``lease``: which of several ``wflogs run`` sharing this file is the active one
   (one row: owner and expiry, taken and renewed in a transaction).
 
@@ -335,12 +339,14 @@ class Store:
         rows = self.query("select distinct channel from alerts where sent_at is null order by channel")
         return [row["channel"] for row in rows]
 
-    def plan_message(self, channel: str, kind: str, alert_ids: list[int], now: int) -> int:
-        """Create a message for ``alert_ids`` and assign them to it; returns its id."""
+    def plan_message(
+        self, channel: str, kind: str, alert_ids: list[int], now: int, *, incident_id: int | None = None
+    ) -> int:
+        """Create a message for ``alert_ids`` (of an incident) and assign them to it; returns its id."""
         with self.transaction():
             cursor = self.db.execute(
-                "insert into messages (channel, kind, created_at, done) values (?, ?, ?, 0)",
-                [channel, kind, now],
+                "insert into messages (channel, kind, created_at, done, incident_id) values (?, ?, ?, 0, ?)",
+                [channel, kind, now, incident_id],
             )
             message_id = int(cursor.lastrowid or 0)
             for start in range(0, len(alert_ids), 500):
@@ -447,6 +453,62 @@ class Store:
             row["shapes"] = json.loads(row["shapes"]) if row.get("shapes") else []
         return rows
 
+    # -- delivery upkeep ------------------------------------------------------------
+
+    def release_unposted(self, channel: str) -> int:
+        """Dissolve the channel's planned messages that never reached Slack, so that their alerts
+        are planned again together with what is pending; returns how many were dissolved."""
+        with self.transaction():
+            rows = list(
+                self.db.query(
+                    "select id from messages where channel = ? and done = 0 and parent_ts is null "
+                    "and not exists (select 1 from alerts "
+                    "where alerts.message_id = messages.id and alerts.sent_at is not null)",
+                    [channel],
+                )
+            )
+            ids = [int(r["id"]) for r in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"update alerts set message_id = null where message_id in ({marks})", chunk)
+                self.db.execute(f"delete from messages where id in ({marks})", chunk)
+            return len(ids)
+
+    def rebind_channels(self, channels: dict[str, str]) -> int:
+        """Move the unsent alerts of each app (``app_id -> channel``) to its current channel,
+        out of messages planned for the old one; returns how many alerts moved."""
+        moved = 0
+        with self.transaction():
+            for app_id, channel in channels.items():
+                before = self.db.conn.total_changes
+                self.db.execute(
+                    "update alerts set channel = ?, message_id = null, incident_id = null "
+                    "where app_id = ? and sent_at is null and channel != ?",
+                    [channel, app_id, channel],
+                )
+                moved += self.db.conn.total_changes - before
+            if moved:
+                # Messages left with nothing to send are complete; unposted empty ones go.
+                self.db.execute(
+                    "delete from messages where done = 0 and parent_ts is null and not exists "
+                    "(select 1 from alerts where alerts.message_id = messages.id)"
+                )
+                self.db.execute(
+                    "update messages set done = 1 where done = 0 and not exists "
+                    "(select 1 from alerts where alerts.message_id = messages.id and alerts.sent_at is null)"
+                )
+        return moved
+
+    def tell_once(self, key: str, text: str, now: int) -> bool:
+        """Record that the operator was told ``key``; True only the first time."""
+        with self.transaction():
+            before = self.db.conn.total_changes
+            self.db.execute(
+                "insert or ignore into notices (key, told_at, text) values (?, ?, ?)", [key, now, text]
+            )
+            return self.db.conn.total_changes > before
+
 
 def _alert(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
@@ -537,3 +599,90 @@ def m006_log_ids(db: sqlite_utils.Database) -> None:
     """Find a log by its id whatever app identity (key, URL) recorded it."""
     db["seen"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
     db["alerts"].create_index(["log_id"], if_not_exists=True)  # type: ignore[union-attr]
+
+
+@migrations()
+def m007_delivery_notices(db: sqlite_utils.Database) -> None:
+    """Things the operator has been told once (e.g. a refused CSV upload), by key."""
+    db["notices"].create({"key": str, "told_at": int, "text": str}, pk="key")  # type: ignore[union-attr]
+
+
+@migrations()
+def m008_incidents(db: sqlite_utils.Database) -> None:
+    """Incidents (one app + status + error shape while it keeps failing), their mutes, the
+    events their threads tell, and which incident (and whether muted) each alert belongs to."""
+    db["incidents"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "app_name": str,
+            "channel": str,
+            "status": str,
+            "group_key": str,
+            "state": str,  # open, resolved
+            "opened_at": int,
+            "first_seen": int,
+            "last_seen": int,
+            "runs": int,
+            "muted_runs": int,
+            "sessions": int,
+            "error": str,
+            "console_url": str,
+            "parent_ts": str,  # its own channel message
+            "thread_ts": str,  # where its runs go: its parent, or a storm summary's thread
+            "parent_body": str,  # the first post's blocks below the header, kept through every edit
+            "dirty": int,  # the parent must be edited to show the current state
+            "edits": int,
+            "ack_by": str,
+            "ack_at": int,
+            "resolved_at": int,
+            "resolved_by": str,
+            "successes": int,
+            "previous_id": int,
+            "previous_link": str,
+        },
+        pk="id",
+    )
+    db["incidents"].create_index(["app_id", "status", "group_key", "state"])  # type: ignore[union-attr]
+    db["incidents"].create_index(["state", "channel"])  # type: ignore[union-attr]
+    db["incident_sessions"].create(  # type: ignore[union-attr]
+        {"incident_id": int, "who": str}, pk=("incident_id", "who")
+    )
+    db["mutes"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "app_name": str,
+            "channel": str,
+            "incident_id": int,  # null: the whole app
+            "until": int,  # null: until the incident resolves
+            "by_user": str,
+            "reason": str,
+            "created_at": int,
+            "ended_at": int,
+            "ended_by": str,
+        },
+        pk="id",
+    )
+    db["incident_events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "incident_id": int,  # null: a channel notice (an app muted or unmuted)
+            "channel": str,
+            "text": str,
+            "created_at": int,
+            "posted_at": int,
+        },
+        pk="id",
+    )
+    db["incident_events"].create_index(["channel", "posted_at"])  # type: ignore[union-attr]
+    db["alerts"].add_column("incident_id", int)  # type: ignore[union-attr]
+    db["alerts"].add_column("muted", int)  # type: ignore[union-attr]
+    db["messages"].add_column("incident_id", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m009_incident_indexes(db: sqlite_utils.Database) -> None:
+    """Runs by incident (counting what is still to send) and alerts not yet in an incident."""
+    db["alerts"].create_index(["incident_id", "sent_at"])  # type: ignore[union-attr]
+    db["incidents"].create_index(["dirty"])  # type: ignore[union-attr]

@@ -240,3 +240,187 @@ def test_terminal_mode_prints_alerts_without_slack(tmp_path, dify, clock):
     assert rt.cycle().ok
     text = out.getvalue()
     assert run.run_id in text and "<b>boom</b>" in text and "Support Bot" in text
+
+
+# -- one message must not hold its channel, nothing dropped, no flood after an outage ------------------
+
+
+def _top(slack: FakeSlack) -> list[dict]:
+    return [m for m in slack.posts() if not m["thread_ts"]]
+
+
+def test_a_message_slack_refuses_for_good_does_not_hold_the_others(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [dify.add_log(app, at=int(clock.now) - 60 + i, error=f"error {chr(65 + i)}") for i in range(3)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    # The first message is refused with its blocks and again as plain text.
+    slack.fail("chat.postMessage", "error", "invalid_blocks", times=2)
+    report = rt.cycle()
+    assert report.ok
+    assert messages_mentioning(slack, runs[0].run_id) == 0
+    for run in runs[1:]:
+        assert messages_mentioning(slack, run.run_id) == 1
+    assert rt.store.outbox_size() == 1  # kept, not dropped
+    clock.advance(60)
+    rt.cycle()
+    for run in runs:
+        assert messages_mentioning(slack, run.run_id) == 1
+
+
+def test_runs_whose_csv_slack_refuses_go_as_thread_replies_and_the_operator_is_told_once(
+    tmp_path, dify, clock, slack, caplog
+):
+    app = dify.add_app()
+    big = [dify.add_log(app, at=int(clock.now) - 300 + i, error="upstream timed out") for i in range(215)]
+    others = [dify.add_log(app, at=int(clock.now) - 20 + i, error=f"other {chr(65 + i)}") for i in range(3)]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    slack.fail("files.getUploadURLExternal", "error", "missing_scope", times=2)
+    assert rt.cycle().ok
+    assert rt.store.outbox_size() == 0
+    for run in big + others:
+        assert messages_mentioning(slack, run.run_id) == 1
+    parent = next(m for m in _top(slack) if "215 runs" in m["text"])
+    assert len([m for m in slack.posts() if m["thread_ts"] == parent["ts"]]) >= 6
+    more = [dify.add_log(app, at=int(clock.now) + 5 + i // 10, error="db locked") for i in range(230)]
+    clock.advance(60)
+    assert rt.cycle().ok
+    for run in more:
+        assert messages_mentioning(slack, run.run_id) == 1
+    told = [r for r in caplog.records if "files:write" in r.getMessage()]
+    assert len(told) == 1 and "missing_scope" in told[0].getMessage()
+
+
+def test_thread_replies_never_drop_runs_with_long_session_ids(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    runs = [
+        dify.add_log(app, at=int(clock.now) - 100 + i, error="timed out", session=f"s{i:03d}-" + "x" * 186)
+        for i in range(60)
+    ]
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    assert rt.cycle().ok
+    for run in runs:
+        assert messages_mentioning(slack, run.run_id) == 1
+    for reply in slack.posts():
+        if reply["thread_ts"]:
+            span = reply["text"].split(" of ")[0].split(" ", 1)[1]
+            first, last = span.split("–") if "–" in span else (span, span)
+            listed = sum(run.run_id in json.dumps(reply["blocks"]) for run in runs)
+            assert listed == int(last) - int(first) + 1  # the label tells the truth
+    _validate(slack)
+
+
+def test_a_slack_outage_backlog_is_regrouped_not_flooded(tmp_path, dify, clock, slack):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    runs = []
+    slack.fail("chat.postMessage", "error", "not_in_channel", times=30)
+    for i in range(30):
+        runs.append(dify.add_log(app, at=int(clock.now) - 5, error=f"model overloaded after {i}s"))
+        if i % 3 == 0:
+            runs.append(dify.add_log(app, at=int(clock.now) - 4, error=f"node n{i} failed: no such tool"))
+        assert not rt.cycle().ok
+        clock.advance(60)
+    assert slack.posts() == []
+    assert rt.cycle().ok
+    assert len(_top(slack)) <= 5
+    for run in runs:
+        assert messages_mentioning(slack, run.run_id) == 1
+
+
+def test_waiting_alerts_follow_the_apps_channel_after_a_config_change(tmp_path, dify, clock):
+    app = dify.add_app()
+    run = dify.add_log(app, at=int(clock.now) - 5)
+    with FakeSlack(channels={"C0NEW"}) as slack:
+        env = {k: v for k, v in slack_env(slack).items() if k != "WFLOGS_ALERT_CHANNEL"}
+        toml = f'[[apps]]\napi_key = "{app.key}"\nchannel = "C0OLD"\n'
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml), dify, clock)
+        assert not rt.cycle().ok  # channel_not_found
+        assert rt.store.outbox_size() == 1
+        toml = toml.replace("C0OLD", "C0NEW")
+        rt = build_runtime(make_settings(tmp_path, env, toml=toml), dify, clock)
+        clock.advance(60)
+        assert rt.cycle().ok
+        assert rt.store.outbox_size() == 0
+        (post,) = slack.posts()
+        assert post["channel"] == "C0NEW" and run.run_id in post["text"]
+
+
+def test_terminal_mode_strips_escape_sequences_from_error_texts(tmp_path, dify, clock):
+    import io
+
+    app = dify.add_app("Support Bot")
+    evil = "boom \x1b[31mred\x1b[0m \x1b]0;owned\x07 \x1b[2J\x1b[H\x9b1mend"
+    runs = [dify.add_log(app, at=int(clock.now) - 9 + i, error=f"{evil} {i}") for i in range(3)]
+    runs.append(dify.add_log(app, at=int(clock.now) - 5, error=f"single {evil}"))
+    out = io.StringIO()
+    rt = build_runtime(make_settings(tmp_path, {"DIFY_API_KEY": app.key}), dify, clock, stream=out)
+    assert rt.cycle().ok
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x9b" not in text and "\x07" not in text
+    assert "[31m" not in text and "owned" not in text and "[2J" not in text
+    assert "boom red" in text and runs[0].run_id in text
+
+
+def test_delivery_does_not_wait_for_a_slow_poll(tmp_path, dify, clock, slack):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from bot.service import DeliveryLoop, add_poll_job
+
+    app = dify.add_app("Support Bot")
+    run = dify.add_log(app, at=int(clock.now) - 5)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.poll()  # found, not yet delivered (as if Slack was down before a restart)
+    dify.latency = 0.5  # Dify is slow now: a poll takes well over a second
+    scheduler = BackgroundScheduler(timezone=rt.settings.tz)
+    delivery = DeliveryLoop(rt)
+    add_poll_job(scheduler, rt)
+    started = time.monotonic()
+    delivery.start()
+    scheduler.start()
+    try:
+        while not slack.posts() and time.monotonic() - started < 5:
+            time.sleep(0.02)
+        assert time.monotonic() - started < 0.5
+        assert messages_mentioning(slack, run.run_id) == 1
+    finally:
+        scheduler.shutdown(wait=True)
+        delivery.stop()
+        rt.close()
+
+
+def test_a_message_refused_again_and_again_is_told_once(tmp_path, dify, clock, slack, caplog):
+    app = dify.add_app()
+    run = dify.add_log(app, at=int(clock.now) - 5, error="refused shape")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    slack.fail("chat.postMessage", "error", "invalid_blocks", times=6)  # blocks, then plain text; 3 passes
+    for _ in range(3):
+        rt.cycle()
+        clock.advance(60)
+    told = [r for r in caplog.records if "Slack refused a message" in r.getMessage()]
+    assert len(told) == 1
+    rt.cycle()
+    assert messages_mentioning(slack, run.run_id) == 1
+
+
+def test_the_delivery_thread_of_a_standby_instance_posts_nothing(tmp_path, dify, clock, slack):
+    from bot.service import DeliveryLoop
+
+    app = dify.add_app("Support Bot")
+    run = dify.add_log(app, at=int(clock.now) - 5)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    rt.poll()
+    active = [False]
+    delivery = DeliveryLoop(rt, active=lambda: active[0]).start()
+    try:
+        rt.cycle()  # wakes the thread rather than delivering itself
+        time.sleep(0.2)
+        assert slack.posts() == []
+        active[0] = True  # it took over the lease
+        rt.cycle()
+        deadline = time.monotonic() + 5
+        while not slack.posts() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert messages_mentioning(slack, run.run_id) == 1
+    finally:
+        delivery.stop()
+        rt.close()

@@ -124,7 +124,7 @@ def test_healthz_and_metrics_answer_over_http(tmp_path: Path, dify: FakeDify, sl
         assert 'wflogs_alerts_sent_total{status="stopped"} 1.0' in text
         assert 'wflogs_slack_calls_total{method="chat.postMessage",outcome="ok"}' in text
         assert "wflogs_outbox_pending 0.0" in text
-        assert "wflogs_open_incidents 0.0" in text
+        assert "wflogs_open_incidents 2.0" in text  # the failed run and the stopped one
         assert 'wflogs_role{wflogs_role="active"} 1.0' in text
         assert "wflogs_database_ok 1.0" in text
 

@@ -98,7 +98,9 @@ def check_blocks(blocks: list[dict[str, Any]]) -> str | None:
                 return "invalid_blocks"
         elif kind == "actions":
             ids = [e.get("action_id") for e in block.get("elements", [])]
-            if len(ids) != len(set(ids)) or any(len(e["text"]["text"]) > 75 for e in block["elements"]):
+            if len(ids) != len(set(ids)) or any(
+                len(e.get("text", {}).get("text", "")) > 75 for e in block["elements"]
+            ):
                 return "invalid_blocks"
         elif kind not in ("divider", "image", "rich_text", "input"):
             return "invalid_blocks"
@@ -393,6 +395,22 @@ class FakeSlack:
                         }
                     )
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "chat.getPermalink":
+            ts = p.get("message_ts")
+            if not any(m["ts"] == ts for m in self.messages):
+                return {"ok": False, "error": "message_not_found"}
+            return {
+                "ok": True,
+                "channel": channel,
+                "permalink": f"https://test.slack.com/archives/{channel}/p{ts}",
+            }
+        if method == "chat.delete":
+            with self.lock:
+                before = len(self.messages)
+                self.messages[:] = [m for m in self.messages if m["ts"] != p.get("ts")]
+            return (
+                {"ok": True} if len(self.messages) < before else {"ok": False, "error": "message_not_found"}
+            )
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.server.server_address[1]}/link/?ticket=t1"}
         if method == "files.info":

@@ -1,0 +1,241 @@
+"""Incidents: every cycle counts new runs into their incident, ends mutes whose time is up and
+resolves incidents that stopped failing. Clicks and commands record intent through
+:class:`IncidentActions`. Everything here writes SQLite only; the deliverer posts and edits
+from what is stored (state that Slack shows lives in storage first)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from bot import incident_format as ifmt
+from bot.dify import LogEntry
+from bot.errors import WflogsError
+from storage import Store
+from storage.incidents import IncidentStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESOLVE_AFTER = 1800
+
+# (app_id, after, before) -> successful runs of the app in [after, before], or None when unknown.
+SuccessCounter = Callable[[str, int, int], "int | None"]
+
+
+class IncidentKeeper:
+    """The life of incidents, evaluated once per cycle before delivery."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        resolve_after: Callable[[str], int] | None = None,
+        successes: SuccessCounter | None = None,
+    ) -> None:
+        self.store = store
+        self.incidents = IncidentStore(store)
+        self._resolve_after = resolve_after or (lambda _app_id: DEFAULT_RESOLVE_AFTER)
+        self._successes = successes
+
+    def evaluate(self, now: int) -> None:
+        """Expire mutes, count new runs into incidents (muted ones are recorded, not posted),
+        and resolve incidents with no failure for their app's ``resolve_after``."""
+        self._expire_mutes(now)
+        self._assign(now)
+        self._resolve(now)
+
+    def _expire_mutes(self, now: int) -> None:
+        for mute in self.incidents.expired_mutes(now):
+            if not self.incidents.end_mute(int(mute["id"]), now, None):
+                continue
+            if mute.get("incident_id"):
+                self.incidents.add_event(
+                    int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(None), now
+                )
+            else:
+                self.incidents.add_event(
+                    None, mute["channel"], ifmt.unmuted_text(None, mute["app_name"]), now
+                )
+
+    def _assign(self, now: int) -> None:
+        groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+        for row in self.incidents.unassigned_alerts():
+            key = (row["app_id"], row["channel"], row["status"], row["group_key"] or "")
+            groups.setdefault(key, []).append(row)
+        for (app_id, channel, status, group_key), rows in groups.items():
+            entries = [LogEntry.from_dict(json.loads(r["entry"]) if r.get("entry") else {}) for r in rows]
+            incident = self.incidents.find_open(app_id, channel, status, group_key)
+            if incident is None:
+                previous = self.incidents.last_resolved(app_id, status, group_key)
+                incident_id = self.incidents.create(
+                    {
+                        "app_id": app_id,
+                        "app_name": rows[-1]["app_name"],
+                        "channel": channel,
+                        "status": status,
+                        "group_key": group_key,
+                        "opened_at": now,
+                        "console_url": rows[-1].get("console_url"),
+                        "previous_id": previous["id"] if previous else None,
+                    }
+                )
+            else:
+                incident_id = int(incident["id"])
+            muted = self.incidents.mute_for(app_id, incident_id, now) is not None
+            self.incidents.attach(
+                incident_id,
+                [int(r["id"]) for r in rows],
+                sessions=[e.who or "unknown" for e in entries],
+                first=min(e.ended_at for e in entries),
+                last=max(e.ended_at for e in entries),
+                error=entries[-1].error,
+                muted=muted,
+                now=now,
+            )
+
+    def _resolve(self, now: int) -> None:
+        for row in self.incidents.open_incidents():
+            quiet_since = max(int(row.get("last_seen") or 0), int(row["opened_at"]))
+            if row["opened_at"] >= now or now - quiet_since < self._resolve_after(row["app_id"]):
+                continue
+            if self.incidents.unsent_count(int(row["id"])):
+                continue  # its runs are still on their way to Slack
+            successes = self._count_successes(row["app_id"], int(row.get("last_seen") or quiet_since), now)
+            if self.incidents.resolve(int(row["id"]), now, by=None, successes=successes):
+                self._resolved_event(int(row["id"]), now)
+
+    def _count_successes(self, app_id: str, after: int, before: int) -> int | None:
+        if self._successes is None:
+            return None
+        try:
+            return self._successes(app_id, after + 1, before)
+        except WflogsError as exc:
+            log.info("cannot count successful runs since the last failure: %s", exc)
+            return None
+
+    def _resolved_event(self, incident_id: int, now: int) -> None:
+        row = self.incidents.get(incident_id)
+        if row is not None:
+            self.incidents.add_event(
+                incident_id, row["channel"], ifmt.resolved_text(ifmt.Incident.from_row(row)), now
+            )
+
+
+class IncidentActions:
+    """What people do to incidents (from Slack clicks and commands): recorded, never posted here."""
+
+    def __init__(self, store: Store, *, successes: SuccessCounter | None = None) -> None:
+        self.incidents = IncidentStore(store)
+        self._successes = successes
+
+    def _find(self, incident_id: int, channel: str | None) -> dict[str, Any] | None:
+        row = self.incidents.get(incident_id)
+        if row is None or (channel is not None and row["channel"] != channel):
+            return None  # a click must come from the incident's own channel
+        return row
+
+    def acknowledge(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
+        """Acknowledge; returns what to tell the person."""
+        row = self._find(incident_id, channel)
+        if row is None:
+            return "That incident is not known to wflogs any more."
+        if not self.incidents.acknowledge(incident_id, user, now):
+            if row["state"] != "open":
+                return "That incident is already resolved."
+            return f"Already acknowledged by {ifmt.who(row['ack_by'])}."
+        self.incidents.add_event(incident_id, row["channel"], ifmt.acknowledged_text(user), now)
+        return "Acknowledged. The message shows it in a moment."
+
+    def mute(self, incident_id: int, choice: str, user: str, now: int, *, channel: str | None = None) -> str:
+        """Mute an incident for ``choice`` seconds (or "resolved")."""
+        row = self._find(incident_id, channel)
+        if row is None:
+            return "That incident is not known to wflogs any more."
+        if row["state"] != "open":
+            return "That incident is already resolved; a new failure opens a new one."
+        if choice == "resolved":
+            until = None
+        else:
+            seconds = int(choice)
+            if seconds not in {s for _, s in ifmt.MUTE_CHOICES if s}:
+                raise ValueError(f"not a mute choice: {choice!r}")
+            until = now + seconds
+        for mute in self.incidents.active_mutes(now):
+            if mute.get("incident_id") == incident_id:
+                self.incidents.end_mute(int(mute["id"]), now, user)
+        self.incidents.add_mute(
+            {
+                "app_id": row["app_id"],
+                "app_name": row["app_name"],
+                "channel": row["channel"],
+                "incident_id": incident_id,
+                "until": until,
+                "by_user": user,
+                "created_at": now,
+            }
+        )
+        self.incidents.add_event(incident_id, row["channel"], ifmt.muted_text(user, until), now)
+        return "Muted. New failures of this error are counted but not posted."
+
+    def resolve(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
+        """Resolve now; the next failure opens a new incident."""
+        row = self._find(incident_id, channel)
+        if row is None:
+            return "That incident is not known to wflogs any more."
+        successes = None
+        if self._successes is not None and row.get("last_seen"):
+            try:
+                successes = self._successes(row["app_id"], int(row["last_seen"]) + 1, now)
+            except WflogsError:
+                successes = None
+        if not self.incidents.resolve(incident_id, now, by=user, successes=successes):
+            return "That incident is already resolved."
+        done = self.incidents.get(incident_id) or row
+        self.incidents.add_event(
+            incident_id, row["channel"], ifmt.resolved_text(ifmt.Incident.from_row(done)), now
+        )
+        return "Resolved. A new failure of this error opens a new incident."
+
+    def mute_app(
+        self,
+        *,
+        app_id: str,
+        app_name: str,
+        channel: str,
+        seconds: int,
+        reason: str | None,
+        user: str,
+        now: int,
+    ) -> int:
+        """Mute a whole app for maintenance; its channel is told now and when it ends."""
+        mute_id = self.incidents.add_mute(
+            {
+                "app_id": app_id,
+                "app_name": app_name,
+                "channel": channel,
+                "incident_id": None,
+                "until": now + seconds,
+                "by_user": user,
+                "reason": reason,
+                "created_at": now,
+            }
+        )
+        self.incidents.add_event(None, channel, ifmt.muted_text(user, now + seconds, app_name, reason), now)
+        return mute_id
+
+    def unmute(self, mute_id: int, user: str, now: int) -> str:
+        """End mute number ``mute_id``."""
+        mute = self.incidents.mute(mute_id)
+        if mute is None or not self.incidents.end_mute(mute_id, now, user):
+            return f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
+        if mute.get("incident_id"):
+            self.incidents.add_event(int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now)
+        else:
+            self.incidents.add_event(None, mute["channel"], ifmt.unmuted_text(user, mute["app_name"]), now)
+        return f"Mute {mute_id} ended."
+
+    def active_mutes(self, now: int) -> list[dict[str, Any]]:
+        """The mutes in force."""
+        return self.incidents.active_mutes(now)
