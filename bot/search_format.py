@@ -467,7 +467,8 @@ def table(result: SearchResult, *, tz: ZoneInfo | None = None) -> str:
     elif result.total:
         summary = f"No more runs on page {query.page}: {_count(result.total, exact)}: {what}"
     else:
-        summary = f"No runs match {what}" + ("" if exact else " among the runs read")
+        # ``what`` reads "failed runs since ..." or "runs matching ...": "No failed runs since ...".
+        summary = f"No {what}" + ("" if exact else " among the runs read")
     if pages > 1 and found:
         summary += f" (page {query.page} of {pages}"
         summary += f"; add page:{query.page + 1} for more)" if query.page < pages else ")"
