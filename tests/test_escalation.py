@@ -169,7 +169,7 @@ def test_acknowledging_muting_or_resolving_first_cancels_the_escalation(tmp_path
         rt.actions.resolve(int(incident["id"]), "U0ALICE", at)
     # Failures go on (after a resolution they would open a new incident, with its own clock).
     keep_failing = {"dify": dify, "app": app} if action != "resolve" else {}
-    run_for(rt, clock, 7200, **keep_failing)  # type: ignore[arg-type]  # even after the mute ran out
+    run_for(rt, clock, 4200, **keep_failing)  # type: ignore[arg-type]  # even after the mute ran out
     assert not escalations(slack)
 
 
