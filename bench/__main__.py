@@ -217,6 +217,58 @@ def incident(cycles: int) -> None:
         )
 
 
+def idle_cost(apps: int, latency: float, connections: int, cycles: int = 10) -> None:
+    """Quiet cycles over ``apps`` busy but healthy apps with every feature on (failure rate,
+    stuck runs, mentions, escalation): Dify requests per app per cycle, by what asked."""
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    dify.latency = latency
+    dify.connections = connections
+    keys = []
+    for i in range(apps):
+        app = dify.add_app(f"app {i}")
+        keys.append(app.key)
+        # A run a minute for the last two hours, and on into the cycles to come.
+        for j in range(-120, cycles + 2):
+            dify.add_log(app, status="succeeded", at=NOW + j * 60, error="")
+    toml = "".join(f'[[apps]]\napi_key = "{k}"\nname = "app {i}"\n' for i, k in enumerate(keys))
+    env = {
+        "WFLOGS_RATE_THRESHOLD": "0.2",
+        "WFLOGS_STUCK_AFTER": "1800",
+        "WFLOGS_MENTION": "U0ONCALL1,here",
+        "WFLOGS_ESCALATE_AFTER": "900",
+    }
+    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+        env.update(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=slack.base_url, WFLOGS_ALERT_CHANNEL="C0IDLE")
+        settings = _settings(Path(tmp), env, toml)
+        runtime = Runtime.build(
+            settings,
+            transport=httpx.MockTransport(dify.handler),
+            now=lambda: clock[0],
+            web=WebClient(token=BOT_TOKEN, base_url=slack.base_url),
+        )
+        runtime.cycle()
+        clock[0] += 60
+        before = len(dify.requests)
+        started = time.perf_counter()
+        for _ in range(cycles):
+            runtime.cycle()
+            clock[0] += 60
+        wall = (time.perf_counter() - started) / cycles
+        made = dify.requests[before:]
+        runtime.close()
+    filtered = sum(1 for r in made if "status" in r.url.params)
+    unfiltered = sum(1 for r in made if "status" not in r.url.params and r.url.path.endswith("/logs"))
+    other = len(made) - filtered - unfiltered
+    per = len(made) / cycles / apps
+    print(
+        f"  {apps} apps, {cycles} quiet cycles, every feature on: {per:.2f} Dify requests per app per cycle "
+        f"({filtered / cycles / apps:.2f} poller counts, {unfiltered / cycles / apps:.2f} failure-rate "
+        f"count + stuck band, {other / cycles / apps:.2f} other), {wall:.2f}s wall per cycle, "
+        f"{len(slack.messages)} Slack posts"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -232,7 +284,17 @@ def main() -> None:
     )
     parser.add_argument("--cycles", type=int, default=60, help="cycles of the incident (0: skip it)")
     parser.add_argument("--incident-only", action="store_true", help="only the incident")
+    parser.add_argument(
+        "--idle-cycles", type=int, default=10, help="quiet cycles with every feature on (0: skip them)"
+    )
+    parser.add_argument("--idle-only", action="store_true", help="only the idle cost")
     args = parser.parse_args()
+    latency_ms = f"{args.latency * 1000:.0f} ms"
+    if args.idle_cycles and args.apps:
+        print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")
+        idle_cost(args.apps, args.latency, args.connections, args.idle_cycles)
+    if args.idle_only:
+        return
     if args.cycles:
         print("incident (Slack pacing off; edits and replies counted, not timed):")
         incident(args.cycles)

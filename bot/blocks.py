@@ -142,3 +142,20 @@ def who_text(entry: LogEntry) -> str:
     if entry.account_email or entry.account_name:
         return escape_cut(entry.account_email or entry.account_name or "", 200) + " (console account)"
     return "unknown"
+
+
+def mention_text(mentions: tuple[str, ...] | list[str]) -> str:
+    """Slack's mention syntax for validated IDs: ``<@U…>``, ``<!subteam^S…>``, ``<!here>``, ``<!channel>``.
+
+    Only configured IDs come here (never text from Dify), so these are the one
+    place wflogs writes ``<...>`` that Slack acts on.
+    """
+    parts: list[str] = []
+    for mention in mentions:
+        if mention in ("here", "channel"):
+            parts.append(f"<!{mention}>")
+        elif mention.startswith("S"):
+            parts.append(f"<!subteam^{mention}>")
+        else:
+            parts.append(f"<@{mention}>")
+    return " ".join(parts)

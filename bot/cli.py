@@ -11,7 +11,15 @@ from typing import TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.config import Settings, alert_channel_for, digest_channel_for, load_settings
+from bot.config import (
+    SPECIAL_MENTIONS,
+    Settings,
+    alert_channel_for,
+    digest_channel_for,
+    escalation_for,
+    load_settings,
+    mentions_for,
+)
 from bot.errors import DifyError, QueryError, WflogsError
 from bot.lease import Lease, lease_timings, view
 from bot.logs import setup_logging
@@ -104,6 +112,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 )
                 for channel in channels:
                     failures += _check_channel(runtime, channel, out)
+                failures += _check_mentions(runtime, out)
             except SlackApiError as exc:
                 failures += 1
                 out.write(f"✗ Slack: {exc.response.get('error')}: check SLACK_BOT_TOKEN\n")
@@ -164,6 +173,72 @@ def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
         return 1
     out.write(f"✓ channel {channel} (#{data.get('name', '?')})\n")
     return 0
+
+
+def _configured_mentions(settings: Settings) -> list[str]:
+    """Every member and user-group ID the configuration mentions, in order of first use."""
+    seen: list[str] = []
+    for app in settings.apps:
+        _after, escalate_to = escalation_for(settings, app)
+        for mention in (*mentions_for(settings, app), *escalate_to):
+            if mention not in SPECIAL_MENTIONS and mention not in seen:
+                seen.append(mention)
+    return seen
+
+
+def _check_mentions(runtime: Runtime, out: TextIO) -> int:
+    """Resolve the configured mentions with users.info and usergroups.list; 1 if any is unknown."""
+    assert runtime.web is not None
+    mentions = _configured_mentions(runtime.settings)
+    users = [m for m in mentions if not m.startswith("S")]
+    groups = [m for m in mentions if m.startswith("S")]
+    failures = 0
+    for user in users:
+        try:
+            info = runtime.web.users_info(user=user).get("user") or {}
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error == "missing_scope":
+                out.write(
+                    f"! mentions: cannot look up member IDs without the users:read scope "
+                    f"({', '.join(users)} not checked); add it to the Slack app (see manifest.yml)\n"
+                )
+                break
+            failures += 1
+            out.write(f"✗ mention {user}: {error}: copy the member ID again (profile > ⋮ > Copy member ID)\n")
+            continue
+        name = info.get("real_name") or info.get("name") or "?"
+        if info.get("deleted"):
+            failures += 1
+            out.write(f"✗ mention {user} ({name}) is a deactivated account; mention someone else\n")
+        else:
+            out.write(f"✓ mention {user} (@{info.get('name', '?')}, {name})\n")
+    if groups:
+        try:
+            listed = runtime.web.usergroups_list(include_disabled=True).get("usergroups") or []
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error == "missing_scope":
+                out.write(
+                    f"! mentions: cannot look up user groups without the usergroups:read scope "
+                    f"({', '.join(groups)} not checked); add it to the Slack app (see manifest.yml)\n"
+                )
+                return failures
+            out.write(f"✗ mentions: usergroups.list failed: {error}\n")
+            return failures + 1
+        known = {g.get("id"): g for g in listed}
+        for group in groups:
+            found = known.get(group)
+            if found is None:
+                failures += 1
+                out.write(f"✗ mention {group}: no such user group; copy its ID from the group's page\n")
+            elif found.get("date_delete"):
+                failures += 1
+                handle = found.get("handle", "?")
+                out.write(f"✗ mention {group} (@{handle}) is disabled; enable the group or remove it\n")
+            else:
+                out.write(f"✓ mention {group} (@{found.get('handle', '?')}, user group)\n")
+    return failures
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -281,6 +356,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         level=logging.DEBUG if args.verbose else logging.INFO,
         json_lines=settings.log_format == "json",
     )
+    if args.command not in ("check", "run"):  # check prints them, `run` logs them as it starts
+        for warning in settings.warnings:
+            log.warning("%s", warning)
     try:
         return COMMANDS[args.command](settings, args, out, err)
     except WflogsError as exc:

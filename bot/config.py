@@ -45,6 +45,9 @@ _APP_FIELDS = {
     "alert_partial",
     "resolve_after",
 }
+# Who is told and when (mentions, escalation, failure rate, stuck runs): see _watch_app_fields.
+_WATCH_APP_FIELDS = {"mention", "escalate_after", "escalate_to", "rate_threshold", "stuck_after"}
+_APP_FIELDS |= _WATCH_APP_FIELDS
 _SLACK_FIELDS = {"allowed_users", "allowed_channels"}
 _TOP_FIELDS = {"apps", "slack"}
 _CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -66,6 +69,12 @@ class AppConfig:
     alert_partial: bool = False
     resolve_after: int | None = None
     source: str = "environment"
+    # None: the environment's default applies.
+    mention: tuple[str, ...] | None = None
+    escalate_after: int | None = None
+    escalate_to: tuple[str, ...] | None = None
+    rate_threshold: float | None = None
+    stuck_after: int | None = None
 
     @property
     def id(self) -> str:
@@ -108,6 +117,7 @@ class Settings:
     allowed_channels: tuple[str, ...] | None = None
     config_path: str | None = None
     warnings: tuple[str, ...] = ()
+    watch: WatchSettings = field(default_factory=lambda: WatchSettings())
     http_host: str = "0.0.0.0"  # noqa: S104  (health checks and Slack reach it from outside)
     log_format: str = "text"
     notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify, WatchdogSec=)
@@ -258,6 +268,7 @@ def _apps_from_toml(
                 alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
                 resolve_after=_seconds(raw.get("resolve_after"), f"{where}: resolve_after"),
                 source=f"{path} #{number}",
+                **_watch_app_fields(raw, where),
             )
         )
     ids = [a.id for a in apps]
@@ -354,6 +365,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     lookback = _int_env(env, "WFLOGS_LOOKBACK", DEFAULT_LOOKBACK, minimum=60)
     if lookback < MIN_SAFE_LOOKBACK:
         warnings.append(lookback_warning(lookback))
+    watch = _watch_settings(env, lookback)
+    _check_rate_window(watch, apps, lookback)
+    warnings.extend(_watch_warnings(watch, apps))
 
     return Settings(
         apps=tuple(apps),
@@ -376,6 +390,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         allowed_channels=allowed_channels,
         config_path=str(config_path) if config_path else None,
         warnings=tuple(warnings),
+        watch=watch,
         **operations,
     )
 
@@ -416,3 +431,186 @@ def _operations(env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"WFLOGS_LOG_FORMAT={log_format!r} is not known; use text or json")
     notify_socket = env.get("NOTIFY_SOCKET", "").strip() or None
     return {"http_host": host, "log_format": log_format, "notify_socket": notify_socket}
+# -- who is told, and when: mentions, escalation, failure rate, stuck runs ----------
+
+DEFAULT_RATE_WINDOW = 900
+DEFAULT_RATE_MIN_RUNS = 10
+# Dify's WORKFLOW_MAX_EXECUTION_TIME default: a run still going past it is not merely slow.
+DIFY_MAX_EXECUTION_TIME = MIN_SAFE_LOOKBACK
+SPECIAL_MENTIONS = ("here", "channel")
+_MEMBER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_GROUP_RE = re.compile(r"^S[A-Z0-9]{2,}$")
+_MENTION_HELP = (
+    "mentions take Slack IDs: a member ID like U0123ABCD (profile > ⋮ > Copy member ID), "
+    "a user-group ID like S0123ABCD, or here / channel"
+)
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Defaults (from the environment) for mentions, escalation, failure-rate and stuck-run alerts."""
+
+    mention: tuple[str, ...] = ()
+    escalate_after: int = 0
+    escalate_to: tuple[str, ...] | None = None
+    rate_threshold: float = 0.0
+    rate_window: int = DEFAULT_RATE_WINDOW
+    rate_min_runs: int = DEFAULT_RATE_MIN_RUNS
+    stuck_after: int = 0
+
+
+def mention_id(value: str, where: str) -> str:
+    """One validated mention: a member (U…/W…) or user-group (S…) ID, ``here`` or ``channel``."""
+    text = value.strip()
+    bare = text.lstrip("@!").lower()
+    if bare in SPECIAL_MENTIONS and text.lstrip("@!") == bare:
+        return bare
+    if _MEMBER_RE.match(text) or _GROUP_RE.match(text):
+        return text
+    if bare == "everyone":
+        raise ConfigError(f"{where}: {value!r} is not allowed; use channel (or here) instead")
+    if _CHANNEL_RE.match(text):
+        raise ConfigError(f"{where}: {value!r} is a channel ID, not a person or group; {_MENTION_HELP}")
+    if text.upper() != text or text.startswith(("@", "#")) or not text:
+        raise ConfigError(f"{where}: {value!r} looks like a name, not an ID; {_MENTION_HELP}")
+    raise ConfigError(f"{where}: {value!r} is not a Slack member or user-group ID; {_MENTION_HELP}")
+
+
+def _mentions(value: Any, where: str) -> tuple[str, ...]:
+    """A mention list from TOML (a list of strings) or the environment (comma separated)."""
+    if isinstance(value, str):
+        items = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise ConfigError(f'{where} must be a list of Slack IDs, like ["U0123ABCD", "S0456EFGH", "here"]')
+    out: list[str] = []
+    for item in items:
+        mention = mention_id(item, where)
+        if mention not in out:
+            out.append(mention)
+    return tuple(out)
+
+
+def _watch_seconds(value: Any, where: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be a whole number of seconds, not {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where} = {value} is too small; use {minimum} or more (0 turns it off)")
+    return value
+
+
+def _fraction(value: Any, where: str) -> float:
+    """A share of runs: 0 (off) or a number between 0 and 1, exclusive of 1."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ConfigError(f"{where}={text!r} is not a number; use a fraction like 0.2 (20% of runs)")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a fraction like 0.2 (20% of runs), not {value!r}")
+    if not 0 <= value < 1:
+        raise ConfigError(
+            f"{where}={value} is not a fraction between 0 and 1; "
+            "use e.g. 0.2 for 20% of runs (0 turns it off)"
+        )
+    return float(value)
+
+
+def _watch_app_fields(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The per-app overrides of :class:`WatchSettings` in a ``[[apps]]`` entry."""
+    out: dict[str, Any] = {}
+    if "mention" in raw:
+        out["mention"] = _mentions(raw["mention"], f"{where}: mention")
+    if "escalate_to" in raw:
+        out["escalate_to"] = _mentions(raw["escalate_to"], f"{where}: escalate_to")
+    if "escalate_after" in raw:
+        out["escalate_after"] = _watch_seconds(raw["escalate_after"], f"{where}: escalate_after")
+    if "rate_threshold" in raw:
+        out["rate_threshold"] = _fraction(raw["rate_threshold"], f"{where}: rate_threshold")
+    if "stuck_after" in raw:
+        out["stuck_after"] = _watch_seconds(raw["stuck_after"], f"{where}: stuck_after", minimum=0)
+        if 0 < out["stuck_after"] < 60:
+            raise ConfigError(f"{where}: stuck_after = {out['stuck_after']} is too small; use 60 or more")
+    return out
+
+
+def _watch_settings(env: Mapping[str, str], lookback: int) -> WatchSettings:
+    """The environment's defaults for mentions, escalation, failure rate and stuck runs."""
+    escalate_to = None
+    if env.get("WFLOGS_ESCALATE_TO", "").strip():
+        escalate_to = _mentions(env["WFLOGS_ESCALATE_TO"], "WFLOGS_ESCALATE_TO")
+    rate_window = _int_env(env, "WFLOGS_RATE_WINDOW", DEFAULT_RATE_WINDOW, minimum=60)
+    stuck_after = _int_env(env, "WFLOGS_STUCK_AFTER", 0, minimum=0)
+    if 0 < stuck_after < 60:
+        raise ConfigError(f"WFLOGS_STUCK_AFTER={stuck_after} is too small; use 60 or more (0 turns it off)")
+    return WatchSettings(
+        mention=_mentions(env.get("WFLOGS_MENTION", ""), "WFLOGS_MENTION"),
+        escalate_after=_int_env(env, "WFLOGS_ESCALATE_AFTER", 0, minimum=0),
+        escalate_to=escalate_to,
+        rate_threshold=_fraction(env.get("WFLOGS_RATE_THRESHOLD", "").strip() or 0, "WFLOGS_RATE_THRESHOLD"),
+        rate_window=rate_window,
+        rate_min_runs=_int_env(env, "WFLOGS_RATE_MIN_RUNS", DEFAULT_RATE_MIN_RUNS, minimum=1),
+        stuck_after=stuck_after,
+    )
+
+
+def _check_rate_window(watch: WatchSettings, apps: list[AppConfig], lookback: int) -> None:
+    """The failed and stopped runs of the rate window are counted from what the poller remembers
+    of its look-back window (which costs no request): a longer window would undercount."""
+    thresholds = [a.rate_threshold if a.rate_threshold is not None else watch.rate_threshold for a in apps]
+    if any(thresholds) and watch.rate_window > lookback:
+        raise ConfigError(
+            f"WFLOGS_RATE_WINDOW={watch.rate_window} is longer than WFLOGS_LOOKBACK={lookback}; "
+            f"set WFLOGS_LOOKBACK={watch.rate_window} (or more), or shorten the window"
+        )
+
+
+def _watch_warnings(watch: WatchSettings, apps: list[AppConfig]) -> list[str]:
+    out: list[str] = []
+    for app in apps:
+        stuck = app.stuck_after if app.stuck_after is not None else watch.stuck_after
+        if 0 < stuck < DIFY_MAX_EXECUTION_TIME:
+            out.append(
+                f"{app.label}: stuck runs are reported after {stuck}s, below Dify's "
+                f"WORKFLOW_MAX_EXECUTION_TIME ({DIFY_MAX_EXECUTION_TIME}s by default): runs that are only "
+                "slow will be called stuck"
+            )
+        after = app.escalate_after if app.escalate_after is not None else watch.escalate_after
+        if after and not escalation_targets(watch, app):
+            out.append(
+                f"{app.label}: escalation is on but names nobody; set WFLOGS_ESCALATE_TO or WFLOGS_MENTION "
+                "(or escalate_to / mention for the app)"
+            )
+    return out
+
+
+def escalation_targets(watch: WatchSettings, app: AppConfig) -> tuple[str, ...]:
+    """Who an escalation mentions: the app's escalate_to, else WFLOGS_ESCALATE_TO, else the mention list."""
+    if app.escalate_to is not None:
+        return app.escalate_to
+    if watch.escalate_to is not None:
+        return watch.escalate_to
+    return app.mention if app.mention is not None else watch.mention
+
+
+def mentions_for(settings: Settings, app: AppConfig) -> tuple[str, ...]:
+    """Who a new incident of ``app`` mentions (possibly nobody)."""
+    return app.mention if app.mention is not None else settings.watch.mention
+
+
+def escalation_for(settings: Settings, app: AppConfig) -> tuple[int, tuple[str, ...]]:
+    """Seconds without acknowledgement before escalating (0: never), and who to mention then."""
+    after = app.escalate_after if app.escalate_after is not None else settings.watch.escalate_after
+    return after, escalation_targets(settings.watch, app)
+
+
+def rate_threshold_for(settings: Settings, app: AppConfig) -> float:
+    """The failure-rate threshold of ``app`` (0: no failure-rate alerts)."""
+    return app.rate_threshold if app.rate_threshold is not None else settings.watch.rate_threshold
+
+
+def stuck_after_for(settings: Settings, app: AppConfig) -> int:
+    """Seconds after which a run still running is stuck, for ``app`` (0: not watched)."""
+    return app.stuck_after if app.stuck_after is not None else settings.watch.stuck_after

@@ -20,16 +20,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import alert_format as fmt
 from bot import incident_format as ifmt
+from bot import watch_format as wfmt
 from bot.errors import SlackError, SlackPermanentError
 from bot.incidents import IncidentKeeper
 from bot.notifier import MESSAGE_SHAPE, PERMANENT, Sink
 from bot.records import Alert
 from storage import Store
 from storage.incidents import IncidentStore
+
+if TYPE_CHECKING:
+    from bot.watch import Escalator, SignalMessages
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,9 @@ class Deliverer:
         channels: dict[str, str] | None = None,
         keeper: IncidentKeeper | None = None,
         controls: bool = False,
+        mentions: dict[str, tuple[str, ...]] | None = None,
+        signals: SignalMessages | None = None,
+        escalator: Escalator | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -95,6 +102,12 @@ class Deliverer:
         self.incidents = IncidentStore(store)
         # Acknowledge / Mute / Resolve are drawn only when Slack can send the clicks to wflogs.
         self.controls = controls
+        # Who a new incident's channel message mentions, per app (never replies or edits).
+        self.mentions = dict(mentions or {})
+        # Failure-rate and stuck-runs incidents are drawn from their figures, not from runs.
+        self.signals = signals
+        # Escalations are due from the incidents' state, evaluated right after it is brought up to date.
+        self.escalator = escalator
         self._lock = threading.Lock()
 
     def deliver_all(self) -> DeliveryResult:
@@ -111,7 +124,16 @@ class Deliverer:
             except Exception:
                 # Runs are safe in the outbox; what was planned before still goes out.
                 log.exception("evaluating incidents failed; the next pass retries")
-            for channel in self.incidents.channels_with_work():
+            if self.escalator is not None:
+                try:
+                    self.escalator.evaluate(now)
+                except Exception:
+                    # Escalating must never hold up alerts; the next pass evaluates again.
+                    log.exception("evaluating escalations failed")
+            channels = self.incidents.channels_with_work()
+            if self.signals is not None:
+                channels = sorted(set(channels) | set(self.signals.channels_with_work()))
+            for channel in channels:
                 try:
                     self.deliver_channel(channel, result)
                 except SlackPermanentError as exc:
@@ -187,6 +209,8 @@ class Deliverer:
                     continue  # never more than max_messages new channel messages a pass
                 top_level += 1
             self._guarded(channel, message, result, partial(self._deliver, channel, message, result))
+        if self.signals is not None:
+            top_level += self._deliver_signals(channel, result, room=self.max_messages - top_level)
         for event in self.incidents.pending_events(channel):
             self._guarded(channel, event, result, partial(self._tell, channel, event, result))
         for incident in self.incidents.dirty(channel):
@@ -278,9 +302,13 @@ class Deliverer:
                 view, alerts, with_controls=self.controls, now=now, rest_in=rest_in
             )
             listed = alerts[:count]
+            text, blocks = wfmt.with_mentions(text, blocks, self.mentions.get(incident["app_id"], ()))
         else:
             listed = []
             text, blocks = fmt.summary(alerts)
+            apps = dict.fromkeys(r["app_id"] for r in self.store.message_alerts(message["id"]))
+            called = dict.fromkeys(m for app_id in apps for m in self.mentions.get(app_id, ()))
+            text, blocks = wfmt.with_mentions(text, blocks, list(called))
         ts = self.sink.post(channel, text, blocks)
         with self.store.transaction():
             self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=ts)
@@ -333,7 +361,11 @@ class Deliverer:
             return  # its thread is not in Slack yet
         text, blocks = ifmt.event(event["text"])
         self.sink.post(
-            channel, text, blocks, thread_ts=event.get("thread_ts") if event.get("incident_id") else None
+            channel,
+            text,
+            blocks,
+            thread_ts=event.get("thread_ts") if event.get("incident_id") else None,
+            broadcast=bool(event.get("broadcast")),
         )
         self.incidents.event_posted(int(event["id"]), int(self._now()))
         result.posts += 1
@@ -343,8 +375,11 @@ class Deliverer:
 
         Returns how many channel messages were posted (0 or 1)."""
         now = int(self._now())
-        view = ifmt.Incident.from_row(incident, self._mute(incident, now))
-        text, blocks = ifmt.edit(view, incident.get("parent_body"), with_controls=self.controls, now=now)
+        if self.signals is not None and self.signals.shows_signal(incident):
+            text, blocks = self.signals.render(incident, controls=self.controls, now=now)
+        else:
+            view = ifmt.Incident.from_row(incident, self._mute(incident, now))
+            text, blocks = ifmt.edit(view, incident.get("parent_body"), with_controls=self.controls, now=now)
         try:
             self.sink.update(channel, incident["parent_ts"], text, blocks)
         except SlackError as exc:
@@ -373,6 +408,37 @@ class Deliverer:
         self.incidents.edited(int(incident["id"]), int(incident["dirty"] or 0))
         result.edits += 1
         return 0
+
+    def _deliver_signals(self, channel: str, result: DeliveryResult, *, room: int) -> int:
+        """Failure-rate and stuck-runs incidents: new parents (at most ``room``, with the mention
+        list), then a thread reply for runs that got stuck since. Returns channel messages posted."""
+        assert self.signals is not None
+        signals = self.signals
+        now = int(self._now())
+        posted = 0
+        for incident in signals.unposted(channel):
+            if posted >= room:
+                break
+
+            def post_parent(incident: dict[str, Any] = incident) -> None:
+                text, blocks = signals.render(incident, controls=self.controls, now=now, first=True)
+                ts = self.sink.post(channel, text, blocks)
+                signals.posted(incident, ts)
+                result.posts += 1
+
+            self._guarded(channel, {"id": incident["id"]}, result, post_parent)
+            posted += 1
+        for incident, runs in signals.news(channel, now):
+
+            def post_news(incident: dict[str, Any] = incident, runs: list[dict[str, Any]] = runs) -> None:
+                if not signals.muted(incident, now):  # muted: counted on the parent only
+                    text, blocks = wfmt.stuck_more(runs, now)
+                    self.sink.post(channel, text, blocks, thread_ts=incident["thread_ts"])
+                    result.posts += 1
+                signals.told(incident, runs)
+
+            self._guarded(channel, {"id": incident["id"]}, result, post_news)
+        return posted
 
     def _upload_csv(self, channel: str, message: dict[str, Any], parent_ts: str, alerts: list[Alert]) -> bool:
         """Share the runs as a CSV file in the thread; False when Slack refuses files for good

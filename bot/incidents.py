@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bot import incident_format as ifmt
-from bot.dify import LogEntry
 from bot.errors import WflogsError
+from bot.records import LogEntry
 from storage import Store
 from storage.incidents import IncidentStore
 
@@ -97,6 +97,8 @@ class IncidentKeeper:
 
     def _resolve(self, now: int) -> None:
         for row in self.incidents.open_incidents():
+            if row.get("kind"):
+                continue  # failure-rate and stuck-runs incidents resolve by their own rule
             quiet_since = max(int(row.get("last_seen") or 0), int(row["opened_at"]))
             if row["opened_at"] >= now or now - quiet_since < self._resolve_after(row["app_id"]):
                 continue

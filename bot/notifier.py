@@ -41,9 +41,15 @@ class Sink(Protocol):
     """Something that takes messages."""
 
     def post(
-        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: list[Block] | None,
+        *,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
     ) -> str:
-        """Post a message; return its ts."""
+        """Post a message; return its ts. ``broadcast``: a thread reply also shown in the channel."""
         ...
 
     def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
@@ -72,11 +78,17 @@ class TerminalSink:
         return self._stream or sys.stdout
 
     def post(
-        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: list[Block] | None,
+        *,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
     ) -> str:
         with self._lock:
             self._count += 1
-            prefix = "  ↳ " if thread_ts else ""
+            prefix = ("  ↳ (also in the channel) " if broadcast else "  ↳ ") if thread_ts else ""
             body = _plain(blocks) if blocks else terminal_safe(text)
             self.stream.write(f"{prefix}{body}\n\n")
             self.stream.flush()
@@ -220,7 +232,13 @@ class SlackSink:
         raise SlackError(f"Slack kept rate-limiting {channel}", error="ratelimited")
 
     def post(
-        self, channel: str, text: str, blocks: list[Block] | None, *, thread_ts: str | None = None
+        self,
+        channel: str,
+        text: str,
+        blocks: list[Block] | None,
+        *,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
     ) -> str:
         def send(with_blocks: bool) -> Any:
             return self.client.chat_postMessage(
@@ -228,6 +246,7 @@ class SlackSink:
                 text=text,
                 blocks=blocks if with_blocks else None,
                 thread_ts=thread_ts,
+                reply_broadcast=True if broadcast and thread_ts else None,
                 unfurl_links=False,
                 unfurl_media=False,
             )

@@ -11,7 +11,7 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
-from bot.config import Settings, alert_channel_for, resolve_after_for
+from bot.config import Settings, alert_channel_for, mentions_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
@@ -21,6 +21,7 @@ from bot.incidents import IncidentActions, IncidentKeeper
 from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
+from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
 from storage import STORAGE_ERRORS, Store, describe
 from storage.db import open_incidents_count, pending_by_status
 
@@ -98,6 +99,7 @@ class CycleReport:
     delivery: DeliveryResult
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    watch: WatchReport | None = None
     outbox_pending: int | None = None
 
     @property
@@ -123,6 +125,9 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     # Set by ``wflogs run``'s delivery thread: it delivers, and is woken after each poll and click.
     wake: Callable[[], None] | None = None
+    watcher: Watcher | None = None
+    # What the last watch found (failure rates, stuck runs), for the cycle's report.
+    last_watch: WatchReport | None = None
     deliver_in_cycle: bool = True
 
     @classmethod
@@ -166,13 +171,26 @@ class Runtime:
             resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
             successes=successes,
         )
+        mentions = {app.id: mentions_for(settings, app) for app in settings.apps}
         deliverer = Deliverer(
-            store=store, sink=sink, now=now, channels=channels, keeper=keeper, controls=settings.interactive
+            store=store,
+            sink=sink,
+            now=now,
+            channels=channels,
+            keeper=keeper,
+            controls=settings.interactive,
+            mentions=mentions,
+            signals=SignalMessages(store, mentions=lambda app_id: mentions.get(app_id, ())),
+            escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
-        return cls(
+        runtime = cls(
             settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now, metrics
         )
+        runtime.watcher = Watcher(
+            settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
+        )
+        return runtime
 
     def poll(self) -> list[AppResult]:
         """Poll every app and tell channels about apps that cannot be read (or read again).
@@ -184,6 +202,7 @@ class Runtime:
         check_health(
             settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
         )
+        self.last_watch = self._watch(apps)
         return apps
 
     def deliver(self) -> DeliveryResult:
@@ -211,7 +230,8 @@ class Runtime:
         """Sum up a cycle (metrics and the log)."""
         problems = [f"{r.name}: {r.error}" for r in apps if not r.ok]
         problems += [f"Slack {channel}: {error}" for channel, error in delivery.errors.items()]
-        report = CycleReport(apps, delivery, seconds, problems)
+        problems += self._watch_problems(self.last_watch)
+        report = CycleReport(apps, delivery, seconds, problems, watch=self.last_watch)
         self._observe_cycle(report)
         log.info(
             "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
@@ -225,6 +245,23 @@ class Runtime:
         )
         return report
 
+    def _watch(self, apps: list[AppResult]) -> WatchReport | None:
+        """Failure rates and stuck runs, after the poll (they count what it remembered)."""
+        if self.watcher is None:
+            return None
+        try:
+            return self.watcher.watch_all(apps)
+        except Exception:
+            # Watching must never stop alerting; the stored state lets the next cycle redo it.
+            log.exception("watching failure rates and stuck runs failed; the next cycle retries")
+            return WatchReport(error="watching failure rates and stuck runs crashed; see the log")
+
+    @staticmethod
+    def _watch_problems(watch: WatchReport | None) -> list[str]:
+        if watch is None:
+            return []
+        problems = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
+        return problems + ([watch.error] if watch.error else [])
     # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
 
     def _observe_cycle(self, report: CycleReport) -> None:

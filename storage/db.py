@@ -686,3 +686,48 @@ def m009_incident_indexes(db: sqlite_utils.Database) -> None:
     """Runs by incident (counting what is still to send) and alerts not yet in an incident."""
     db["alerts"].create_index(["incident_id", "sent_at"])  # type: ignore[union-attr]
     db["incidents"].create_index(["dirty"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m010_watch(db: sqlite_utils.Database) -> None:
+    """Signals (failure rate, stuck runs) and the incidents they open, the running rows found
+    stuck, how far each app's runs were checked for being stuck, and escalations."""
+    db["watch_state"].create({"app_id": str, "stuck_checked_until": int}, pk="app_id")  # type: ignore[union-attr]
+    db["signals"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "app_id": str,
+            "kind": str,
+            "opened_at": int,
+            "updated_at": int,
+            "resolved_at": int,
+            "detail": str,
+            "incident_id": int,
+        },
+        pk="id",
+    )
+    db.execute("create unique index signals_one_open on signals (app_id, kind) where resolved_at is null")
+    db["stuck_runs"].create(  # type: ignore[union-attr]
+        {
+            "app_id": str,
+            "log_id": str,
+            "run_id": str,
+            "started_at": int,
+            "found_at": int,
+            "next_check": int,
+            "ended_at": int,
+            "end_status": str,
+            "signal_id": int,
+            "reported": int,
+            "entry": str,
+        },
+        pk=("app_id", "log_id"),
+    )
+    db["stuck_runs"].create_index(["app_id", "ended_at", "next_check"])  # type: ignore[union-attr]
+    # Incidents that are not one error shape's runs: "failure_rate" or "stuck_runs" (null: runs),
+    # with their figures as JSON; when an unacknowledged incident was escalated.
+    db["incidents"].add_column("kind", str)  # type: ignore[union-attr]
+    db["incidents"].add_column("detail", str)  # type: ignore[union-attr]
+    db["incidents"].add_column("escalated_at", int)  # type: ignore[union-attr]
+    # A thread reply also sent to the channel (an escalation).
+    db["incident_events"].add_column("broadcast", int)  # type: ignore[union-attr]

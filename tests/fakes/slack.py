@@ -126,6 +126,10 @@ class FakeSlack:
         self.files: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # posts to response_url
         self.faults: dict[str, list[tuple[str, Any]]] = {}
+        # Workspace directory for users.info / usergroups.list, and scopes the token lacks.
+        self.users: dict[str, dict[str, Any]] = {}
+        self.usergroups: dict[str, dict[str, Any]] = {}
+        self.missing_scopes: set[str] = set()
         self.lock = threading.Lock()
         self._ts = 1_700_000_000.000100
         self._uploads: dict[str, dict[str, Any]] = {}
@@ -367,6 +371,7 @@ class FakeSlack:
                         "channel": channel,
                         "ts": ts,
                         "thread_ts": p.get("thread_ts"),
+                        "reply_broadcast": str(p.get("reply_broadcast", "")).lower() in ("1", "true"),
                         "text": p.get("text"),
                         "blocks": p.get("blocks"),
                     }
@@ -395,6 +400,23 @@ class FakeSlack:
                         }
                     )
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+        if method == "users.info":
+            if "users:read" in self.missing_scopes:
+                return {"ok": False, "error": "missing_scope", "needed": "users:read"}
+            user = self.users.get(p.get("user") or "")
+            if user is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": {"id": p.get("user"), "deleted": False, "is_bot": False, **user}}
+        if method == "usergroups.list":
+            if "usergroups:read" in self.missing_scopes:
+                return {"ok": False, "error": "missing_scope", "needed": "usergroups:read"}
+            include_disabled = str(p.get("include_disabled", "")).lower() in ("1", "true")
+            groups = [
+                {"id": gid, "date_delete": 0, **group}
+                for gid, group in self.usergroups.items()
+                if include_disabled or not group.get("date_delete")
+            ]
+            return {"ok": True, "usergroups": groups}
         if method == "chat.getPermalink":
             ts = p.get("message_ts")
             if not any(m["ts"] == ts for m in self.messages):
