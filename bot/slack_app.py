@@ -237,10 +237,12 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
     settings = runtime.settings
 
     def on_control(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        ack()
+        # The click is recorded (one quick SQLite write) before Slack is answered, so an answered
+        # click is never lost to a crash in between; the deliverer edits the message afterwards.
         channel, user = _channel_of(body), _user_of(body)
         refused = control_refusal(settings, user=user, channel=channel)
         if refused:
+            ack()
             _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
             return
         actions, at, who = runtime.actions, int(now()), user or "someone"
@@ -257,6 +259,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             answer = "That control's value is damaged; nothing was changed."
         except WflogsError as exc:
             answer = f"Nothing was changed: {exc}"
+        ack()
         if runtime.wake is not None:
             runtime.wake()
         _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
