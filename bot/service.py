@@ -12,7 +12,6 @@ from typing import TextIO
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
-from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.config import Settings
 from bot.digest import Digester
@@ -20,7 +19,7 @@ from bot.errors import ConfigError, WflogsError
 from bot.lease import Lease, lease_timings
 from bot.ops_http import EVENTS_PATH, HEALTH_PATH, METRICS_PATH, OpsServer, ProcessHealth, make_wsgi_app
 from bot.runtime import CycleReport, Runtime, database_error
-from bot.slack_app import build_app
+from bot.slack_app import build_app, events_handler
 from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
 from bot.socket_mode import SocketModeConnector
 from bot.systemd import Notifier
@@ -339,7 +338,7 @@ def start_serving(
     else:
         log.info("/wflogs is not served: set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP)")
     if bolt_app is not None and settings.slack_signing_secret and not settings.slack_app_token:
-        slack_http = SlackRequestHandler(bolt_app, path=EVENTS_PATH)
+        slack_http = events_handler(bolt_app)
     try:
         server = OpsServer(
             make_wsgi_app(ops.health, ops.metrics, slack_http), settings.http_host, settings.port

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -24,6 +21,7 @@ from bot import search_format as fmt
 from bot.blocks import Block, section
 from bot.config import Settings, alert_channel_for
 from bot.errors import ConfigError, QueryError, WflogsError
+from bot.ops_http import EVENTS_PATH
 from bot.query import SIMILAR_DAYS, MuteCommand, Query, check_run_id, parse, parse_mute_command
 from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
@@ -32,7 +30,6 @@ from bot.text import duration, escape
 log = logging.getLogger(__name__)
 
 COMMAND = "/wflogs"
-EVENTS_PATH = "/slack/events"
 
 
 # -- access control ------------------------------------------------------------------------
@@ -336,44 +333,7 @@ def _mute_app(runtime: Runtime, command: MuteCommand, user: str, at: int, channe
 # -- serving ----------------------------------------------------------------------------------
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
-
-
-class HttpServer:
-    """``/slack/events`` over HTTP on a background thread (Bolt checks every signature)."""
-
-    def __init__(self, app: App, host: str, port: int) -> None:
-        self._server = make_server(
-            host,
-            port,
-            SlackRequestHandler(app, path=EVENTS_PATH),
-            server_class=_ThreadingWSGIServer,
-            handler_class=_QuietHandler,
-        )
-        # A short poll interval makes close() quick; the server sleeps in select() in between.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="slack-http", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        return int(self._server.server_address[1])
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-def start_http(app: App, host: str, port: int) -> HttpServer:
-    """Serve ``app`` at ``http://host:port/slack/events``, returning at once."""
-    return HttpServer(app, host, port)
+def events_handler(app: App) -> SlackRequestHandler:
+    """The WSGI handler of ``/slack/events`` (Bolt checks every signature); the one HTTP server of
+    ``wflogs run`` (:mod:`bot.ops_http`) routes that path to it."""
+    return SlackRequestHandler(app, path=EVENTS_PATH)

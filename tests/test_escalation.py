@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from slack_sdk import WebClient
 
+from bot.ops_http import EVENTS_PATH, OpsServer
 from bot.runtime import Runtime
-from bot.slack_app import EVENTS_PATH, build_app, start_http
+from bot.slack_app import build_app, events_handler
 from tests.conftest import Clock, build_runtime, make_settings, slack_env
 from tests.fakes.dify import FakeDify
 from tests.fakes.slack import FakeSlack, assert_valid_blocks, mrkdwn_texts
@@ -180,7 +181,7 @@ def test_an_acknowledgement_clicked_in_slack_cancels_the_escalation(tmp_path, di
         tmp_path, {"DIFY_API_KEY": app.key, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET, **ESCALATE}
     )
     rt = build_runtime(settings, dify, clock, web=web)
-    server = start_http(build_app(rt, now=clock), "127.0.0.1", 0)
+    server = OpsServer(events_handler(build_app(rt, now=clock)), "127.0.0.1", 0)
     try:
         fail(dify, app, clock)
         rt.cycle()

@@ -19,8 +19,9 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
+from bot.ops_http import EVENTS_PATH, OpsServer
 from bot.runtime import Runtime
-from bot.slack_app import EVENTS_PATH, build_app, start_http
+from bot.slack_app import build_app, events_handler
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning
 from tests.fakes.dify import FakeApp, FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
@@ -132,7 +133,7 @@ def serving(
     env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.base_url}
     config = f'[[apps]]\napi_key = "{app.key}"\nname = "Support Bot"\nchannel = "{CHANNEL}"\n' + toml
     rt = build_runtime(make_settings(tmp_path, env, toml=config), dify, clock, web=web)
-    server = start_http(build_app(rt, now=clock), "127.0.0.1", 0)
+    server = OpsServer(events_handler(build_app(rt, now=clock)), "127.0.0.1", 0)
     try:
         yield Bench(rt, slack, dify, app, clock, f"http://127.0.0.1:{server.port}{EVENTS_PATH}")
     finally:

@@ -21,8 +21,9 @@ from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from bot import search_format as fmt
+from bot.ops_http import EVENTS_PATH, OpsServer
 from bot.runtime import Runtime
-from bot.slack_app import EVENTS_PATH, build_app, start_http
+from bot.slack_app import build_app, events_handler
 from tests.conftest import T0, Clock, make_settings
 from tests.fakes.dify import DifyServer, FakeApp, FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
@@ -142,7 +143,7 @@ def serving(
         env["DIFY_API_KEY"] = app.key
     settings = make_settings(tmp_path, env=env, toml=toml)
     runtime = Runtime.build(settings, transport=httpx.MockTransport(dify.handler), web=web, dify_backoff=0)
-    server = start_http(build_app(runtime, now=clock), "127.0.0.1", 0)
+    server = OpsServer(events_handler(build_app(runtime, now=clock)), "127.0.0.1", 0)
     try:
         yield Harness(dify, slack, f"http://127.0.0.1:{server.port}{EVENTS_PATH}", app)
     finally:
