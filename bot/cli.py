@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -356,6 +359,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         level=logging.DEBUG if args.verbose else logging.INFO,
         json_lines=settings.log_format == "json",
     )
+    previous = None if args.command == "run" else _exit_on_sigterm(err)  # `run` stops cleanly itself
+    try:
+        return _run_command(args, settings, out, err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> int:
     if args.command not in ("check", "run"):  # check prints them, `run` logs them as it starts
         for warning in settings.warnings:
             log.warning("%s", warning)
@@ -370,6 +382,32 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _exit_on_sigterm(err: TextIO) -> Any:
+    """SIGTERM ends a one-off command at once, as it does any process by default.
+
+    As PID 1 in a container a process gets no default action for SIGTERM, so without this
+    ``docker stop`` during ``poll --once`` would wait out its timeout and then SIGKILL. Ending at
+    once is safe: every write is a SQLite transaction, and a message in flight can at most be
+    posted again by the next cycle (as after a kill)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, _frame: object) -> None:
+        for stream in (sys.stdout, err):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        try:
+            err.write("wflogs: stopped by SIGTERM\n")
+            err.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

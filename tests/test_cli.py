@@ -185,6 +185,26 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
     assert code == 0 and "Traceback" not in text
 
 
+def test_sigterm_ends_poll_once_at_once_even_while_dify_is_slow(tmp_path, server):
+    # As PID 1 in a container a process has no default action for SIGTERM: wflogs must end by itself.
+    app = server.fake.add_app("Support Bot")
+    server.fake.add_log(app, at=int(time.time()) - 30, error="timed out")
+    server.fake.latency = 8.0  # every Dify request hangs far longer than the test waits
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "poll", "--once"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path, DIFY_API_KEY=app.key, DIFY_API_URL=server.url),
+    )
+    time.sleep(1.5)  # well inside the first request
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=5)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+
+
 def test_json_logs_are_one_object_per_line_with_secrets_scrubbed(tmp_path, server):
     bad_key = "app-" + "q" * 20 + "ABCD"
     done = wflogs(
