@@ -427,3 +427,28 @@ def test_health_can_listen_on_ipv6(tmp_path: Path, dify: FakeDify, clock: Clock)
         assert httpx.get(f"http://[::1]:{server.port}{HEALTH_PATH}").json()["status"] == "ok"
     finally:
         server.close()
+
+
+def test_outbox_depth_follows_delivery_on_its_own_thread(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, clock: Clock
+):
+    # In `wflogs run` the cycle only finds alerts; the delivery thread sends them. /healthz and
+    # /metrics must not keep showing them as waiting until the next cycle.
+    app = dify.add_app("Support Bot")
+    dify.add_log(app, at=T0 - 60, error="timed out")
+    dify.add_log(app, at=T0 - 50, status="stopped")
+    runtime, ops, stop, base = _serve(
+        tmp_path, dify, slack, clock, DIFY_API_KEY=app.key, WFLOGS_HTTP_HOST="127.0.0.1"
+    )
+    runtime.deliver_in_cycle = False
+    try:
+        assert ops.tick()
+        assert ops.cycle() is not None
+        assert httpx.get(base + HEALTH_PATH).json()["outbox_pending"] == 2
+        assert "wflogs_outbox_pending 2.0" in httpx.get(base + METRICS_PATH).text
+        runtime.deliver()
+        assert httpx.get(base + HEALTH_PATH).json()["outbox_pending"] == 0
+        assert "wflogs_outbox_pending 0.0" in httpx.get(base + METRICS_PATH).text
+    finally:
+        stop()
+        runtime.close()
