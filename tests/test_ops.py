@@ -452,3 +452,24 @@ def test_outbox_depth_follows_delivery_on_its_own_thread(
     finally:
         stop()
         runtime.close()
+
+
+@pytest.mark.parametrize("host", ["nosuchhost.invalid", "192.0.2.1"])
+def test_an_address_that_is_not_this_hosts_names_wflogs_http_host(
+    tmp_path: Path, dify: FakeDify, clock: Clock, host: str
+):
+    from bot.errors import ConfigError
+
+    app = dify.add_app("Support Bot")
+    settings = make_settings(
+        tmp_path, env={"DIFY_API_KEY": app.key, "PORT": str(free_port()), "WFLOGS_HTTP_HOST": host}
+    )
+    runtime = build_runtime(settings, dify, clock)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            start_serving(runtime, Operations(runtime, now=clock))
+    finally:
+        runtime.close()
+    message = str(caught.value)
+    assert f"cannot listen on {host}:" in message and "set WFLOGS_HTTP_HOST" in message
+    assert "set PORT" not in message
