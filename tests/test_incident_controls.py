@@ -214,6 +214,26 @@ def test_mute_until_resolved_ends_with_the_incident(b: Bench):
     assert len(tops) == 2 and run.run_id in shown(tops[-1])  # a new incident, not muted
 
 
+def test_similar_runs_on_the_parent_answers_a_signed_click_and_stays_through_edits(b: Bench):
+    element = b.control(f"wflogs_similar_i{b.incident()['id']}")
+    assert element["text"]["text"] == "Similar runs"
+    older = b.dify.add_log(b.app, at=int(b.clock.now) - 86400, error="model overloaded after 31s")
+    b.dify.add_log(b.app, at=int(b.clock.now) - 3600, error="tool search failed: 500")
+    answer = b.click(pressed(element))
+    assert answer.status_code == 200
+    (found,) = b.answers(1)
+    assert found["text"].startswith("3 runs") and found.get("replace_original") is False
+    assert older.run_id in shown(found) and "tool search failed" not in shown(found)
+    # Every control keeps a unique action id, and the button survives the edits of the parent.
+    b.click(pressed(b.control("incident_ack")))
+    b.answers(2)
+    b.rt.deliver()
+    rows = [block["elements"] for block in b.parent()["blocks"] if block["type"] == "actions"]
+    ids = [e["action_id"] for elements in rows for e in elements]
+    assert element["action_id"] in ids and len(ids) == len(set(ids))
+    assert "Acknowledged by <@U0ALICE>" in shown(b.parent())
+
+
 def test_a_click_from_someone_not_allowed_is_refused_and_changes_nothing(
     tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
 ):

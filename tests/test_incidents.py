@@ -235,6 +235,7 @@ def test_terminal_mode_prints_incident_lines(tmp_path, dify, clock):
     assert "acknowledged by <@U0ALICE>" in text
     assert "muted until" in text
     assert "resolved after 9m 40s (4 runs)" in text
+    assert "Similar runs" not in text and "wflogs_similar" not in text  # no controls in a terminal
 
 
 def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, clock, slack):
@@ -243,6 +244,7 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
     rt.cycle()
     assert "incident_ack" not in shown(top(slack)[0])  # no app token, no signing secret
+    assert "wflogs_similar" not in shown(top(slack)[0]) and "Similar runs" not in shown(top(slack)[0])
     other = dify.add_app()
     fail_some(dify, other, clock, 2)
     (tmp_path / "b").mkdir()
@@ -252,6 +254,7 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     for needle in ("incident_ack", "incident_mute", "incident_resolve", "Acknowledge", "Resolve", "7 days"):
         assert needle in shown(parent)
     assert "until resolved" in shown(parent)
+    assert "Similar runs" in shown(parent)
     assert_valid_blocks(parent["blocks"])
 
 
