@@ -243,8 +243,8 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
             return
         actions, at, who = runtime.actions, int(now()), user or "someone"
+        kind = action.get("action_id")
         try:
-            kind = action.get("action_id")
             if kind == ifmt.ACTION_MUTE:
                 number, choice = str((action.get("selected_option") or {}).get("value") or "").split(":", 1)
                 answer = actions.mute(int(number), choice, who, at, channel=channel)
@@ -257,9 +257,17 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
         except WflogsError as exc:
             answer = f"Nothing was changed: {exc}"
         ack()
+        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
+        if kind == ifmt.ACTION_RESOLVE:
+            # After the answer: this asks Dify, which may take its time.
+            try:
+                actions.count_successes(int(str(action.get("value"))))
+            except ValueError:
+                pass
+            except Exception:
+                log.exception("counting the successful runs of a resolved incident failed")
         if runtime.wake is not None:
             runtime.wake()
-        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
 
     for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
         app.action(action_id)(on_control)

@@ -241,6 +241,14 @@ class IncidentStore:
                 )
             return changed
 
+    def set_successes(self, incident_id: int, successes: int) -> None:
+        """The successful runs between a resolved incident's last failure and its end (counted late)."""
+        self.store.execute(
+            "update incidents set successes = ?, dirty = dirty + 1 "
+            "where id = ? and state = 'resolved' and successes is null",
+            [successes, incident_id],
+        )
+
     def prune(self, older_than: int) -> None:
         """Forget incidents resolved before ``older_than``, with their sessions, events and mutes."""
         with self.store.transaction():

@@ -5,6 +5,7 @@ the deliverer edits the message from what was stored."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -232,6 +233,34 @@ def test_similar_runs_on_the_parent_answers_a_signed_click_and_stays_through_edi
     ids = [e["action_id"] for elements in rows for e in elements]
     assert element["action_id"] in ids and len(ids) == len(set(ids))
     assert "Acknowledged by <@U0ALICE>" in shown(b.parent())
+
+
+def test_a_resolve_click_is_answered_before_dify_is_asked_anything(b: Bench):
+    # Counting the successful runs since the last failure asks Dify, which may be slow or down:
+    # the click is recorded and answered first, the count comes afterwards.
+    b.dify.add_log(b.app, status="succeeded", at=int(b.clock.now) - 5)
+    release, finished = threading.Event(), threading.Event()
+
+    def slow_dify(request: httpx.Request) -> None:
+        if request.url.params.get("status") == "succeeded":
+            release.wait(5)
+            finished.set()
+
+    b.dify.faults.append(slow_dify)
+    try:
+        answer = b.click(pressed(b.control("incident_resolve")))
+        assert answer.status_code == 200
+        assert not finished.is_set()  # Slack was answered while Dify still kept wflogs waiting
+        assert b.incident()["state"] == "resolved" and b.incident()["resolved_by"] == "U0ALICE"
+        assert "Resolved" in b.answers(1)[0]["text"]
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while b.incident()["successes"] is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.incident()["successes"] == 1
+    b.rt.deliver()
+    assert "1 successful run since the last failure" in shown(b.parent())
 
 
 def test_a_click_from_someone_not_allowed_is_refused_and_changes_nothing(
