@@ -244,10 +244,14 @@ class IncidentActions:
         self.incidents.add_event(None, channel, ifmt.muted_text(user, now + seconds, app_name, reason), now)
         return mute_id
 
-    def unmute(self, mute_id: int, user: str, now: int) -> str:
-        """End mute number ``mute_id``."""
+    def unmute(self, mute_id: int, user: str, now: int, *, apps: set[str] | None = None) -> str:
+        """End mute number ``mute_id`` (only of one of ``apps`` when given)."""
         mute = self.incidents.mute(mute_id)
-        if mute is None or not self.incidents.end_mute(mute_id, now, user):
+        if (
+            mute is None
+            or (apps is not None and mute["app_id"] not in apps)
+            or not self.incidents.end_mute(mute_id, now, user)
+        ):
             return f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
         if mute.get("incident_id"):
             self.incidents.add_event(int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now)

@@ -291,12 +291,15 @@ def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Calla
         ack(*_note(refused))
         return True
     at = int(now())
+    # Like searches, mutes are seen and ended only where their app may be searched from.
+    visible = {app.id for app in visible_apps(settings, channel)}
     if command.kind == "list":
-        text, blocks = ifmt.mutes_list(runtime.actions.active_mutes(at), at)
+        mutes = [m for m in runtime.actions.active_mutes(at) if m["app_id"] in visible]
+        text, blocks = ifmt.mutes_list(mutes, at)
         ack(text=text, blocks=blocks)
         return True
     if command.kind == "unmute":
-        answer = runtime.actions.unmute(command.number or 0, user, at)
+        answer = runtime.actions.unmute(command.number or 0, user, at, apps=visible)
     else:
         answer = _mute_app(runtime, command, user, at, channel)
     if runtime.wake is not None:

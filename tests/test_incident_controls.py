@@ -315,6 +315,22 @@ def test_mute_commands_list_end_and_mute_a_whole_app_telling_its_channel_once(b:
     assert "no mute number 999" in b.command("unmute 999").text
 
 
+def test_mutes_of_an_app_limited_to_other_channels_are_neither_listed_nor_ended_elsewhere(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    hr = dify.add_app("HR Bot")
+    toml = f'[[apps]]\napi_key = "{hr.key}"\nname = "HR Bot"\nchannel = "C0HR"\nchannels = ["C0HR"]\n'
+    with serving(tmp_path, dify, slack, web, clock, toml=toml) as bench:
+        assert "Muted HR Bot" in bench.command("mute app:hr-bot 1h payroll migration", channel="C0HR").text
+        number = int(bench.rt.store.query("select id from mutes")[0]["id"])
+        elsewhere = bench.command("mutes")
+        assert "No mutes are in force" in elsewhere.text and "payroll" not in elsewhere.text
+        assert "no mute number" in bench.command(f"unmute {number}").text
+        assert bench.rt.store.query("select ended_at from mutes")[0]["ended_at"] is None
+        assert "payroll migration" in bench.command("mutes", channel="C0HR").text
+        assert "ended" in bench.command(f"unmute {number}", channel="C0HR").text
+
+
 def test_socket_mode_block_actions_are_acknowledged_and_recorded(b: Bench):
     handler = SocketModeHandler(build_app(b.rt, now=b.clock), "xapp-1-test")
     sent: list[str] = []
