@@ -443,3 +443,18 @@ def test_an_app_mute_that_runs_out_is_told_once_and_alerts_resume(tmp_path, dify
         assert messages_mentioning(slack, run.run_id) == 0
     assert messages_mentioning(slack, shown_now[0].run_id) == 1
     assert rt.store.outbox_size() == 0
+
+
+def test_a_parent_stored_by_an_earlier_version_is_still_edited_with_its_runs():
+    from bot import incident_format as ifmt
+
+    inc = ifmt.Incident(id=7, app_name="A", status="failed", state="open", runs=3, sessions=1, opened_at=1)
+    old_body = json.dumps([{"type": "section", "text": {"type": "mrkdwn", "text": "run `r-1` listed"}}])
+    _, blocks = ifmt.edit(inc, old_body, with_controls=True, now=2)
+    assert "run `r-1` listed" in json.dumps(blocks) and "wflogs_similar" not in json.dumps(blocks)
+    run = "3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b"
+    new_body = json.dumps({"blocks": json.loads(old_body), "run": run})
+    _, blocks = ifmt.edit(inc, new_body, with_controls=True, now=2)
+    assert "run `r-1` listed" in json.dumps(blocks) and f'"value": "{run}"' in json.dumps(blocks)
+    _, blocks = ifmt.edit(inc, new_body, with_controls=False, now=2)
+    assert "wflogs_similar" not in json.dumps(blocks)
