@@ -200,6 +200,24 @@ def test_mute_records_runs_but_posts_nothing_while_other_errors_still_alert(b: B
     assert messages_mentioning(b.slack, again.run_id) == 1
 
 
+def test_muted_runs_are_still_in_the_digest_and_found_by_wflogs(b: Bench):
+    b.click(chosen(b.control("incident_mute"), "24 hours"))
+    b.answers(1)
+    b.clock.advance(60)
+    muted = [
+        b.dify.add_log(b.app, at=int(b.clock.now) - 9 + i, error=f"model overloaded after {i}s")
+        for i in range(3)
+    ]
+    b.rt.cycle()
+    assert all(messages_mentioning(b.slack, run.run_id) == 0 for run in muted)
+    assert b.rt.digester.post_now(b.clock.now).ok
+    digest = next(m for m in b.slack.posts() if "digest" in m["text"].lower())
+    assert "*Failed*\\n🔴 5 " in shown(digest) and "🔴 *×5* `model overloaded" in shown(digest)
+    b.command("failed since:1h")
+    found = b.answers(2)[1]
+    assert all(run.run_id in shown(found) for run in muted)
+
+
 def test_mute_until_resolved_ends_with_the_incident(b: Bench):
     b.click(chosen(b.control("incident_mute"), "until resolved"))
     b.answers(1)
