@@ -167,6 +167,28 @@ def test_a_parent_deleted_in_slack_gets_a_new_one_and_no_run_is_lost(tmp_path, d
         assert any(run.run_id in shown(m) for m in slack.posts())
 
 
+def test_runs_of_an_incident_whose_message_was_deleted_reach_its_new_thread_in_the_same_cycle(
+    tmp_path, dify, clock, slack, web
+):
+    # A message deleted before anyone replied leaves no thread: Slack answers a reply with
+    # thread_not_found. That is no refusal of the runs: they follow the incident's new message.
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 3)
+    rt.cycle()
+    (parent,) = top(slack)
+    web.chat_delete(channel=CHANNEL, ts=parent["ts"])
+    clock.advance(60)
+    more = fail_some(dify, app, clock, 2, error="model overloaded after {i}0s")
+    report = rt.cycle()
+    (new,) = top(slack)
+    assert new["ts"] != parent["ts"] and "5 runs failed" in shown(new)
+    for run in more:
+        assert [m["thread_ts"] for m in slack.posts() if run.run_id in shown(m)] == [new["ts"]]
+    assert report.delivery.ok and not report.delivery.refused
+    assert rt.store.outbox_size() == 0
+
+
 def test_a_slack_outage_mid_incident_loses_nothing_and_sends_one_reply(tmp_path, dify, clock, slack):
     app = dify.add_app()
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
