@@ -377,13 +377,15 @@ class Deliverer:
                 self.incidents.event_posted(int(event["id"]), int(self._now()))
             return  # its thread is not in Slack yet
         text, blocks = ifmt.event(event["text"])
-        self.sink.post(
-            channel,
-            text,
-            blocks,
-            thread_ts=event.get("thread_ts") if event.get("incident_id") else None,
-            broadcast=bool(event.get("broadcast")),
-        )
+        thread = event.get("thread_ts") if event.get("incident_id") else None
+        try:
+            self.sink.post(channel, text, blocks, thread_ts=thread, broadcast=bool(event.get("broadcast")))
+        except SlackError as exc:
+            if exc.error == "thread_not_found" and thread:
+                # Its message was deleted before any reply: the incident gets a new one, then this.
+                self.incidents.thread_lost(int(event["incident_id"]), thread)
+                return
+            raise
         self.incidents.event_posted(int(event["id"]), int(self._now()))
         result.posts += 1
 

@@ -189,6 +189,22 @@ def test_runs_of_an_incident_whose_message_was_deleted_reach_its_new_thread_in_t
     assert rt.store.outbox_size() == 0
 
 
+def test_an_acknowledgement_of_a_deleted_message_is_told_in_the_new_thread(tmp_path, dify, clock, slack, web):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 1)
+    rt.cycle()
+    (parent,) = top(slack)
+    web.chat_delete(channel=CHANNEL, ts=parent["ts"])
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    results = [rt.deliver(), rt.deliver()]
+    assert all(r.ok and not r.refused for r in results)
+    (new,) = top(slack)
+    assert "Acknowledged by <@U0ALICE>" in shown(new)
+    assert [m["thread_ts"] for m in slack.posts() if "👀 Acknowledged" in m["text"]] == [new["ts"]]
+
+
 def test_a_slack_outage_mid_incident_loses_nothing_and_sends_one_reply(tmp_path, dify, clock, slack):
     app = dify.add_app()
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
