@@ -496,3 +496,18 @@ def test_a_parent_stored_by_an_earlier_version_is_still_edited_with_its_runs():
     assert "run `r-1` listed" in json.dumps(blocks) and f'"value": "{run}"' in json.dumps(blocks)
     _, blocks = ifmt.edit(inc, new_body, with_controls=False, now=2)
     assert "wflogs_similar" not in json.dumps(blocks)
+
+
+def test_resolve_after_takes_any_whole_number_of_seconds_from_one(tmp_path):
+    import pytest
+
+    from bot.errors import ConfigError
+
+    one = make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567", "WFLOGS_RESOLVE_AFTER": "1"})
+    assert one.resolve_after == 1
+    assert make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567"}).resolve_after == 1800
+    for bad, says in (("0", "use 1 or more"), ("30m", "not a whole number of seconds")):
+        with pytest.raises(ConfigError, match=says):
+            make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567", "WFLOGS_RESOLVE_AFTER": bad})
+    with pytest.raises(ConfigError, match="resolve_after must be a whole number of seconds, 1 or more"):
+        make_settings(tmp_path, {}, toml='[[apps]]\napi_key = "app-k1234567"\nresolve_after = 0\n')
