@@ -363,6 +363,7 @@ def error(message: str, usage: str = USAGE) -> tuple[str, list[Block]]:
 
 def help_message() -> tuple[str, list[Block]]:
     """How to use /wflogs, with examples."""
+    usage = f"{USAGE}  ·  {MUTE_USAGE.removeprefix('Usage: ')}"
     examples = "\n".join(
         [
             "`/wflogs failed since:2h` failed runs of the last two hours",
@@ -390,10 +391,9 @@ def help_message() -> tuple[str, list[Block]]:
             "`/wflogs mute app:NAME 2h [reason]` mute a whole app (maintenance), 1m to 30d; "
             "its channel is told when it starts and ends"
         ),
-        context(escape(USAGE)),
-        context(escape(MUTE_USAGE)),
+        context(escape(usage)),
     ]
-    return f"How to use /wflogs: {USAGE} · {MUTE_USAGE.removeprefix('Usage: ')}", blocks
+    return f"How to use /wflogs: {usage}", blocks
 
 
 def refusal(message: str, channels: Sequence[str] = ()) -> tuple[str, list[Block]]:
