@@ -109,6 +109,7 @@ class Deliverer:
         # Escalations are due from the incidents' state, evaluated right after it is brought up to date.
         self.escalator = escalator
         self._lock = threading.Lock()
+        self._orphans: list[int] = []  # this pass's replies whose thread was gone
 
     def deliver_all(self) -> DeliveryResult:
         """Evaluate incidents, then deliver everything pending; a channel that fails keeps its work."""
@@ -203,6 +204,7 @@ class Deliverer:
         """
         self.plan(channel)
         top_level = 0
+        self._orphans = []
         for message in self.store.open_messages(channel):
             if message["parent_ts"] is None and message["kind"] != "reply":
                 if top_level >= self.max_messages:
@@ -215,6 +217,12 @@ class Deliverer:
             self._guarded(channel, event, result, partial(self._tell, channel, event, result))
         for incident in self.incidents.dirty(channel):
             top_level += self._edit(channel, incident, result, may_post=top_level < self.max_messages)
+        if self._orphans:
+            # Replies whose thread was gone: their incident got a new parent above; try once more.
+            waiting = set(self._orphans)
+            for message in self.store.open_messages(channel):
+                if message["id"] in waiting:
+                    self._guarded(channel, message, result, partial(self._deliver, channel, message, result))
 
     def _guarded(
         self, channel: str, item: dict[str, Any], result: DeliveryResult, fn: Callable[[], None]
@@ -259,6 +267,8 @@ class Deliverer:
                 total = shown
             elif parent_ts is None:
                 parent_ts = self._post_parent(channel, message, alerts, incident, sent, result)
+            elif incident is not None and incident.get("thread_ts"):
+                parent_ts = incident["thread_ts"]  # a parent deleted and posted anew since
             unsent = [a for a in alerts if a.id not in sent]
             if len(unsent) > self.csv_threshold and self._upload_csv(channel, message, parent_ts, unsent):
                 self.store.mark_posted(message["id"], [a.id for a in unsent], now)
@@ -279,6 +289,13 @@ class Deliverer:
                 done += len(chunk)
         except SlackError as exc:
             self.store.message_error(message["id"], str(exc))
+            if exc.error == "thread_not_found" and incident is not None and parent_ts:
+                # The thread's first message was deleted before any reply: not a refusal of these
+                # runs; the incident gets a new parent (or its own) and they follow there.
+                self.incidents.thread_lost(int(incident["id"]), parent_ts)
+                self._orphans.append(int(message["id"]))
+                log.info("the thread of incident %s is gone in Slack; its runs move on", incident["id"])
+                return
             raise
         self.store.finish_message(message["id"])
 
@@ -360,13 +377,15 @@ class Deliverer:
                 self.incidents.event_posted(int(event["id"]), int(self._now()))
             return  # its thread is not in Slack yet
         text, blocks = ifmt.event(event["text"])
-        self.sink.post(
-            channel,
-            text,
-            blocks,
-            thread_ts=event.get("thread_ts") if event.get("incident_id") else None,
-            broadcast=bool(event.get("broadcast")),
-        )
+        thread = event.get("thread_ts") if event.get("incident_id") else None
+        try:
+            self.sink.post(channel, text, blocks, thread_ts=thread, broadcast=bool(event.get("broadcast")))
+        except SlackError as exc:
+            if exc.error == "thread_not_found" and thread:
+                # Its message was deleted before any reply: the incident gets a new one, then this.
+                self.incidents.thread_lost(int(event["incident_id"]), thread)
+                return
+            raise
         self.incidents.event_posted(int(event["id"]), int(self._now()))
         result.posts += 1
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bot import alert_format as fmt
 from bot.blocks import Block, actions, button, context, fit, header, section
 from bot.records import Alert
+from bot.search_format import ACTION_SIMILAR, similar_button
 from bot.text import clock, duration, escape, escape_cut, one_line, plural
 
 ACTION_ACK = "incident_ack"
@@ -52,6 +53,8 @@ class Incident:
     muted_until: int | None = None  # set with ``muted``; None while muted means "until resolved"
     muted: bool = False
     muted_by: str | None = None
+    # A run of the incident, for the "Similar runs" button (only drawn with the controls).
+    sample_run: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], mute: dict[str, Any] | None = None) -> Incident:
@@ -148,8 +151,16 @@ def controls(inc: Incident) -> list[dict[str, Any]]:
     return elements
 
 
+def similar(inc: Incident) -> dict[str, Any] | None:
+    """The "Similar runs" button of an incident's message (its action id unique to the incident)."""
+    return similar_button(inc.sample_run, f"{ACTION_SIMILAR}_i{inc.id}")
+
+
 def _actions(inc: Incident, *, with_controls: bool) -> list[Block]:
     elements = controls(inc) if with_controls else []
+    similar_runs = similar(inc) if with_controls else None
+    if similar_runs is not None:
+        elements.append(similar_runs)
     if inc.console_url:
         elements.append(button("Open in Dify", f"open_dify_i{inc.id}", url=inc.console_url))
     return [actions(*elements)] if elements else []
@@ -174,10 +185,21 @@ def parent(
     else:
         text, blocks, listed = fmt.group(alerts, rest_in=rest_in)
     body = [b for b in blocks[1:] if b.get("type") != "actions"]
+    run_id = alerts[0].entry.run_id if alerts else None
+    inc = replace(inc, sample_run=run_id)
     out = _compose(inc, body, with_controls=with_controls, now=now)
     if inc.previous_link:
         text = f"Back again: {text}"
-    return text, out, listed, json.dumps(body)
+    return text, out, listed, json.dumps({"blocks": body, "run": run_id})
+
+
+def _stored_body(body_json: str | None) -> tuple[list[Block], str | None]:
+    """The kept body and its sample run; older rows hold the blocks alone."""
+    body = json.loads(body_json) if body_json else []
+    if isinstance(body, dict):
+        run = body.get("run")
+        return list(body.get("blocks") or []), run if isinstance(run, str) else None
+    return list(body), None
 
 
 def _compose(inc: Incident, body: list[Block], *, with_controls: bool, now: int) -> list[Block]:
@@ -192,7 +214,9 @@ def _compose(inc: Incident, body: list[Block], *, with_controls: bool, now: int)
 
 def edit(inc: Incident, body_json: str | None, *, with_controls: bool, now: int) -> tuple[str, list[Block]]:
     """The parent as it should look now (its first body kept), and a one-line text of the state."""
-    body = json.loads(body_json) if body_json else []
+    body, run_id = _stored_body(body_json)
+    if run_id and not inc.sample_run:
+        inc = replace(inc, sample_run=run_id)
     return line(inc, now), _compose(inc, body, with_controls=with_controls, now=now)
 
 

@@ -186,19 +186,36 @@ class IncidentActions:
         row = self._find(incident_id, channel)
         if row is None:
             return "That incident is not known to wflogs any more."
-        successes = None
-        if self._successes is not None and row.get("last_seen"):
-            try:
-                successes = self._successes(row["app_id"], int(row["last_seen"]) + 1, now)
-            except WflogsError:
-                successes = None
-        if not self.incidents.resolve(incident_id, now, by=user, successes=successes):
+        # No Dify request here: a click is answered within Slack's 3 seconds whatever Dify does;
+        # the successful runs since the last failure are counted afterwards (count_successes).
+        if not self.incidents.resolve(incident_id, now, by=user, successes=None):
             return "That incident is already resolved."
         done = self.incidents.get(incident_id) or row
         self.incidents.add_event(
             incident_id, row["channel"], ifmt.resolved_text(ifmt.Incident.from_row(done)), now
         )
         return "Resolved. A new failure of this error opens a new incident."
+
+    def count_successes(self, incident_id: int) -> None:
+        """After a Resolve click was answered: how many runs of the app succeeded between the
+        incident's last failure and its resolution (asks Dify), shown by the next edit."""
+        row = self.incidents.get(incident_id)
+        if (
+            self._successes is None
+            or row is None
+            or row["state"] != "resolved"
+            or row.get("successes") is not None
+            or not row.get("last_seen")
+            or not row.get("resolved_at")
+        ):
+            return
+        try:
+            successes = self._successes(row["app_id"], int(row["last_seen"]) + 1, int(row["resolved_at"]))
+        except WflogsError as exc:
+            log.info("cannot count successful runs since the last failure: %s", exc)
+            return
+        if successes:
+            self.incidents.set_successes(incident_id, successes)
 
     def mute_app(
         self,
@@ -227,10 +244,14 @@ class IncidentActions:
         self.incidents.add_event(None, channel, ifmt.muted_text(user, now + seconds, app_name, reason), now)
         return mute_id
 
-    def unmute(self, mute_id: int, user: str, now: int) -> str:
-        """End mute number ``mute_id``."""
+    def unmute(self, mute_id: int, user: str, now: int, *, apps: set[str] | None = None) -> str:
+        """End mute number ``mute_id`` (only of one of ``apps`` when given)."""
         mute = self.incidents.mute(mute_id)
-        if mute is None or not self.incidents.end_mute(mute_id, now, user):
+        if (
+            mute is None
+            or (apps is not None and mute["app_id"] not in apps)
+            or not self.incidents.end_mute(mute_id, now, user)
+        ):
             return f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
         if mute.get("incident_id"):
             self.incidents.add_event(int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now)

@@ -32,7 +32,7 @@ from bot.blocks import (
     who_text,
 )
 from bot.errors import QueryError
-from bot.query import SIMILAR_DAYS, USAGE, Query, describe, is_run_id
+from bot.query import MUTE_USAGE, SIMILAR_DAYS, USAGE, Query, describe, is_run_id
 from bot.records import LogEntry, RunDetail, SearchResult
 from bot.text import (
     clock,
@@ -363,6 +363,7 @@ def error(message: str, usage: str = USAGE) -> tuple[str, list[Block]]:
 
 def help_message() -> tuple[str, list[Block]]:
     """How to use /wflogs, with examples."""
+    usage = f"{USAGE}  ·  {MUTE_USAGE.removeprefix('Usage: ')}"
     examples = "\n".join(
         [
             "`/wflogs failed since:2h` failed runs of the last two hours",
@@ -383,9 +384,16 @@ def help_message() -> tuple[str, list[Block]]:
             "today, yesterday, 2026-11-17, 2026-11-17T09:30 · Search text in quotes · "
             f"similar: looks {SIMILAR_DAYS} days back unless since: says otherwise · page:N"
         ),
-        context(escape(USAGE)),
+        section(
+            "*Mutes* (incidents' alerts)\n"
+            "`/wflogs mutes` the mutes in force, numbered\n"
+            "`/wflogs unmute N` end mute N\n"
+            "`/wflogs mute app:NAME 2h [reason]` mute a whole app (maintenance), 1m to 30d; "
+            "its channel is told when it starts and ends"
+        ),
+        context(escape(usage)),
     ]
-    return "How to use /wflogs: " + USAGE, blocks
+    return f"How to use /wflogs: {usage}", blocks
 
 
 def refusal(message: str, channels: Sequence[str] = ()) -> tuple[str, list[Block]]:

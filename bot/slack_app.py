@@ -243,8 +243,8 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
             return
         actions, at, who = runtime.actions, int(now()), user or "someone"
+        kind = action.get("action_id")
         try:
-            kind = action.get("action_id")
             if kind == ifmt.ACTION_MUTE:
                 number, choice = str((action.get("selected_option") or {}).get("value") or "").split(":", 1)
                 answer = actions.mute(int(number), choice, who, at, channel=channel)
@@ -257,9 +257,17 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
         except WflogsError as exc:
             answer = f"Nothing was changed: {exc}"
         ack()
+        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
+        if kind == ifmt.ACTION_RESOLVE:
+            # After the answer: this asks Dify, which may take its time.
+            try:
+                actions.count_successes(int(str(action.get("value"))))
+            except ValueError:
+                pass
+            except Exception:
+                log.exception("counting the successful runs of a resolved incident failed")
         if runtime.wake is not None:
             runtime.wake()
-        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
 
     for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
         app.action(action_id)(on_control)
@@ -283,12 +291,15 @@ def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Calla
         ack(*_note(refused))
         return True
     at = int(now())
+    # Like searches, mutes are seen and ended only where their app may be searched from.
+    visible = {app.id for app in visible_apps(settings, channel)}
     if command.kind == "list":
-        text, blocks = ifmt.mutes_list(runtime.actions.active_mutes(at), at)
+        mutes = [m for m in runtime.actions.active_mutes(at) if m["app_id"] in visible]
+        text, blocks = ifmt.mutes_list(mutes, at)
         ack(text=text, blocks=blocks)
         return True
     if command.kind == "unmute":
-        answer = runtime.actions.unmute(command.number or 0, user, at)
+        answer = runtime.actions.unmute(command.number or 0, user, at, apps=visible)
     else:
         answer = _mute_app(runtime, command, user, at, channel)
     if runtime.wake is not None:

@@ -499,7 +499,9 @@ class Escalator:
         """Record the escalations that are due; returns how many."""
         if not self.enabled:
             return 0
-        done = 0
+        # Incidents due, by the thread their escalation goes to and who it calls: the incidents
+        # of a storm summary share its thread and get ONE escalation between them, not one each.
+        due: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = {}
         for row in self.db.escalation_candidates():
             app = self.apps.get(row["app_id"])
             if app is None:
@@ -509,10 +511,18 @@ class Escalator:
                 continue
             if self.incidents.mute_for(app.id, int(row["id"]), now) is not None:
                 continue  # the whole app is muted for now
-            view = Incident.from_row(row)
-            what = fmt.incident_what(view, row.get("kind"))
-            text = fmt.escalation(view, what, targets, now=now)
-            if self.db.escalate(int(row["id"]), row["channel"], text, now):
-                done += 1
-                log.info("escalated incident %s of %s", row["id"], app.label)
+            thread = row.get("thread_ts") or f"incident {row['id']}"
+            due.setdefault((row["channel"], thread, tuple(targets)), []).append(row)
+        done = 0
+        for (channel, _thread, targets), rows in due.items():
+            views = [(Incident.from_row(r), r.get("kind")) for r in rows]
+            items = [(view, fmt.incident_what(view, kind)) for view, kind in views]
+            if len(rows) == 1:
+                text = fmt.escalation(items[0][0], items[0][1], targets, now=now)
+            else:
+                text = fmt.escalation_many(items, targets, now=now)
+            ids = [int(r["id"]) for r in rows]
+            if self.db.escalate(ids, channel, text, now):
+                done += len(ids)
+                log.info("escalated incident(s) %s", ", ".join(map(str, ids)))
         return done

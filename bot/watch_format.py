@@ -232,6 +232,28 @@ def escalation(inc: Incident, what: str, targets: Sequence[str], *, now: int) ->
     return f"{call} {body}" if call else body
 
 
+ESCALATION_LINES = 10
+
+
+def escalation_many(items: Sequence[tuple[Incident, str]], targets: Sequence[str], *, now: int) -> str:
+    """One escalation for several incidents that share a thread (a storm summary's): who is
+    called once, how long the oldest has been going on, and each incident on a line."""
+    since = min(inc.first_seen or inc.opened_at for inc, _ in items)
+    runs = sum(inc.runs for inc, _ in items)
+    lines = [
+        f"• *{escape(inc.app_name)}*: {what} ({plural(inc.runs, 'run')})"
+        for inc, what in items[:ESCALATION_LINES]
+    ]
+    if len(items) > ESCALATION_LINES:
+        lines.append(f"• and {len(items) - ESCALATION_LINES} more (listed in this thread)")
+    body = (
+        f"🚨 Nobody has acknowledged these {len(items)} incidents, going on for {duration(now - since)} "
+        f"({plural(runs, 'run')}):\n" + "\n".join(lines)
+    )
+    call = mention_text(tuple(targets))
+    return f"{call} {body}" if call else body
+
+
 def incident_what(inc: Incident, kind: str | None) -> str:
     """How an escalation names the incident (escaped)."""
     if kind == "failure_rate":

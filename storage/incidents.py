@@ -170,11 +170,18 @@ class IncidentStore:
         """The link to the previous incident's thread, for an incident that is back."""
         self.store.execute("update incidents set previous_link = ? where id = ?", [link, incident_id])
 
-    def parent_lost(self, incident_id: int) -> None:
-        """The parent was deleted in Slack: the next post gives the incident a new one."""
-        self.store.execute(
-            "update incidents set parent_ts = null, thread_ts = null, dirty = 0 where id = ?", [incident_id]
-        )
+    def thread_lost(self, incident_id: int, thread_ts: str) -> None:
+        """Slack has no thread ``thread_ts`` any more (its first message was deleted before any
+        reply): an incident with its own parent is edited next, which posts a new parent when the
+        old one is gone; one that continued in a storm summary's thread gets a parent of its own."""
+        with self.store.transaction():
+            self.db.execute(
+                "update incidents set dirty = dirty + 1 where id = ? and parent_ts = ?",
+                [incident_id, thread_ts],
+            )
+            self.db.execute(
+                "update incidents set thread_ts = null where thread_ts = ? and parent_ts is null", [thread_ts]
+            )
 
     def edited(self, incident_id: int, shown: int) -> None:
         """The parent shows the state drawn when ``dirty`` was ``shown``: a click that came while
@@ -240,6 +247,14 @@ class IncidentStore:
                     [now, incident_id],
                 )
             return changed
+
+    def set_successes(self, incident_id: int, successes: int) -> None:
+        """The successful runs between a resolved incident's last failure and its end (counted late)."""
+        self.store.execute(
+            "update incidents set successes = ?, dirty = dirty + 1 "
+            "where id = ? and state = 'resolved' and successes is null",
+            [successes, incident_id],
+        )
 
     def prune(self, older_than: int) -> None:
         """Forget incidents resolved before ``older_than``, with their sessions, events and mutes."""

@@ -126,22 +126,23 @@ class WatchStore:
             "and not exists (select 1 from mutes m where m.incident_id = i.id) order by id"
         )
 
-    def escalate(self, incident_id: int, channel: str, text: str, now: int) -> bool:
-        """Record the one escalation of an incident and its broadcast reply, atomically; False when
-        it was acknowledged, resolved or escalated in the meantime."""
+    def escalate(self, incident_ids: list[int], channel: str, text: str, now: int) -> bool:
+        """Record the one escalation of incidents sharing a thread and its broadcast reply,
+        atomically; False when all were acknowledged, resolved or escalated in the meantime."""
         with self.store.transaction():
             before = self.store.db.conn.total_changes
-            self.store.execute(
-                "update incidents set escalated_at = ? where id = ? and state = 'open' "
-                "and ack_by is null and escalated_at is null",
-                [now, incident_id],
-            )
+            for incident_id in incident_ids:
+                self.store.execute(
+                    "update incidents set escalated_at = ? where id = ? and state = 'open' "
+                    "and ack_by is null and escalated_at is null",
+                    [now, incident_id],
+                )
             if self.store.db.conn.total_changes == before:
                 return False
             self.store.execute(
                 "insert into incident_events (incident_id, channel, text, created_at, broadcast) "
                 "values (?, ?, ?, ?, 1)",
-                [incident_id, channel, text, now],
+                [incident_ids[0], channel, text, now],
             )
             return True
 

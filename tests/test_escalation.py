@@ -292,3 +292,20 @@ def test_an_app_muted_for_maintenance_is_not_escalated(tmp_path, dify, clock, sl
     )
     run_for(rt, clock, 1800)
     assert not escalations(slack)
+
+
+def test_a_storm_of_new_incidents_escalates_without_flooding_the_channel(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, **ESCALATE)
+    for shape in range(12):
+        dify.add_log(app, at=int(clock.now) - 30, error=f"node {'abcdefghijkl'[shape] * 3} broke")
+    rt.cycle()
+    run_for(rt, clock, 960)
+    broadcast = escalations(slack)
+    # Four shapes with their own message, eight in the storm summary's thread: at most one
+    # escalation per thread, never one per shape in the summary's thread.
+    assert len({m["thread_ts"] for m in broadcast}) == len(broadcast) <= 5
+    summary = next(m for m in slack.posts() if not m["thread_ts"] and "kinds of error" in texts(m))
+    (storm,) = [m for m in broadcast if m["thread_ts"] == summary["ts"]]
+    assert storm["text"].count("<@U0LEAD001>") == 1 and "8 incidents" in storm["text"]
+    assert rt.store.query("select count(*) n from incidents where escalated_at is null")[0]["n"] == 0

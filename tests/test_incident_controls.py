@@ -5,6 +5,7 @@ the deliverer edits the message from what was stored."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,6 +200,24 @@ def test_mute_records_runs_but_posts_nothing_while_other_errors_still_alert(b: B
     assert messages_mentioning(b.slack, again.run_id) == 1
 
 
+def test_muted_runs_are_still_in_the_digest_and_found_by_wflogs(b: Bench):
+    b.click(chosen(b.control("incident_mute"), "24 hours"))
+    b.answers(1)
+    b.clock.advance(60)
+    muted = [
+        b.dify.add_log(b.app, at=int(b.clock.now) - 9 + i, error=f"model overloaded after {i}s")
+        for i in range(3)
+    ]
+    b.rt.cycle()
+    assert all(messages_mentioning(b.slack, run.run_id) == 0 for run in muted)
+    assert b.rt.digester.post_now(b.clock.now).ok
+    digest = next(m for m in b.slack.posts() if "digest" in m["text"].lower())
+    assert "*Failed*\\n🔴 5 " in shown(digest) and "🔴 *×5* `model overloaded" in shown(digest)
+    b.command("failed since:1h")
+    found = b.answers(2)[1]
+    assert all(run.run_id in shown(found) for run in muted)
+
+
 def test_mute_until_resolved_ends_with_the_incident(b: Bench):
     b.click(chosen(b.control("incident_mute"), "until resolved"))
     b.answers(1)
@@ -212,6 +231,54 @@ def test_mute_until_resolved_ends_with_the_incident(b: Bench):
     b.rt.cycle()
     tops = [m for m in b.slack.posts() if not m["thread_ts"]]
     assert len(tops) == 2 and run.run_id in shown(tops[-1])  # a new incident, not muted
+
+
+def test_similar_runs_on_the_parent_answers_a_signed_click_and_stays_through_edits(b: Bench):
+    element = b.control(f"wflogs_similar_i{b.incident()['id']}")
+    assert element["text"]["text"] == "Similar runs"
+    older = b.dify.add_log(b.app, at=int(b.clock.now) - 86400, error="model overloaded after 31s")
+    b.dify.add_log(b.app, at=int(b.clock.now) - 3600, error="tool search failed: 500")
+    answer = b.click(pressed(element))
+    assert answer.status_code == 200
+    (found,) = b.answers(1)
+    assert found["text"].startswith("3 runs") and found.get("replace_original") is False
+    assert older.run_id in shown(found) and "tool search failed" not in shown(found)
+    # Every control keeps a unique action id, and the button survives the edits of the parent.
+    b.click(pressed(b.control("incident_ack")))
+    b.answers(2)
+    b.rt.deliver()
+    rows = [block["elements"] for block in b.parent()["blocks"] if block["type"] == "actions"]
+    ids = [e["action_id"] for elements in rows for e in elements]
+    assert element["action_id"] in ids and len(ids) == len(set(ids))
+    assert "Acknowledged by <@U0ALICE>" in shown(b.parent())
+
+
+def test_a_resolve_click_is_answered_before_dify_is_asked_anything(b: Bench):
+    # Counting the successful runs since the last failure asks Dify, which may be slow or down:
+    # the click is recorded and answered first, the count comes afterwards.
+    b.dify.add_log(b.app, status="succeeded", at=int(b.clock.now) - 5)
+    release, finished = threading.Event(), threading.Event()
+
+    def slow_dify(request: httpx.Request) -> None:
+        if request.url.params.get("status") == "succeeded":
+            release.wait(5)
+            finished.set()
+
+    b.dify.faults.append(slow_dify)
+    try:
+        answer = b.click(pressed(b.control("incident_resolve")))
+        assert answer.status_code == 200
+        assert not finished.is_set()  # Slack was answered while Dify still kept wflogs waiting
+        assert b.incident()["state"] == "resolved" and b.incident()["resolved_by"] == "U0ALICE"
+        assert "Resolved" in b.answers(1)[0]["text"]
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while b.incident()["successes"] is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.incident()["successes"] == 1
+    b.rt.deliver()
+    assert "1 successful run since the last failure" in shown(b.parent())
 
 
 def test_a_click_from_someone_not_allowed_is_refused_and_changes_nothing(
@@ -264,6 +331,22 @@ def test_mute_commands_list_end_and_mute_a_whole_app_telling_its_channel_once(b:
     assert "No single app" in b.command("mute app:nope 1h").text
     assert "for how long" in b.command("mute app:support-bot").text
     assert "no mute number 999" in b.command("unmute 999").text
+
+
+def test_mutes_of_an_app_limited_to_other_channels_are_neither_listed_nor_ended_elsewhere(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    hr = dify.add_app("HR Bot")
+    toml = f'[[apps]]\napi_key = "{hr.key}"\nname = "HR Bot"\nchannel = "C0HR"\nchannels = ["C0HR"]\n'
+    with serving(tmp_path, dify, slack, web, clock, toml=toml) as bench:
+        assert "Muted HR Bot" in bench.command("mute app:hr-bot 1h payroll migration", channel="C0HR").text
+        number = int(bench.rt.store.query("select id from mutes")[0]["id"])
+        elsewhere = bench.command("mutes")
+        assert "No mutes are in force" in elsewhere.text and "payroll" not in elsewhere.text
+        assert "no mute number" in bench.command(f"unmute {number}").text
+        assert bench.rt.store.query("select ended_at from mutes")[0]["ended_at"] is None
+        assert "payroll migration" in bench.command("mutes", channel="C0HR").text
+        assert "ended" in bench.command(f"unmute {number}", channel="C0HR").text
 
 
 def test_socket_mode_block_actions_are_acknowledged_and_recorded(b: Bench):

@@ -167,6 +167,44 @@ def test_a_parent_deleted_in_slack_gets_a_new_one_and_no_run_is_lost(tmp_path, d
         assert any(run.run_id in shown(m) for m in slack.posts())
 
 
+def test_runs_of_an_incident_whose_message_was_deleted_reach_its_new_thread_in_the_same_cycle(
+    tmp_path, dify, clock, slack, web
+):
+    # A message deleted before anyone replied leaves no thread: Slack answers a reply with
+    # thread_not_found. That is no refusal of the runs: they follow the incident's new message.
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 3)
+    rt.cycle()
+    (parent,) = top(slack)
+    web.chat_delete(channel=CHANNEL, ts=parent["ts"])
+    clock.advance(60)
+    more = fail_some(dify, app, clock, 2, error="model overloaded after {i}0s")
+    report = rt.cycle()
+    (new,) = top(slack)
+    assert new["ts"] != parent["ts"] and "5 runs failed" in shown(new)
+    for run in more:
+        assert [m["thread_ts"] for m in slack.posts() if run.run_id in shown(m)] == [new["ts"]]
+    assert report.delivery.ok and not report.delivery.refused
+    assert rt.store.outbox_size() == 0
+
+
+def test_an_acknowledgement_of_a_deleted_message_is_told_in_the_new_thread(tmp_path, dify, clock, slack, web):
+    app = dify.add_app()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key)
+    fail_some(dify, app, clock, 1)
+    rt.cycle()
+    (parent,) = top(slack)
+    web.chat_delete(channel=CHANNEL, ts=parent["ts"])
+    incident_id = int(rt.store.query("select id from incidents")[0]["id"])
+    rt.actions.acknowledge(incident_id, "U0ALICE", int(clock.now))
+    results = [rt.deliver(), rt.deliver()]
+    assert all(r.ok and not r.refused for r in results)
+    (new,) = top(slack)
+    assert "Acknowledged by <@U0ALICE>" in shown(new)
+    assert [m["thread_ts"] for m in slack.posts() if "👀 Acknowledged" in m["text"]] == [new["ts"]]
+
+
 def test_a_slack_outage_mid_incident_loses_nothing_and_sends_one_reply(tmp_path, dify, clock, slack):
     app = dify.add_app()
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
@@ -235,6 +273,7 @@ def test_terminal_mode_prints_incident_lines(tmp_path, dify, clock):
     assert "acknowledged by <@U0ALICE>" in text
     assert "muted until" in text
     assert "resolved after 9m 40s (4 runs)" in text
+    assert "Similar runs" not in text and "wflogs_similar" not in text  # no controls in a terminal
 
 
 def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, clock, slack):
@@ -243,6 +282,7 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     rt = _runtime(tmp_path, dify, clock, slack, app.key)
     rt.cycle()
     assert "incident_ack" not in shown(top(slack)[0])  # no app token, no signing secret
+    assert "wflogs_similar" not in shown(top(slack)[0]) and "Similar runs" not in shown(top(slack)[0])
     other = dify.add_app()
     fail_some(dify, other, clock, 2)
     (tmp_path / "b").mkdir()
@@ -252,6 +292,7 @@ def test_controls_are_drawn_only_when_slack_can_send_clicks(tmp_path, dify, cloc
     for needle in ("incident_ack", "incident_mute", "incident_resolve", "Acknowledge", "Resolve", "7 days"):
         assert needle in shown(parent)
     assert "until resolved" in shown(parent)
+    assert "Similar runs" in shown(parent)
     assert_valid_blocks(parent["blocks"])
 
 
@@ -440,3 +481,33 @@ def test_an_app_mute_that_runs_out_is_told_once_and_alerts_resume(tmp_path, dify
         assert messages_mentioning(slack, run.run_id) == 0
     assert messages_mentioning(slack, shown_now[0].run_id) == 1
     assert rt.store.outbox_size() == 0
+
+
+def test_a_parent_stored_by_an_earlier_version_is_still_edited_with_its_runs():
+    from bot import incident_format as ifmt
+
+    inc = ifmt.Incident(id=7, app_name="A", status="failed", state="open", runs=3, sessions=1, opened_at=1)
+    old_body = json.dumps([{"type": "section", "text": {"type": "mrkdwn", "text": "run `r-1` listed"}}])
+    _, blocks = ifmt.edit(inc, old_body, with_controls=True, now=2)
+    assert "run `r-1` listed" in json.dumps(blocks) and "wflogs_similar" not in json.dumps(blocks)
+    run = "3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b"
+    new_body = json.dumps({"blocks": json.loads(old_body), "run": run})
+    _, blocks = ifmt.edit(inc, new_body, with_controls=True, now=2)
+    assert "run `r-1` listed" in json.dumps(blocks) and f'"value": "{run}"' in json.dumps(blocks)
+    _, blocks = ifmt.edit(inc, new_body, with_controls=False, now=2)
+    assert "wflogs_similar" not in json.dumps(blocks)
+
+
+def test_resolve_after_takes_any_whole_number_of_seconds_from_one(tmp_path):
+    import pytest
+
+    from bot.errors import ConfigError
+
+    one = make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567", "WFLOGS_RESOLVE_AFTER": "1"})
+    assert one.resolve_after == 1
+    assert make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567"}).resolve_after == 1800
+    for bad, says in (("0", "use 1 or more"), ("30m", "not a whole number of seconds")):
+        with pytest.raises(ConfigError, match=says):
+            make_settings(tmp_path, {"DIFY_API_KEY": "app-k1234567", "WFLOGS_RESOLVE_AFTER": bad})
+    with pytest.raises(ConfigError, match="resolve_after must be a whole number of seconds, 1 or more"):
+        make_settings(tmp_path, {}, toml='[[apps]]\napi_key = "app-k1234567"\nresolve_after = 0\n')

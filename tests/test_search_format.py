@@ -10,7 +10,7 @@ import pytest
 
 from bot import search_format as fmt
 from bot.errors import QueryError
-from bot.query import Query, parse
+from bot.query import Query, parse, parse_mute_command
 from bot.records import AppHits, LogEntry, RunDetail, SearchResult
 from tests.conftest import T0
 from tests.fakes.slack import assert_valid_blocks, mrkdwn_texts
@@ -329,6 +329,13 @@ def test_help_readme_and_manifest_show_the_same_grammar():
     helps = json.dumps(blocks, ensure_ascii=False)
     for form in ("session:ID", "error:TEXT", "similar:RUN_ID", "run RUN_ID", "since:"):
         assert form in section and form in hint and form in helps, form
+    # The mute commands too: help shows each as the README and the manifest's hint write it.
+    for form in ("mutes", "unmute N", "mute app:NAME 2h [reason]"):
+        assert form in section and form in hint and form in helps, form
+    help_text, _ = fmt.help_message()
+    assert "/wflogs mute app:NAME 2h [reason]" in help_text and "/wflogs unmute N" in help_text
+    for command in ("mutes", "unmute 3", "mute app:support-bot 2h deploying v2"):
+        assert f"`/wflogs {command.split()[0]}" in helps and parse_mute_command(command) is not None
     assert "session ID]" not in section  # one spelling in the grammar
     # Every example in the README is a query the grammar takes, and each new filter has one.
     examples = [e for e in section.split("`") if e.startswith("/wflogs ") and "[" not in e]

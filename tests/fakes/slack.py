@@ -358,6 +358,12 @@ class FakeSlack:
             error = check_blocks(p.get("blocks") or [])
             if error:
                 return {"ok": False, "error": error}
+            thread = p.get("thread_ts")
+            if method == "chat.postMessage" and thread:
+                # A reply needs its thread: a parent deleted with no replies leaves none (one deleted
+                # after replies leaves "This message was deleted." and its thread).
+                if not any(m["ts"] == thread or m["thread_ts"] == thread for m in self.messages):
+                    return {"ok": False, "error": "thread_not_found"}
             if method == "chat.update":
                 for m in self.messages:
                     if m["ts"] == p.get("ts"):
