@@ -475,3 +475,22 @@ def test_an_address_that_is_not_this_hosts_names_wflogs_http_host(
     message = str(caught.value)
     assert f"cannot listen on {host}:" in message and "set WFLOGS_HTTP_HOST" in message
     assert "set PORT" not in message
+
+
+def test_check_says_a_lease_taken_a_moment_ago_was_taken_just_now(tmp_path: Path, dify: FakeDify):
+    import io
+    import time
+
+    from bot.cli import _check_instances
+
+    app = dify.add_app("Support Bot")
+    runtime = build_runtime(make_settings(tmp_path, env={"DIFY_API_KEY": app.key}), dify, Clock(time.time()))
+    try:
+        assert Lease(runtime.store, ttl=120, owner="host:1:2.ab").tick()
+        out = io.StringIO()
+        _check_instances(runtime, out)
+    finally:
+        runtime.close()
+    line = out.getvalue()
+    assert "✓ active instance: host:1:2.ab (active since just now, renewed just now)" in line, line
+    assert "0ms" not in line
