@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.query import is_run_id
 from bot.records import LogEntry
 from bot.text import escape_cut, truncate
 
@@ -91,6 +92,17 @@ def button(
     if style is not None:
         out["style"] = style
     return out
+
+
+ACTION_SIMILAR = "wflogs_similar"  # its value is a run id; buttons on messages add a suffix
+
+
+def similar_button(run_id: str | None, action_id: str = ACTION_SIMILAR) -> dict[str, Any] | None:
+    """The "Similar runs" button for a run (on its detail, an alert or an incident); None without a
+    run id. Here because search answers and incident messages both draw it."""
+    if not is_run_id(run_id):
+        return None
+    return button("Similar runs", action_id, value=str(run_id))
 
 
 def actions(*elements: dict[str, Any]) -> Block:

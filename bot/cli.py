@@ -127,6 +127,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     return 1 if failures else 0
 
 
+def _ago(seconds: float, since: str = "") -> str:
+    """``just now`` / ``since just now`` under a second, else ``for 4m 05s`` / ``4m 05s ago``."""
+    if seconds < 1:
+        return f"{since}just now"
+    return f"for {duration(int(seconds))}" if since else f"{duration(int(seconds))} ago"
+
+
 def _check_instances(runtime: Runtime, out: TextIO) -> None:
     """Which ``wflogs run`` on this database is the active one (the lease), if any."""
     lease = view(runtime.store)
@@ -135,8 +142,8 @@ def _check_instances(runtime: Runtime, out: TextIO) -> None:
         out.write("  no wflogs run has used this database yet\n")
     elif lease.alive(now):
         out.write(
-            f"✓ active instance: {lease.owner} (for {duration(int(now - lease.acquired_at))}, "
-            f"renewed {duration(int(max(0, now - lease.renewed_at)))} ago); "
+            f"✓ active instance: {lease.owner} (active {_ago(now - lease.acquired_at, 'since ')}, "
+            f"renewed {_ago(now - lease.renewed_at)}); "
             "others on this database stand by\n"
         )
         unwatched = [a.label for a in runtime.settings.apps if lease.apps and a.id not in lease.apps]

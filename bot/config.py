@@ -144,16 +144,26 @@ class Settings:
         return int(hour), int(minute)
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _int_env(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int,
+    maximum: int | None = None,
+    what: str = "a whole number of seconds",
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of seconds; e.g. {name}={default}")
+        raise ConfigError(f"{name}={raw!r} is not {what}; e.g. {name}={default}")
     if value < minimum:
         raise ConfigError(f"{name}={value} is too small; use {minimum} or more")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} is too large; use {maximum} or less")
     return value
 
 
@@ -375,13 +385,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         slack_api_url=_url(env.get("SLACK_API_URL") or DEFAULT_SLACK_API_URL, "SLACK_API_URL") + "/",
         slack_app_token=app_token,
         slack_signing_secret=env.get("SLACK_SIGNING_SECRET", "").strip() or None,
-        port=_int_env(env, "PORT", 3000, minimum=1),
+        port=_int_env(env, "PORT", 3000, minimum=1, maximum=65535, what="a port number"),
         alert_channel=alert_channel,
         db_path=env.get("WFLOGS_DB", "").strip() or "wflogs.db",
         poll_interval=_int_env(env, "WFLOGS_POLL_INTERVAL", DEFAULT_POLL_INTERVAL, minimum=5),
         backfill=_int_env(env, "WFLOGS_BACKFILL", DEFAULT_BACKFILL, minimum=0),
         lookback=lookback,
-        concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1),
+        concurrency=_int_env(env, "WFLOGS_CONCURRENCY", 16, minimum=1, what="a whole number"),
         resolve_after=_int_env(env, "WFLOGS_RESOLVE_AFTER", DEFAULT_RESOLVE_AFTER, minimum=1),
         digest_channel=digest_channel,
         digest_time=digest_time,
@@ -431,6 +441,8 @@ def _operations(env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"WFLOGS_LOG_FORMAT={log_format!r} is not known; use text or json")
     notify_socket = env.get("NOTIFY_SOCKET", "").strip() or None
     return {"http_host": host, "log_format": log_format, "notify_socket": notify_socket}
+
+
 # -- who is told, and when: mentions, escalation, failure rate, stuck runs ----------
 
 DEFAULT_RATE_WINDOW = 900
@@ -551,7 +563,9 @@ def _watch_settings(env: Mapping[str, str], lookback: int) -> WatchSettings:
         escalate_to=escalate_to,
         rate_threshold=_fraction(env.get("WFLOGS_RATE_THRESHOLD", "").strip() or 0, "WFLOGS_RATE_THRESHOLD"),
         rate_window=rate_window,
-        rate_min_runs=_int_env(env, "WFLOGS_RATE_MIN_RUNS", DEFAULT_RATE_MIN_RUNS, minimum=1),
+        rate_min_runs=_int_env(
+            env, "WFLOGS_RATE_MIN_RUNS", DEFAULT_RATE_MIN_RUNS, minimum=1, what="a whole number of runs"
+        ),
         stuck_after=stuck_after,
     )
 

@@ -124,7 +124,7 @@ class DifyClient:
             )
         if status == 403:
             raise DifyAuthError(
-                f"Dify refused access to {self.label}: {message} "
+                f"Dify refused access to the app: {message} "
                 "(the app may be deleted, its API disabled, or the workspace archived)",
                 status=status,
                 code=code,
@@ -151,9 +151,9 @@ class DifyClient:
         raise DifyError(f"Dify answered HTTP {status}: {message}", status=status, code=code)
 
     def _of(self) -> str:
-        """`` of <app> (…key)``, or nothing when the label is the key's hint: whoever shows the
-        error puts the app's label before it, and the key should appear once."""
-        return "" if self._key_hint in self.label else f" of {self.label} ({self._key_hint})"
+        """`` (…key)``, or nothing when the label is the key's hint: whoever shows the error puts
+        the app's label before it, so neither the app nor the key should appear twice."""
+        return "" if self._key_hint in self.label else f" ({self._key_hint})"
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

@@ -10,9 +10,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot import alert_format as fmt
-from bot.blocks import Block, actions, button, context, fit, header, section
+from bot.blocks import ACTION_SIMILAR, Block, actions, button, context, fit, header, section, similar_button
 from bot.records import Alert
-from bot.search_format import ACTION_SIMILAR, similar_button
 from bot.text import clock, duration, escape, escape_cut, one_line, plural
 
 ACTION_ACK = "incident_ack"

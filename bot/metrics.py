@@ -65,7 +65,9 @@ class Metrics:
             registry=r,
         )
         self.outbox_pending = Gauge(
-            "wflogs_outbox_pending", "Alerts waiting to be delivered (as of the last cycle)", registry=r
+            "wflogs_outbox_pending",
+            "Alerts waiting to be delivered (as of the last cycle or delivery pass)",
+            registry=r,
         )
         self.open_incidents = Gauge(
             "wflogs_open_incidents", "Incidents not resolved yet (as of the last cycle)", registry=r

@@ -79,13 +79,20 @@ class ProcessHealth:
         with self._lock:
             self.role = "standby"
 
-    def cycle_done(self, *, apps_ok: list[str], apps_failing: list[str], outbox_pending: int | None) -> None:
+    def cycle_done(
+        self, *, apps_ok: list[str], apps_failing: list[str], outbox_pending: int | None = None
+    ) -> None:
         """A poll cycle finished."""
         with self._lock:
             self.last_cycle_at = self.now()
             self.apps_ok, self.apps_failing = apps_ok, apps_failing
             if outbox_pending is not None:
                 self.outbox_pending = outbox_pending
+
+    def outbox_now(self, pending: int) -> None:
+        """The outbox was measured (after a cycle or a delivery pass)."""
+        with self._lock:
+            self.outbox_pending = pending
 
     def database_failed(self, message: str) -> None:
         """The database could not be used: remember it for ``/healthz``, log it once a minute."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -58,7 +59,7 @@ from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyError, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
-from storage import Store
+from storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,13 @@ class Poller:
         """:meth:`poll_app`, with anything unexpected turned into that app's error."""
         try:
             return self.poll_app(app)
+        except (sqlite3.Error, StorageError) as exc:
+            # The database failed (full, locked, read-only): `wflogs run` says so once a minute and
+            # /healthz turns 503; a traceback per app and cycle would only bury that line. Nothing
+            # is recorded (it would fail too) and the cursor did not move: the next cycle reads again.
+            log.debug("polling %s stopped: the database failed: %s", app.label, exc)
+            error = f"the database failed ({exc}); what was read is read again once it works"
+            return AppResult(app=app, name=self._names.get(app.id) or app.label, ok=False, error=error)
         except Exception as exc:
             # A bug, a locked database, a body httpx cannot decode: this app's cycle failed,
             # the others (and delivery, and health checks) go on; its cursor did not move.

@@ -381,9 +381,14 @@ def parse(text: str, *, now: float, tz: ZoneInfo = _UTC) -> Query:
         if since > now:
             raise _fail(f"{fields['since'][1]}:{fields['since'][0]} is in the future")
     if "until" in fields:
-        until = parse_when(fields["until"][0], now=now, tz=tz, end=True)
+        value, key = fields["until"]
+        if key == "before":
+            # Bounds are inclusive: before a moment (or a day) ends one second earlier.
+            until = parse_when(value, now=now, tz=tz) - 1
+        else:
+            until = parse_when(value, now=now, tz=tz, end=True)
     if since is not None and until is not None and since > until:
-        raise _fail("since: is later than until:; swap them")
+        raise _fail(f"since: is later than {fields['until'][1]}:; swap them")
     keyword = " ".join(words) or None
     if "similar" in fields and (keyword or "error" in fields):
         raise _fail(

@@ -125,6 +125,8 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     # Set by ``wflogs run``'s delivery thread: it delivers, and is woken after each poll and click.
     wake: Callable[[], None] | None = None
+    # Told the outbox's depth whenever it is measured (``/healthz`` keeps it).
+    on_outbox: Callable[[int], None] | None = None
     watcher: Watcher | None = None
     # What the last watch found (failure rates, stuck runs), for the cycle's report.
     last_watch: WatchReport | None = None
@@ -210,7 +212,9 @@ class Runtime:
         :meth:`poll`; one pass at a time)."""
         waiting = pending_by_status(self.store)
         result = self.deliverer.deliver_all()
-        self.metrics.observe_sent(waiting, pending_by_status(self.store))
+        still_waiting = pending_by_status(self.store)
+        self.metrics.observe_sent(waiting, still_waiting)
+        self._outbox_now(sum(still_waiting.values()))
         return result
 
     def cycle(self) -> CycleReport:
@@ -262,6 +266,7 @@ class Runtime:
             return []
         problems = [f"{r.name}: {r.error}" for r in watch.apps if r.error]
         return problems + ([watch.error] if watch.error else [])
+
     # -- metrics hooks (kept out of the cycle's flow) ------------------------------------------
 
     def _observe_cycle(self, report: CycleReport) -> None:
@@ -269,9 +274,16 @@ class Runtime:
         :meth:`deliver`, wherever it runs)."""
         still_waiting = pending_by_status(self.store)
         report.outbox_pending = sum(still_waiting.values())
-        self.metrics.outbox_pending.set(report.outbox_pending)
+        self._outbox_now(report.outbox_pending)
         self.metrics.open_incidents.set(open_incidents_count(self.store))
         self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
+
+    def _outbox_now(self, pending: int) -> None:
+        """The outbox's depth changed (after a cycle, and after each delivery pass, which in
+        ``wflogs run`` runs on its own thread)."""
+        self.metrics.outbox_pending.set(pending)
+        if self.on_outbox is not None:
+            self.on_outbox(pending)
 
     def close(self) -> None:
         """Release connections."""

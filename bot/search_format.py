@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.blocks import ACTION_SIMILAR as ACTION_SIMILAR  # re-exported: slack_app answers it
 from bot.blocks import (
     BLOCKS_BUDGET,
     BUTTON_VALUE_LIMIT,
@@ -31,8 +32,9 @@ from bot.blocks import (
     section,
     who_text,
 )
+from bot.blocks import similar_button as similar_button
 from bot.errors import QueryError
-from bot.query import MUTE_USAGE, SIMILAR_DAYS, USAGE, Query, describe, is_run_id
+from bot.query import MUTE_USAGE, SIMILAR_DAYS, USAGE, Query, describe
 from bot.records import LogEntry, RunDetail, SearchResult
 from bot.text import (
     clock,
@@ -49,7 +51,6 @@ from bot.text import (
 ACTION_PREV = "wflogs_prev"
 ACTION_NEXT = "wflogs_next"
 ACTION_SHARE = "wflogs_share"
-ACTION_SIMILAR = "wflogs_similar"  # its value is a run id
 MASK = "••••••"
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|apikey|auth|credential|cookie|private"
@@ -126,13 +127,6 @@ def _line(entry: LogEntry, tz: ZoneInfo | None, found: str | None = None) -> str
     if found:
         parts.append(f"_found in {escape(found)}_")
     return " · ".join(parts)
-
-
-def similar_button(run_id: str | None, action_id: str = ACTION_SIMILAR) -> dict[str, Any] | None:
-    """The "Similar runs" button for a run (on its detail, or on an alert); None without a run id."""
-    if not is_run_id(run_id):
-        return None
-    return button("Similar runs", action_id, value=str(run_id))
 
 
 def _similar_blocks(result: SearchResult, tz: ZoneInfo | None) -> list[Block]:

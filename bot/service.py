@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -157,6 +159,7 @@ class Operations:
         self.on_promoted: Callable[[], None] | None = None
         self.systemd = Notifier(settings.notify_socket)
         self._ticked = False
+        runtime.on_outbox = self.health.outbox_now
 
     @property
     def active(self) -> bool:
@@ -247,8 +250,7 @@ class Operations:
         self.health.cycle_done(
             apps_ok=[r.name for r in report.apps if r.ok],
             apps_failing=[r.name for r in report.apps if not r.ok],
-            outbox_pending=report.outbox_pending,
-        )
+        )  # the outbox's depth reached health through runtime.on_outbox (also after delivery passes)
         return report
 
     def watchdog(self) -> None:
@@ -344,10 +346,8 @@ def start_serving(
             make_wsgi_app(ops.health, ops.metrics, slack_http), settings.http_host, settings.port
         )
     except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {settings.http_host}:{settings.port} ({exc.strerror or exc}); set PORT "
-            "to a free port (each wflogs on one host needs its own)"
-        )
+        where = f"{settings.http_host}:{settings.port}"
+        raise ConfigError(f"cannot listen on {where} ({exc.strerror or exc}); {_listen_fix(exc)}")
     where = f"http://{settings.http_host}:{server.port}"
     log.info("health at %s%s, metrics at %s%s", where, HEALTH_PATH, where, METRICS_PATH)
     if slack_http is not None:
@@ -366,6 +366,18 @@ def start_serving(
         server.close()
 
     return stop
+
+
+def _listen_fix(exc: OSError) -> str:
+    """What to change when the HTTP server cannot listen."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "set WFLOGS_HTTP_HOST to an address of this host (0.0.0.0: every address, 127.0.0.1: this host "
+            "only)"
+        )
+    if exc.errno == errno.EACCES:
+        return "ports below 1024 need privileges: set PORT to 1024 or above (default 3000)"
+    return "set PORT to a free port (each wflogs on one host needs its own)"
 
 
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:

@@ -146,10 +146,14 @@ def open_db(path: str, *, timeout: float = 30.0) -> sqlite_utils.Database:
 
 
 def probe_write(db: sqlite_utils.Database) -> None:
-    """Take the write lock and let it go: fails at once when the file cannot be written."""
+    """Write a page and roll it back: fails at once when the file cannot be written (SQLite opens a
+    read-only file read-only and takes the write lock all the same; only a real write fails)."""
     with db.ensure_autocommit_on():
         db.execute("BEGIN IMMEDIATE")
-        db.execute("ROLLBACK")
+        try:
+            db.execute("CREATE TABLE _wflogs_write_probe (x)")
+        finally:
+            db.execute("ROLLBACK")
 
 
 class Store:

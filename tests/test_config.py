@@ -104,3 +104,19 @@ def test_secrets_are_scrubbed_from_log_records():
     text = record.getMessage()
     assert KEY not in text and "xoxb-very-secret-token" not in text and "app-abcdefghijklmnop" not in text
     assert text.count("***") == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PORT", "abc", "PORT='abc' is not a port number; e.g. PORT=3000"),
+        ("PORT", "70000", "PORT=70000 is too large; use 65535 or less"),
+        ("WFLOGS_CONCURRENCY", "many", "WFLOGS_CONCURRENCY='many' is not a whole number; e.g."),
+        ("WFLOGS_RATE_MIN_RUNS", "ten", "WFLOGS_RATE_MIN_RUNS='ten' is not a whole number of runs; e.g."),
+        ("WFLOGS_POLL_INTERVAL", "soon", "WFLOGS_POLL_INTERVAL='soon' is not a whole number of seconds"),
+    ],
+)
+def test_a_number_that_is_not_one_says_what_kind_of_number(tmp_path, name, value, message):
+    with pytest.raises(ConfigError) as caught:
+        make_settings(tmp_path, {"DIFY_API_KEY": KEY, name: value})
+    assert message in str(caught.value)

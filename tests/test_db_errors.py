@@ -132,3 +132,27 @@ def test_no_permission_is_named_with_the_fix(tmp_path: Path):
     assert done.returncode == 1
     assert f"WFLOGS_DB={db} cannot be written (permission denied)" in line
     assert "let the user running wflogs write" in line
+
+
+def test_a_read_only_file_in_a_writable_directory_is_named_by_check(tmp_path: Path):
+    # SQLite opens a file it may not write read-only and only fails at the first real write, which
+    # `check` never makes: the start-up probe must write.
+    db = tmp_path / "wflogs.db"
+    open_store(str(db)).db.conn.close()
+    db.chmod(0o444)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    env.update(
+        {"WFLOGS_DB": str(db), "DIFY_API_KEY": "app-" + "k" * 24, "PYTHONPATH": str(ROOT)},
+        DIFY_API_URL="http://127.0.0.1:9/v1",
+    )
+    done = subprocess.run(
+        _without_override([sys.executable, "-m", "bot.cli", "check"]),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = _one_line(done.stderr)
+    assert done.returncode == 1
+    assert f"WFLOGS_DB={db} cannot be written (permission denied)" in line

@@ -255,6 +255,8 @@ def test_a_full_database_mid_run_fails_health_logs_once_a_minute_and_loses_nothi
         reports = [r for r in caplog.records if "WFLOGS_DB=" in r.getMessage()]
         assert len(reports) == 2  # at start and a minute later, not every cycle
         assert "nothing is lost" in reports[0].getMessage()
+        noisy = [r.getMessage() for r in caplog.records if r.exc_info or r.name == "bot.poller"]
+        assert not noisy  # no traceback per app and cycle: the one line a minute says it all
 
         runtime.store.db.conn.execute("pragma max_page_count = 1073741823")  # space again
         clock.advance(60)
@@ -427,3 +429,68 @@ def test_health_can_listen_on_ipv6(tmp_path: Path, dify: FakeDify, clock: Clock)
         assert httpx.get(f"http://[::1]:{server.port}{HEALTH_PATH}").json()["status"] == "ok"
     finally:
         server.close()
+
+
+def test_outbox_depth_follows_delivery_on_its_own_thread(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, clock: Clock
+):
+    # In `wflogs run` the cycle only finds alerts; the delivery thread sends them. /healthz and
+    # /metrics must not keep showing them as waiting until the next cycle.
+    app = dify.add_app("Support Bot")
+    dify.add_log(app, at=T0 - 60, error="timed out")
+    dify.add_log(app, at=T0 - 50, status="stopped")
+    runtime, ops, stop, base = _serve(
+        tmp_path, dify, slack, clock, DIFY_API_KEY=app.key, WFLOGS_HTTP_HOST="127.0.0.1"
+    )
+    runtime.deliver_in_cycle = False
+    try:
+        assert ops.tick()
+        assert ops.cycle() is not None
+        assert httpx.get(base + HEALTH_PATH).json()["outbox_pending"] == 2
+        assert "wflogs_outbox_pending 2.0" in httpx.get(base + METRICS_PATH).text
+        runtime.deliver()
+        assert httpx.get(base + HEALTH_PATH).json()["outbox_pending"] == 0
+        assert "wflogs_outbox_pending 0.0" in httpx.get(base + METRICS_PATH).text
+    finally:
+        stop()
+        runtime.close()
+
+
+@pytest.mark.parametrize("host", ["nosuchhost.invalid", "192.0.2.1"])
+def test_an_address_that_is_not_this_hosts_names_wflogs_http_host(
+    tmp_path: Path, dify: FakeDify, clock: Clock, host: str
+):
+    from bot.errors import ConfigError
+
+    app = dify.add_app("Support Bot")
+    settings = make_settings(
+        tmp_path, env={"DIFY_API_KEY": app.key, "PORT": str(free_port()), "WFLOGS_HTTP_HOST": host}
+    )
+    runtime = build_runtime(settings, dify, clock)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            start_serving(runtime, Operations(runtime, now=clock))
+    finally:
+        runtime.close()
+    message = str(caught.value)
+    assert f"cannot listen on {host}:" in message and "set WFLOGS_HTTP_HOST" in message
+    assert "set PORT" not in message
+
+
+def test_check_says_a_lease_taken_a_moment_ago_was_taken_just_now(tmp_path: Path, dify: FakeDify):
+    import io
+    import time
+
+    from bot.cli import _check_instances
+
+    app = dify.add_app("Support Bot")
+    runtime = build_runtime(make_settings(tmp_path, env={"DIFY_API_KEY": app.key}), dify, Clock(time.time()))
+    try:
+        assert Lease(runtime.store, ttl=120, owner="host:1:2.ab").tick()
+        out = io.StringIO()
+        _check_instances(runtime, out)
+    finally:
+        runtime.close()
+    line = out.getvalue()
+    assert "✓ active instance: host:1:2.ab (active since just now, renewed just now)" in line, line
+    assert "0ms" not in line

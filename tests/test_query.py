@@ -57,6 +57,18 @@ def test_today_and_yesterday():
     assert (q.since, q.until) == (midnight - 86400, midnight - 1)
 
 
+def test_before_a_day_stops_where_that_day_starts_until_takes_it_whole():
+    midnight = int(datetime.fromtimestamp(T0, UTC).replace(hour=0, minute=0, second=0).timestamp())
+    q = p("since:yesterday before:today")  # yesterday's runs, not today's as well
+    assert (q.since, q.until) == (midnight - 86400, midnight - 1)
+    assert p("before:2026-11-17").until == int(datetime(2026, 11, 17, tzinfo=UTC).timestamp()) - 1
+    assert p("until:2026-11-17").until == int(datetime(2026, 11, 18, tzinfo=UTC).timestamp()) - 1
+    assert p("to:today").until == midnight + 86400 - 1
+    assert p("before:2h").until == T0 - 7200 - 1
+    with pytest.raises(QueryError, match="since: is later than before:"):
+        p("since:today before:today")
+
+
 @pytest.mark.parametrize(
     ("text", "keyword"),
     [

@@ -15,7 +15,7 @@ from bot.config import load_settings
 from bot.dify import DifyClient
 from bot.errors import DifyError
 from tests.conftest import build_runtime, make_settings, slack_env
-from tests.fakes.dify import FakeDify
+from tests.fakes.dify import DifyServer, FakeDify
 from tests.fakes.slack import FakeSlack
 
 
@@ -96,8 +96,6 @@ def test_unknown_log_format_and_bad_host_are_configuration_errors(tmp_path: Path
 
 
 def test_check_fails_for_a_channel_the_bot_was_not_invited_to(monkeypatch, tmp_path: Path, slack: FakeSlack):
-    from tests.fakes.dify import DifyServer
-
     dify = FakeDify()
     app = dify.add_app("Flow")
     slack.not_member.add("C0OUTSIDE")
@@ -116,3 +114,19 @@ def test_check_fails_for_a_channel_the_bot_was_not_invited_to(monkeypatch, tmp_p
         assert main(["check"], out=out, err=err) == 1
     assert "✗ channel C0OUTSIDE (#alerts): the bot is not a member" in out.getvalue()
     assert "invite it with /invite @wflogs" in out.getvalue()
+
+
+def test_check_against_the_dify_fake_without_v1_hints_at_v1(monkeypatch, tmp_path: Path):
+    # The fake serves the Service API under /v1 only, as Dify does: a URL without it is a JSON 404.
+    with DifyServer(FakeDify()) as server:
+        app = server.fake.add_app("Support Bot")
+        for name in list(os.environ):
+            if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
+                monkeypatch.delenv(name)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DIFY_API_KEY", app.key)
+        monkeypatch.setenv("DIFY_API_URL", server.url.removesuffix("/v1"))
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["check"], out=out, err=err)
+    assert code == 1
+    assert "check that DIFY_API_URL ends in /v1" in out.getvalue()

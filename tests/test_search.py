@@ -170,9 +170,10 @@ def test_dify_down_or_key_rejected_is_an_error_per_app_not_a_crash(dify: FakeDif
     result = search(q("failed"), [target(dify, good), bad_key, target(dify, gone)], now=T0)
     good_hits, revoked, deleted = result.apps
     assert good_hits.total == 1 and good_hits.error is None
-    assert "rejected the API key of Revoked (…xxxx)" in (revoked.error or "")
+    # The answer puts the app's name before the error: the error names the key, not the app again.
+    assert "rejected the API key (…xxxx)" in (revoked.error or "") and "Revoked" not in (revoked.error or "")
     assert "x" * 24 not in (revoked.error or "")
-    assert "no longer exists" in (deleted.error or "")
+    assert "no longer exists" in (deleted.error or "") and deleted.name not in (deleted.error or "")
 
     dify.fail_next(3, "connect")
     down = search(q("failed"), [target(dify, good)], now=T0).apps[0]

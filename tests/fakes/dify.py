@@ -352,7 +352,10 @@ class FakeDify:
                 response.headers["X-Version"] = self.version
                 return response
         path = request.url.path
-        base = path.split("/v1", 1)[1] if "/v1" in path else path
+        if "/v1" not in path:
+            # Dify's API server routes the Service API under /v1 only; anything else is its JSON 404.
+            return self._error(404, "not_found", "The requested URL was not found on the server.")
+        base = path.split("/v1", 1)[1]
         if base in ("", "/"):
             return httpx.Response(
                 404,
