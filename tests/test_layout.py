@@ -3,8 +3,12 @@ cycles), formatters are pure, storage never imports bot, only config reads the e
 
 from __future__ import annotations
 
-import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bot", "storage")
@@ -14,18 +18,25 @@ FORMATTER_MAY_IMPORT = {"bot.records", "bot.blocks", "bot.text", "bot.query", "b
 IMPURE = {"httpx", "slack_sdk", "slack_bolt", "sqlite3", "sqlite_utils", "storage", "apscheduler", "os"}
 
 
-def _modules() -> dict[str, ast.Module]:
-    return {
-        f"{pkg}.{path.stem}": ast.parse(path.read_text(), str(path))
-        for pkg in PACKAGES
-        for path in sorted((ROOT / pkg).glob("*.py"))
-    }
+# The source is parsed in a child process: CPython 3.11's ``ast.parse`` shares a recursion counter
+# with every thread of the process, and a background thread of an earlier test that formats a
+# traceback at the same moment (``traceback`` parses source for its carets) makes it raise
+# "SystemError: AST constructor recursion depth mismatch".
+_FACTS = r"""
+import ast, json, sys
+from pathlib import Path
 
-
-def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
-    """Every module ``name`` imports (``from bot import x`` counts as ``bot.x`` when that is a module)."""
+root, packages = Path(sys.argv[1]), sys.argv[2:]
+modules = {
+    f"{pkg}.{path.stem}": ast.parse(path.read_text(), str(path))
+    for pkg in packages
+    for path in sorted((root / pkg).glob("*.py"))
+}
+known = set(modules)
+imports, env_reads = {}, {}
+for name, tree in modules.items():
     package = name.rsplit(".", 1)[0]
-    found: set[str] = set()
+    found, reads = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
@@ -34,14 +45,30 @@ def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
             if node.level:
                 module = f"{package}.{module}" if module else package
             found.add(module)
-            found |= {f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in known}
-    return found
+            found |= {f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in known}
+        if (isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "environb"}) or (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(a.name in {"environ", "getenv"} for a in node.names)
+        ):
+            reads.append(getattr(node, "lineno", 0))
+    imports[name], env_reads[name] = sorted(found), reads
+print(json.dumps({"imports": imports, "env_reads": env_reads}))
+"""
+
+
+@functools.cache
+def _facts() -> dict[str, dict[str, list[Any]]]:
+    """Per module of bot/ and storage/: what it imports (``from bot import x`` counts as ``bot.x``
+    when that is a module) and the lines where it reads the environment."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FACTS, str(ROOT), *PACKAGES], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = _modules()
-    known = set(modules)
-    return {name: _imports(name, tree, known) for name, tree in modules.items()}
+    return {name: set(deps) for name, deps in _facts()["imports"].items()}
 
 
 def test_imports_have_no_cycles() -> None:
@@ -80,13 +107,6 @@ def test_storage_never_imports_bot() -> None:
 
 
 def test_only_config_reads_the_environment() -> None:
-    for name, tree in _modules().items():
-        if name == "bot.config":
-            continue
-        for node in ast.walk(tree):
-            reads = (isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "environb"}) or (
-                isinstance(node, ast.ImportFrom)
-                and node.module == "os"
-                and any(a.name in {"environ", "getenv"} for a in node.names)
-            )
-            assert not reads, f"{name} line {getattr(node, 'lineno', '?')} reads the environment"
+    for name, lines in _facts()["env_reads"].items():
+        if name != "bot.config":
+            assert not lines, f"{name} line {lines[0]} reads the environment"
