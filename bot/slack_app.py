@@ -142,18 +142,28 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
         text, blocks = searcher.answer(query, channel=channel)
         _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
-    def on_button(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        ack()
+    def clicked_query(
+        body: dict[str, Any], respond: Any, read: Callable[[], Query]
+    ) -> tuple[Query, str | None, str | None] | None:
+        """The query a button carries, with the clicker's channel and user; None when the click was
+        refused or its value is not one wflogs wrote (the clicker is told why)."""
         channel, user = _channel_of(body), _user_of(body)
         refused = refusal_reason(settings, user=user, channel=channel)
         if refused:
             _respond(respond, *fmt.refusal(*refused), replace_original=False)
-            return
+            return None
         try:
-            query = fmt.read_button_value(action.get("value"))
+            return read(), channel, user
         except QueryError as exc:
             _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
+            return None
+
+    def on_button(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        ack()
+        clicked = clicked_query(body, respond, lambda: fmt.read_button_value(action.get("value")))
+        if clicked is None:
             return
+        query, channel, user = clicked
         if action.get("action_id") == fmt.ACTION_SHARE:
             # A new message everyone in the channel sees, saying who shared it; the private one stays.
             text, blocks = searcher.answer(query, channel=channel, shared_by=user or "")
@@ -165,16 +175,10 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
     def on_similar(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         # "Similar runs" on a run's detail or an alert: the value is a run id, checked before Dify sees it.
         ack()
-        channel, user = _channel_of(body), _user_of(body)
-        refused = refusal_reason(settings, user=user, channel=channel)
-        if refused:
-            _respond(respond, *fmt.refusal(*refused), replace_original=False)
+        clicked = clicked_query(body, respond, lambda: similar_query(action.get("value"), now=now()))
+        if clicked is None:
             return
-        try:
-            query = similar_query(action.get("value"), now=now())
-        except QueryError as exc:
-            _respond(respond, *fmt.error(str(exc), exc.usage), replace_original=False)
-            return
+        query, channel, _user = clicked
         text, blocks = searcher.answer(query, channel=channel)
         _respond(respond, text, blocks, response_type="ephemeral", replace_original=False)
 

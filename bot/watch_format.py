@@ -46,9 +46,7 @@ def rate_line(detail: dict[str, Any]) -> str:
     )
 
 
-def with_mentions(
-    text: str, blocks: list[Block], mentions: Sequence[str]
-) -> tuple[str, list[Block]]:
+def with_mentions(text: str, blocks: list[Block], mentions: Sequence[str]) -> tuple[str, list[Block]]:
     """A new incident's first channel message with ``mentions`` in its text and in a section
     under the header. Only configured, validated IDs come here, never text from Dify."""
     if not mentions:
