@@ -246,15 +246,20 @@ def _keyword_where(entry: LogEntry, keyword: str) -> str:
     return "inputs/outputs"
 
 
+def _status_filter(query: Query, params: dict[str, Any]) -> set[str] | None:
+    """Send Dify the one status it can filter (into ``params``); return the statuses to filter on
+    our side instead (None: no local status filter)."""
+    if len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS:
+        params["status"] = query.statuses[0]
+        return None
+    return set(query.statuses) if query.statuses else None
+
+
 def _keyword_found(query: Query, client: DifyClient) -> _Found:
     """Dify's keyword matches (inputs, outputs, session) under the query's other filters."""
     assert query.keyword is not None
     params = _base_params(query)
-    local_statuses: set[str] | None = None
-    if len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS:
-        params["status"] = query.statuses[0]
-    elif query.statuses:
-        local_statuses = set(query.statuses)
+    local_statuses = _status_filter(query, params)
 
     def status_ok(entry: LogEntry) -> bool:
         return local_statuses is None or entry.status in local_statuses
@@ -346,11 +351,7 @@ def _search_app(query: Query, target: Target, page_size: int) -> AppHits:
     hits = AppHits(name=target.name, console_url=target.app.console_url)
     client = target.client
     params = _base_params(query)
-    local_statuses: set[str] | None = None
-    if len(query.statuses) == 1 and query.statuses[0] in STATUSES_DIFY_FILTERS:
-        params["status"] = query.statuses[0]
-    elif query.statuses:
-        local_statuses = set(query.statuses)
+    local_statuses = _status_filter(query, params)
     if query.session:
         params["session_id"] = query.session
     start = (query.page - 1) * page_size
