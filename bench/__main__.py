@@ -54,6 +54,33 @@ def _settings(tmp: Path, env: dict[str, str], toml: str | None = None):
     return load_settings(base, cwd=tmp)
 
 
+def _slack_runtime(
+    tmp: str,
+    dify: FakeDify,
+    slack: FakeSlack,
+    clock: list[float],
+    env: dict[str, str],
+    *,
+    channel: str,
+    toml: str | None = None,
+    pacing: float = 1.0,
+) -> Runtime:
+    """A runtime on the Dify fake that alerts ``channel`` on the Slack fake, with ``pacing`` per post."""
+    env = {
+        **env,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_API_URL": slack.base_url,
+        "WFLOGS_ALERT_CHANNEL": channel,
+    }
+    return Runtime.build(
+        _settings(Path(tmp), env, toml),
+        transport=httpx.MockTransport(dify.handler),
+        now=lambda: clock[0],
+        web=WebClient(token=BOT_TOKEN, base_url=slack.base_url),
+        slack_min_interval=pacing,
+    )
+
+
 def many_apps(apps: int, latency: float, connections: int) -> None:
     """One first cycle and one quiet cycle over ``apps`` apps."""
     clock = [float(NOW)]
@@ -119,22 +146,8 @@ def storm(
     dify.latency = latency
     dify.connections = connections
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
-        settings = _settings(
-            Path(tmp),
-            {
-                "DIFY_API_KEY": app.key,
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_API_URL": slack.base_url,
-                "WFLOGS_ALERT_CHANNEL": "C0STORM",
-            },
-        )
-        web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
-        runtime = Runtime.build(
-            settings,
-            transport=httpx.MockTransport(dify.handler),
-            now=lambda: clock[0],
-            web=web,
-            slack_min_interval=pacing,
+        runtime = _slack_runtime(
+            tmp, dify, slack, clock, {"DIFY_API_KEY": app.key}, channel="C0STORM", pacing=pacing
         )
         if memory:
             tracemalloc.start()
@@ -171,24 +184,8 @@ def incident(cycles: int) -> None:
     dify = FakeDify(clock=lambda: clock[0])
     app = dify.add_app("Flaky App")
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
-        settings = _settings(
-            Path(tmp),
-            {
-                "DIFY_API_KEY": app.key,
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_API_URL": slack.base_url,
-                "WFLOGS_ALERT_CHANNEL": "C0FLAKY",
-                "SLACK_SIGNING_SECRET": "bench-secret",
-            },
-        )
-        web = WebClient(token=BOT_TOKEN, base_url=slack.base_url)
-        runtime = Runtime.build(
-            settings,
-            transport=httpx.MockTransport(dify.handler),
-            now=lambda: clock[0],
-            web=web,
-            slack_min_interval=0.0,
-        )
+        env = {"DIFY_API_KEY": app.key, "SLACK_SIGNING_SECRET": "bench-secret"}
+        runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0FLAKY", pacing=0.0)
         runs = []
         started = time.perf_counter()
         for i in range(cycles):
@@ -239,14 +236,7 @@ def idle_cost(apps: int, latency: float, connections: int, cycles: int = 10) -> 
         "WFLOGS_ESCALATE_AFTER": "900",
     }
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
-        env.update(SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_API_URL=slack.base_url, WFLOGS_ALERT_CHANNEL="C0IDLE")
-        settings = _settings(Path(tmp), env, toml)
-        runtime = Runtime.build(
-            settings,
-            transport=httpx.MockTransport(dify.handler),
-            now=lambda: clock[0],
-            web=WebClient(token=BOT_TOKEN, base_url=slack.base_url),
-        )
+        runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0IDLE", toml=toml)
         runtime.cycle()
         clock[0] += 60
         before = len(dify.requests)
