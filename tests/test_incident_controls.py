@@ -18,14 +18,13 @@ import httpx
 import pytest
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
-from slack_sdk.signature import SignatureVerifier
 
 from bot.ops_http import EVENTS_PATH, OpsServer
 from bot.runtime import Runtime
 from bot.slack_app import build_app, events_handler
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning
 from tests.fakes.dify import FakeApp, FakeDify
-from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks, signed_post
 
 SECRET = "8f14e45fceea167a5a36dedd4bea2543"
 CHANNEL = "C0ALERTS"
@@ -42,18 +41,7 @@ class Bench:
     names: int = 0
 
     def signed(self, body: str) -> httpx.Response:
-        stamp = str(int(time.time()))
-        signature = SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)
-        return httpx.post(
-            self.url,
-            content=body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Slack-Request-Timestamp": stamp,
-                "X-Slack-Signature": signature,
-            },
-            timeout=10,
-        )
+        return signed_post(self.url, body, SECRET)
 
     def response_url(self) -> str:
         self.names += 1

@@ -18,7 +18,6 @@ import httpx
 import pytest
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
-from slack_sdk.signature import SignatureVerifier
 
 from bot import search_format as fmt
 from bot.ops_http import EVENTS_PATH, OpsServer
@@ -26,7 +25,7 @@ from bot.runtime import Runtime
 from bot.slack_app import build_app, events_handler
 from tests.conftest import T0, Clock, make_settings
 from tests.fakes.dify import DifyServer, FakeApp, FakeDify
-from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks, signed_post
 
 SECRET = "8f14e45fceea167a5a36dedd4bea2543"
 CHANNEL = "C0ALERTS"
@@ -44,19 +43,7 @@ class Harness:
     def post(
         self, body: str, *, ts: int | None = None, secret: str | None = None, **headers: str
     ) -> httpx.Response:
-        stamp = str(ts if ts is not None else int(time.time()))
-        signature = SignatureVerifier(secret or self.secret).generate_signature(timestamp=stamp, body=body)
-        return httpx.post(
-            self.url,
-            content=body,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "X-Slack-Request-Timestamp": stamp,
-                "X-Slack-Signature": signature,
-                **headers,
-            },
-            timeout=10,
-        )
+        return signed_post(self.url, body, secret or self.secret, ts=ts, **headers)
 
     def response_url(self) -> str:
         self.names += 1
