@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,22 @@ def wflogs(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
         text=True,
         timeout=60,
     )
+
+
+def poll_once_killed_when(tmp_path: Path, env: dict[str, str], ready: Callable[[], bool]) -> None:
+    """Start a real ``wflogs poll --once`` and SIGKILL it as soon as ``ready()`` (within 30 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "poll", "--once"],
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -143,18 +160,7 @@ def test_sigkill_during_delivery_repeats_at_most_the_message_in_flight(tmp_path,
         }
         slack.fail("chat.postMessage", "ok", None, times=1)  # the first post goes through
         slack.fail("chat.postMessage", "accept_hang", 30)  # the second is taken, then we die
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "poll", "--once"],
-            cwd=tmp_path,
-            env=_env(tmp_path, **env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while len(slack.messages) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        poll_once_killed_when(tmp_path, env, lambda: len(slack.messages) >= 2)
         assert len(slack.messages) == 2
         done = wflogs(tmp_path, "poll", "--once", **env)
         assert done.returncode == 0, done.stderr

@@ -374,14 +374,11 @@ def test_a_click_during_an_edit_is_shown_by_the_next_edit(tmp_path, dify, clock,
 
 
 def test_poll_once_evaluates_incidents_and_a_kill_mid_reply_doubles_at_most_that_reply(tmp_path):
-    import signal
-    import subprocess
-    import sys
     import time
 
     from tests.fakes.dify import DifyServer
     from tests.fakes.slack import BOT_TOKEN
-    from tests.test_cli import _env, wflogs
+    from tests.test_cli import poll_once_killed_when, wflogs
 
     with DifyServer(FakeDify()) as server, FakeSlack() as slack:
         app = server.fake.add_app("Support Bot")
@@ -398,18 +395,7 @@ def test_poll_once_evaluates_incidents_and_a_kill_mid_reply_doubles_at_most_that
         (parent,) = top(slack)
         later = server.fake.add_log(app, at=int(time.time()) - 2, error="timed out after 9s")
         slack.fail("chat.postMessage", "accept_hang", 30)  # the reply is taken, then we die
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "poll", "--once"],
-            cwd=tmp_path,
-            env=_env(tmp_path, **env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while len(slack.messages) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        poll_once_killed_when(tmp_path, env, lambda: len(slack.messages) >= 2)
         done = wflogs(tmp_path, "poll", "--once", **env)
         assert done.returncode == 0, done.stderr
         assert len(top(slack)) == 1  # no new channel message for the same error
