@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +92,14 @@ def messages_mentioning(slack: FakeSlack, needle: str) -> int:
             count += 1
     count += sum(1 for f in slack.files if needle in f["content"])
     return count
+
+
+def isolate_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> None:
+    """For ``bot.cli.main`` run in this process: none of the caller's DIFY_/SLACK_/WFLOGS_ settings,
+    ``tmp_path`` as the working directory, and ``env`` set."""
+    for name in list(os.environ):
+        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)

@@ -15,16 +15,14 @@ import pytest
 from bot.cli import main
 from bot.errors import DatabaseError
 from bot.runtime import open_store
+from tests.conftest import isolate_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [["check"], ["poll", "--once"], ["run"], ["digest", "--now"], ["search", "failed"]]
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, db: str, argv: list[str]) -> tuple[int, str]:
-    for name in list(os.environ):
-        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, tmp_path)
     monkeypatch.setenv("DIFY_API_KEY", "app-" + "k" * 24)
     monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")  # never reached: the database fails first
     monkeypatch.setenv("WFLOGS_DB", db)

@@ -17,7 +17,15 @@ from bot.ops_http import HEALTH_PATH, METRICS_PATH
 from bot.runtime import Runtime
 from bot.service import Operations, start_serving
 from storage import Store
-from tests.conftest import T0, Clock, build_runtime, make_settings, messages_mentioning, slack_env
+from tests.conftest import (
+    T0,
+    Clock,
+    build_runtime,
+    isolate_cli,
+    make_settings,
+    messages_mentioning,
+    slack_env,
+)
 from tests.fakes.dify import FakeDify
 from tests.fakes.slack import FakeSlack
 
@@ -311,14 +319,10 @@ def test_healthz_json_has_no_secrets(tmp_path: Path, dify: FakeDify, slack: Fake
 
 def test_poll_once_leaves_the_polling_to_an_active_instance(monkeypatch, tmp_path: Path, dify: FakeDify):
     import io
-    import os
 
     from bot.cli import main
 
-    for name in list(os.environ):
-        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, tmp_path)
     monkeypatch.setenv("DIFY_API_KEY", "app-" + "k" * 24)
     monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("WFLOGS_DB", str(tmp_path / "wflogs.db"))
@@ -377,7 +381,6 @@ def test_a_standby_with_apps_the_active_instance_does_not_watch_says_so(
     tmp_path: Path, dify: FakeDify, clock: Clock, caplog, monkeypatch
 ):
     import io
-    import os
 
     from bot.cli import main
     from bot.config import load_settings
@@ -401,10 +404,7 @@ def test_a_standby_with_apps_the_active_instance_does_not_watch_says_so(
         assert caplog.text.count("does not watch") == 1  # said once, not every tick
     finally:
         runtime.close()
-    for name in list(os.environ):
-        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, tmp_path)
     monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("WFLOGS_DB", settings.db_path)
     # check reads the real clock and its own configuration: the active instance watches "shared" only.

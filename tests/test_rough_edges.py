@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from bot.cli import main
 from bot.config import load_settings
 from bot.dify import DifyClient
 from bot.errors import DifyError
-from tests.conftest import build_runtime, make_settings, slack_env
+from tests.conftest import build_runtime, isolate_cli, make_settings, slack_env
 from tests.fakes.dify import DifyServer, FakeDify
 from tests.fakes.slack import FakeSlack
 
@@ -70,10 +69,7 @@ def test_a_short_lookback_is_warned_about(tmp_path: Path):
 
 
 def test_check_prints_the_lookback_warning_and_the_instance(monkeypatch, tmp_path: Path, dify: FakeDify):
-    for name in list(os.environ):
-        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, tmp_path)
     monkeypatch.setenv("DIFY_API_KEY", "app-" + "k" * 24)
     monkeypatch.setenv("DIFY_API_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("WFLOGS_LOOKBACK", "900")
@@ -99,10 +95,7 @@ def test_check_fails_for_a_channel_the_bot_was_not_invited_to(monkeypatch, tmp_p
     dify = FakeDify()
     app = dify.add_app("Flow")
     slack.not_member.add("C0OUTSIDE")
-    for name in list(os.environ):
-        if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+    isolate_cli(monkeypatch, tmp_path)
     with DifyServer(dify) as server:
         env = {**slack_env(slack), "DIFY_API_KEY": app.key, "DIFY_API_URL": server.url}
         for name, value in env.items():
@@ -120,10 +113,7 @@ def test_check_against_the_dify_fake_without_v1_hints_at_v1(monkeypatch, tmp_pat
     # The fake serves the Service API under /v1 only, as Dify does: a URL without it is a JSON 404.
     with DifyServer(FakeDify()) as server:
         app = server.fake.add_app("Support Bot")
-        for name in list(os.environ):
-            if name.startswith(("DIFY_", "SLACK_", "WFLOGS_")):
-                monkeypatch.delenv(name)
-        monkeypatch.chdir(tmp_path)
+        isolate_cli(monkeypatch, tmp_path)
         monkeypatch.setenv("DIFY_API_KEY", app.key)
         monkeypatch.setenv("DIFY_API_URL", server.url.removesuffix("/v1"))
         out, err = io.StringIO(), io.StringIO()

@@ -481,9 +481,7 @@ def assert_valid_blocks(blocks: list[dict[str, Any]]) -> None:
         parsed.validate_json()
 
 
-def signed_post(
-    url: str, body: str, secret: str, *, ts: int | None = None, **headers: str
-) -> httpx.Response:
+def signed_post(url: str, body: str, secret: str, *, ts: int | None = None, **headers: str) -> httpx.Response:
     """POST ``body`` to ``url`` as Slack sends slash commands and clicks: form-encoded and signed
     with ``secret`` at ``ts`` (default now)."""
     stamp = str(ts if ts is not None else int(time.time()))
