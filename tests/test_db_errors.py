@@ -103,6 +103,23 @@ def _without_override(argv: list[str]) -> list[str]:
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", *argv]
 
 
+def _check_process(tmp_path: Path, db: Path) -> subprocess.CompletedProcess[str]:
+    """``wflogs check`` as a real process on ``db`` (without root's override, see above)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    env.update(
+        {"WFLOGS_DB": str(db), "DIFY_API_KEY": "app-" + "k" * 24, "PYTHONPATH": str(ROOT)},
+        DIFY_API_URL="http://127.0.0.1:9/v1",
+    )
+    return subprocess.run(
+        _without_override([sys.executable, "-m", "bot.cli", "check"]),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_no_permission_is_named_with_the_fix(tmp_path: Path):
     data = tmp_path / "data"
     data.mkdir()
@@ -110,20 +127,8 @@ def test_no_permission_is_named_with_the_fix(tmp_path: Path):
     open_store(str(db)).db.conn.close()
     db.chmod(0o444)
     data.chmod(0o555)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
-    env.update(
-        {"WFLOGS_DB": str(db), "DIFY_API_KEY": "app-" + "k" * 24, "PYTHONPATH": str(ROOT)},
-        DIFY_API_URL="http://127.0.0.1:9/v1",
-    )
     try:
-        done = subprocess.run(
-            _without_override([sys.executable, "-m", "bot.cli", "check"]),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _check_process(tmp_path, db)
     finally:
         data.chmod(0o755)
     line = _one_line(done.stderr)
@@ -138,19 +143,7 @@ def test_a_read_only_file_in_a_writable_directory_is_named_by_check(tmp_path: Pa
     db = tmp_path / "wflogs.db"
     open_store(str(db)).db.conn.close()
     db.chmod(0o444)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
-    env.update(
-        {"WFLOGS_DB": str(db), "DIFY_API_KEY": "app-" + "k" * 24, "PYTHONPATH": str(ROOT)},
-        DIFY_API_URL="http://127.0.0.1:9/v1",
-    )
-    done = subprocess.run(
-        _without_override([sys.executable, "-m", "bot.cli", "check"]),
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _check_process(tmp_path, db)
     line = _one_line(done.stderr)
     assert done.returncode == 1
     assert f"WFLOGS_DB={db} cannot be written (permission denied)" in line
