@@ -24,11 +24,12 @@ from bot.config import (
     mentions_for,
 )
 from bot.errors import DifyError, QueryError, WflogsError
-from bot.lease import Lease, lease_timings, view
+from bot.lease import Lease, LeaseFence, lease_timings, view
 from bot.logs import setup_logging
 from bot.runtime import Runtime, database_error
 from bot.text import duration, strip_controls
 from storage import STORAGE_ERRORS
+from storage import journal as effects
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def cmd_poll(settings: Settings, args: argparse.Namespace, out: TextIO, err: Tex
                 "stop it first, or let it do the polling\n"
             )
             return 1
+        runtime.fence(LeaseFence(lease))
         try:
             report = runtime.cycle()
         finally:
@@ -266,11 +268,49 @@ def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
     runtime = Runtime.build(settings, stream=out)
     try:
         report = runtime.digester.post_now()
+        problems = list(report.problems) + _deliver_planned(runtime, report.keys, err)
     finally:
         runtime.close()
-    for problem in report.problems:
+    for problem in problems:
         err.write(f"wflogs: {problem}\n")
-    return 0 if report.ok else 1
+    return 0 if not problems else 1
+
+
+def _deliver_planned(runtime: Runtime, keys: list[str], err: TextIO, *, wait: float = 90.0) -> list[str]:
+    """Post the planned messages named by ``keys``: this process does it when no ``wflogs run`` is
+    active on the database, else the active one does (its next delivery pass) and this waits for it.
+    Returns what did not reach Slack."""
+    if not keys:
+        return []
+    settings = runtime.settings
+    lease = Lease(
+        runtime.store, ttl=lease_timings(settings.poll_interval)[0], apps=[a.id for a in settings.apps]
+    )
+    if lease.tick():
+        runtime.fence(LeaseFence(lease))
+        try:
+            runtime.deliverer.deliver_planned()
+        finally:
+            lease.release()
+    else:
+        err.write(f"wflogs: the active wflogs ({lease.holder}) posts it; waiting for it\n")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if all((planned(runtime, k) or {}).get("state") in ("sent", "refused") for k in keys):
+                break
+            time.sleep(0.5)
+    problems = []
+    for key in keys:
+        row = planned(runtime, key) or {}
+        if row.get("state") != "sent":
+            why = row.get("error") or "it is still waiting for Slack"
+            problems.append(f"a digest was not posted to {row.get('channel')}: {why}; it is retried")
+    return problems
+
+
+def planned(runtime: Runtime, key: str) -> dict[str, Any] | None:
+    """A planned Slack message of the journal, by key."""
+    return effects.get(runtime.store, key)
 
 
 def _search_text(words: Sequence[str]) -> str:

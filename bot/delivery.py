@@ -1,15 +1,20 @@
 """Delivery: turns the outbox into Slack messages, exactly once per run, one thread per incident.
 
-Each pass first lets the :class:`IncidentKeeper` count new runs into incidents
-(app + status + error shape), end mutes and resolve quiet incidents. Then, per
-channel, pending runs are planned into messages and the plan is stored: an
-incident's first runs become its parent (one channel message, at most five a
-pass, the rest of a storm in one summary); later runs become one reply in its
-thread. Each message is posted and the runs it carries are marked sent in the
-same step, so a crash can repeat at most the one post in flight and a Slack
-outage loses nothing: the rest waits. Then the incidents' thread events
-(acknowledged, muted, resolved) are posted and each changed parent is edited,
-at most once a pass. The deliverer is the one writer of channel messages.
+Each pass first records what was sent but could not be recorded (the journal's memory; see
+``bot/journal.py``), then lets the :class:`IncidentKeeper` count new runs into incidents
+(app + status + error shape), end mutes and resolve quiet incidents. Then, channel by
+channel, pending runs are planned into messages and the plan is stored: an incident's first
+runs become its parent (one channel message, at most five a pass, the rest of a storm in one
+summary); later runs become one reply in its thread. The incidents' thread events
+(acknowledged, muted, resolved, escalated) and the features' planned messages (digests,
+notices) follow. Only when every channel has had its new messages are changed parents
+edited, a budget of them a pass, taking channels in turn: a busy channel's edits never hold
+up another channel's first alert.
+
+Every write goes through the :class:`Journal`: fenced by the lease, and recorded (the runs it
+carried marked sent, the incident's message noted) in the transaction that marks it sent. A
+crash can repeat at most the one write in flight; a Slack outage loses nothing: the rest waits.
+The deliverer is the one writer of channel messages.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,9 +33,12 @@ from bot import incident_format as ifmt
 from bot import watch_format as wfmt
 from bot.errors import SlackError, SlackPermanentError
 from bot.incidents import IncidentKeeper
+from bot.journal import POST, UPDATE, UPLOAD, DeliveryPaused, Effect, Handler, Journal, LeaseLost
+from bot.logs import Reminder
 from bot.notifier import MESSAGE_SHAPE, PERMANENT, Sink
 from bot.records import Alert
-from storage import Store
+from storage import STORAGE_ERRORS, Store
+from storage import journal as effects
 from storage.incidents import IncidentStore
 
 if TYPE_CHECKING:
@@ -43,6 +52,11 @@ MAX_MESSAGES_PER_PLAN = 5
 # More unlisted runs than this go into a CSV file rather than thread replies.
 CSV_THRESHOLD = 200
 KEEP_SENT_SECONDS = 7 * 86400
+# Parent edits per pass, all channels together, taken in turn (chat.update: about 50 a minute
+# per workspace; a pass runs about every 15 seconds).
+EDITS_PER_PASS = 12
+# A problem that lasts (a channel Slack refuses, a bug) is logged once, then this often.
+REMIND_EVERY = 600
 # Resolved incidents are kept this long (the digest, "back again" links), then forgotten.
 KEEP_INCIDENTS_SECONDS = 30 * 86400
 
@@ -57,6 +71,8 @@ class DeliveryResult:
     errors: dict[str, str] = field(default_factory=dict)
     # Messages Slack refused on their own (the channel's others went out).
     refused: dict[str, str] = field(default_factory=dict)
+    # Delivery waits: the database refuses writes, or another instance took the lease.
+    paused: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,7 +90,7 @@ def _stops_channel(exc: SlackError) -> bool:
 
 
 class Deliverer:
-    """Drains the outbox into a :class:`Sink`, keeping each incident in one thread."""
+    """Drains the outbox into Slack through the :class:`Journal`, keeping each incident in one thread."""
 
     def __init__(
         self,
@@ -90,6 +106,8 @@ class Deliverer:
         mentions: dict[str, tuple[str, ...]] | None = None,
         signals: SignalMessages | None = None,
         escalator: Escalator | None = None,
+        journal: Journal | None = None,
+        edits_per_pass: int = EDITS_PER_PASS,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -108,44 +126,110 @@ class Deliverer:
         self.signals = signals
         # Escalations are due from the incidents' state, evaluated right after it is brought up to date.
         self.escalator = escalator
+        self.journal = journal or Journal(store, sink, now=now)
+        self.edits_per_pass = edits_per_pass
+        # What planned effects record once sent, by the name they were planned with.
+        self.handlers: dict[str, Handler] = {"digest": self._digest_sent}
         self._lock = threading.Lock()
-        self._orphans: list[int] = []  # this pass's replies whose thread was gone
+        self._orphans: dict[str, list[int]] = {}  # this pass's replies whose thread was gone
+        self._top_level: dict[str, int] = {}  # this pass's new channel messages, per channel
+        self._remind = Reminder(REMIND_EVERY, now=now)
 
     def deliver_all(self) -> DeliveryResult:
-        """Evaluate incidents, then deliver everything pending; a channel that fails keeps its work."""
+        """Evaluate incidents, then deliver everything pending; a channel that fails keeps its work.
+
+        Storage errors propagate (nothing more can be recorded this pass)."""
         with self._lock:  # one writer of channel messages at a time
             result = DeliveryResult()
-            now = int(self._now())
-            if self.channels:
-                moved = self.store.rebind_channels(self.channels)
-                if moved:
-                    log.info("%d waiting alerts follow their app to its current channel", moved)
             try:
-                self.keeper.evaluate(now)
-            except Exception:
-                # Runs are safe in the outbox; what was planned before still goes out.
-                log.exception("evaluating incidents failed; the next pass retries")
-            if self.escalator is not None:
-                try:
-                    self.escalator.evaluate(now)
-                except Exception:
-                    # Escalating must never hold up alerts; the next pass evaluates again.
-                    log.exception("evaluating escalations failed")
-            channels = self.incidents.channels_with_work()
-            if self.signals is not None:
-                channels = sorted(set(channels) | set(self.signals.channels_with_work()))
-            for channel in channels:
-                try:
-                    self.deliver_channel(channel, result)
-                except SlackPermanentError as exc:
-                    result.errors[channel] = str(exc)
-                    log.error("alerts for %s are waiting: %s", channel, exc)
-                except SlackError as exc:
-                    result.errors[channel] = str(exc)
-                    log.warning("alerts for %s are waiting: %s", channel, exc)
-            self.store.prune_outbox(now - KEEP_SENT_SECONDS)
-            self.incidents.prune(now - KEEP_INCIDENTS_SECONDS)
+                if not self.journal.flush():
+                    result.paused = "the database refuses writes"
+                    return result
+                self._pass(result)
+            except DeliveryPaused as exc:
+                result.paused = str(exc)
+            except LeaseLost as exc:
+                result.paused = str(exc)
+                log.warning("delivery stops: %s", exc)
             return result
+
+    def deliver_planned(self) -> DeliveryResult:
+        """Post only the features' planned messages (digests, notices), e.g. for ``wflogs digest``."""
+        with self._lock:
+            result = DeliveryResult()
+            try:
+                if not self.journal.flush():
+                    result.paused = "the database refuses writes"
+                    return result
+                for channel in effects.waiting_channels(self.store):
+                    self._guard(channel, result, partial(self._run_planned, channel, result))
+            except (DeliveryPaused, LeaseLost) as exc:
+                result.paused = str(exc)
+            return result
+
+    def _run_planned(self, channel: str, result: DeliveryResult) -> None:
+        result.posts += self.journal.run_planned(channel, self.handlers)
+
+    def _pass(self, result: DeliveryResult) -> None:
+        now = int(self._now())
+        if self.channels:
+            moved = self.store.rebind_channels(self.channels)
+            if moved:
+                log.info("%d waiting alerts follow their app to its current channel", moved)
+        self._evaluate(now)
+        channels = set(self.incidents.channels_with_work()) | set(effects.waiting_channels(self.store))
+        if self.signals is not None:
+            channels |= set(self.signals.channels_with_work())
+        self._orphans, self._top_level = {}, {}
+        # New messages first, in every channel; only then edits (a budget of them, channels in turn).
+        for channel in sorted(channels):
+            self._guard(channel, result, partial(self.post_channel, channel, result))
+        self._edit_all(sorted(channels), result)
+        for channel, waiting in self._orphans.items():
+            self._guard(channel, result, partial(self._retry_orphans, channel, waiting, result))
+        self.store.prune_outbox(now - KEEP_SENT_SECONDS)
+        self.incidents.prune(now - KEEP_INCIDENTS_SECONDS)
+        effects.prune(self.store, now - KEEP_SENT_SECONDS)
+
+    def _evaluate(self, now: int) -> None:
+        for name, step in (("incidents", self.keeper.evaluate), ("escalations", self._escalate)):
+            try:
+                step(now)
+            except STORAGE_ERRORS:
+                raise
+            except Exception:
+                # Runs are safe in the outbox and what was planned before still goes out; the next
+                # pass evaluates again. The traceback is logged once, then reminded.
+                if self._remind.due(f"evaluate:{name}"):
+                    log.exception("evaluating %s failed; every pass retries", name)
+
+    def _escalate(self, now: int) -> None:
+        if self.escalator is not None:
+            self.escalator.evaluate(now)
+
+    def _guard(self, channel: str, result: DeliveryResult, fn: Callable[[], None]) -> None:
+        """Run one channel's step; a failure there keeps that channel's work and no other's."""
+        if channel in result.errors:
+            return
+        try:
+            fn()
+        except (DeliveryPaused, LeaseLost):
+            raise
+        except SlackPermanentError as exc:
+            result.errors[channel] = str(exc)
+            if self._remind.due(f"channel:{channel}:{exc.error}"):
+                log.error("alerts for %s are waiting: %s", channel, exc)
+        except SlackError as exc:
+            result.errors[channel] = str(exc)
+            log.warning("alerts for %s are waiting: %s", channel, exc)
+        except STORAGE_ERRORS:
+            raise
+        except Exception as exc:
+            result.errors[channel] = f"unexpected error ({type(exc).__name__}); see the log"
+            if self._remind.due(f"bug:{channel}:{type(exc).__name__}"):
+                log.exception(
+                    "delivering to %s failed unexpectedly; its alerts wait, other channels go on", channel
+                )
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -193,38 +277,39 @@ class Deliverer:
                 channel, "reply", [r["id"] for r in members], now, incident_id=incident_id
             )
 
-    # -- one channel --------------------------------------------------------------------------
+    # -- one channel's new messages --------------------------------------------------------
 
-    def deliver_channel(self, channel: str, result: DeliveryResult) -> None:
-        """Plan, post every open message of ``channel`` in order, tell events, edit parents.
+    def post_channel(self, channel: str, result: DeliveryResult) -> None:
+        """Post the channel's planned messages (notices, digests), then plan and post every open
+        message of ``channel`` in order, its new signal incidents and its incidents' thread events.
 
         An error that concerns the channel (membership, token, outage, rate limit)
         stops it: the rest waits. A refusal of one message is recorded (and told
         once) and the other messages still go out.
         """
+        # Notices first: "can read X again; missed failures follow" comes before those failures.
+        self._run_planned(channel, result)
         self.plan(channel)
         top_level = 0
-        self._orphans = []
         for message in self.store.open_messages(channel):
             if message["parent_ts"] is None and message["kind"] != "reply":
                 if top_level >= self.max_messages:
                     continue  # never more than max_messages new channel messages a pass
                 top_level += 1
-            self._guarded(channel, message, result, partial(self._deliver, channel, message, result))
+            self._refusable(channel, message, result, partial(self._deliver, channel, message, result))
         if self.signals is not None:
             top_level += self._deliver_signals(channel, result, room=self.max_messages - top_level)
+        self._top_level[channel] = top_level
         for event in self.incidents.pending_events(channel):
-            self._guarded(channel, event, result, partial(self._tell, channel, event, result))
-        for incident in self.incidents.dirty(channel):
-            top_level += self._edit(channel, incident, result, may_post=top_level < self.max_messages)
-        if self._orphans:
-            # Replies whose thread was gone: their incident got a new parent above; try once more.
-            waiting = set(self._orphans)
-            for message in self.store.open_messages(channel):
-                if message["id"] in waiting:
-                    self._guarded(channel, message, result, partial(self._deliver, channel, message, result))
+            self._refusable(channel, event, result, partial(self._tell, channel, event, result))
 
-    def _guarded(
+    def _retry_orphans(self, channel: str, waiting: list[int], result: DeliveryResult) -> None:
+        """Replies whose thread was gone: their incident got a new parent since; try once more."""
+        for message in self.store.open_messages(channel):
+            if message["id"] in waiting:
+                self._refusable(channel, message, result, partial(self._deliver, channel, message, result))
+
+    def _refusable(
         self, channel: str, item: dict[str, Any], result: DeliveryResult, fn: Callable[[], None]
     ) -> None:
         try:
@@ -271,7 +356,6 @@ class Deliverer:
                 parent_ts = incident["thread_ts"]  # a parent deleted and posted anew since
             unsent = [a for a in alerts if a.id not in sent]
             if len(unsent) > self.csv_threshold and self._upload_csv(channel, message, parent_ts, unsent):
-                self.store.mark_posted(message["id"], [a.id for a in unsent], now)
                 result.posts += 1
                 result.runs_delivered += len(unsent)
                 unsent = []
@@ -281,9 +365,19 @@ class Deliverer:
                     unsent, start=done, total=max(total, done + len(unsent))
                 )
                 chunk, unsent = unsent[:count], unsent[count:]
-                self.sink.post(channel, text, blocks, thread_ts=parent_ts)
                 # Only the runs the reply lists are sent; the rest go in the next reply.
-                self.store.mark_posted(message["id"], [a.id for a in chunk], now)
+                self.journal.send(
+                    Effect(
+                        key=f"reply:{message['id']}:{chunk[0].id}",
+                        op=POST,
+                        channel=channel,
+                        text=text,
+                        blocks=blocks,
+                        thread_ts=parent_ts,
+                        source="runs",
+                    ),
+                    partial(self._runs_sent, message["id"], [a.id for a in chunk], now),
+                )
                 result.posts += 1
                 result.runs_delivered += len(chunk)
                 done += len(chunk)
@@ -293,11 +387,14 @@ class Deliverer:
                 # The thread's first message was deleted before any reply: not a refusal of these
                 # runs; the incident gets a new parent (or its own) and they follow there.
                 self.incidents.thread_lost(int(incident["id"]), parent_ts)
-                self._orphans.append(int(message["id"]))
+                self._orphans.setdefault(channel, []).append(int(message["id"]))
                 log.info("the thread of incident %s is gone in Slack; its runs move on", incident["id"])
                 return
             raise
         self.store.finish_message(message["id"])
+
+    def _runs_sent(self, message_id: int, alert_ids: list[int], now: int, _ts: str | None) -> None:
+        self.store.mark_posted(message_id, alert_ids, now)
 
     def _post_parent(
         self,
@@ -326,8 +423,9 @@ class Deliverer:
             apps = dict.fromkeys(r["app_id"] for r in self.store.message_alerts(message["id"]))
             called = dict.fromkeys(m for app_id in apps for m in self.mentions.get(app_id, ()))
             text, blocks = wfmt.with_mentions(text, blocks, list(called))
-        ts = self.sink.post(channel, text, blocks)
-        with self.store.transaction():
+
+        def record(ts: str | None) -> None:
+            assert ts is not None
             self.store.mark_posted(message["id"], [a.id for a in listed], now, parent_ts=ts)
             if incident is not None and body is not None:
                 self.incidents.set_parent(
@@ -336,6 +434,20 @@ class Deliverer:
             else:
                 ids = sorted({int(r["incident_id"]) for r in self.store.message_alerts(message["id"])})
                 self.incidents.set_thread(ids, ts)
+
+        source = "incident" if incident is not None else "summary"
+        ts = self.journal.send(
+            Effect(
+                key=f"parent:{message['id']}",
+                op=POST,
+                channel=channel,
+                text=text,
+                blocks=blocks,
+                source=source,
+            ),
+            record,
+        )
+        assert ts is not None
         result.posts += 1
         result.runs_delivered += len([a for a in listed if a.id not in sent])
         sent.update(a.id for a in listed)
@@ -379,15 +491,49 @@ class Deliverer:
         text, blocks = ifmt.event(event["text"])
         thread = event.get("thread_ts") if event.get("incident_id") else None
         try:
-            self.sink.post(channel, text, blocks, thread_ts=thread, broadcast=bool(event.get("broadcast")))
+            self.journal.send(
+                Effect(
+                    key=f"event:{event['id']}",
+                    op=POST,
+                    channel=channel,
+                    text=text,
+                    blocks=blocks,
+                    thread_ts=thread,
+                    broadcast=bool(event.get("broadcast")),
+                    source="escalation" if event.get("broadcast") else "event",
+                ),
+                lambda _ts: self.incidents.event_posted(int(event["id"]), int(self._now())),
+            )
         except SlackError as exc:
             if exc.error == "thread_not_found" and thread:
                 # Its message was deleted before any reply: the incident gets a new one, then this.
                 self.incidents.thread_lost(int(event["incident_id"]), thread)
                 return
             raise
-        self.incidents.event_posted(int(event["id"]), int(self._now()))
         result.posts += 1
+
+    # -- edits -------------------------------------------------------------------------------
+
+    def _edit_all(self, channels: list[str], result: DeliveryResult) -> None:
+        """Edit changed parents: at most ``edits_per_pass`` in all, one channel after another in
+        turn, oldest incident first in each; the rest wait for the next pass."""
+        queues = {c: deque(self.incidents.dirty(c)) for c in channels if c not in result.errors}
+        budget = self.edits_per_pass
+        while budget > 0:
+            turn = [c for c, queue in queues.items() if queue and c not in result.errors]
+            if not turn:
+                return
+            for channel in turn:
+                if budget <= 0:
+                    return
+                incident = queues[channel].popleft()
+                self._guard(channel, result, partial(self._edit_counted, channel, incident, result))
+                budget -= 1
+
+    def _edit_counted(self, channel: str, incident: dict[str, Any], result: DeliveryResult) -> None:
+        may_post = self._top_level.get(channel, 0) < self.max_messages
+        posted = self._edit(channel, incident, result, may_post=may_post)
+        self._top_level[channel] = self._top_level.get(channel, 0) + posted
 
     def _edit(self, channel: str, incident: dict[str, Any], result: DeliveryResult, *, may_post: bool) -> int:
         """Edit a parent to show the incident's state; a deleted parent gets a new one.
@@ -399,34 +545,53 @@ class Deliverer:
         else:
             view = ifmt.Incident.from_row(incident, self._mute(incident, now))
             text, blocks = ifmt.edit(view, incident.get("parent_body"), with_controls=self.controls, now=now)
+        incident_id = int(incident["id"])
+        shown = int(incident["dirty"] or 0)
         try:
-            self.sink.update(channel, incident["parent_ts"], text, blocks)
+            self.journal.send(
+                Effect(
+                    key=f"edit:{incident_id}:{int(incident.get('edits') or 0)}",
+                    op=UPDATE,
+                    channel=channel,
+                    text=text,
+                    blocks=blocks,
+                    ts=incident["parent_ts"],
+                    source="edit",
+                ),
+                lambda _ts: self.incidents.edited(incident_id, shown),
+            )
         except SlackError as exc:
             if exc.error == "message_not_found":
                 if not may_post:
                     return 0
                 # Deleted in Slack: a new parent (keeping the runs the old one listed) and a new thread.
-                ts = self.sink.post(channel, text, blocks)
-                self.incidents.set_parent(
-                    int(incident["id"]),
-                    ts,
-                    incident.get("parent_body") or "[]",
-                    shown=int(incident["dirty"] or 0),
+                body = incident.get("parent_body") or "[]"
+                self.journal.send(
+                    Effect(
+                        key=f"repost:{incident_id}:{incident['parent_ts']}",
+                        op=POST,
+                        channel=channel,
+                        text=text,
+                        blocks=blocks,
+                        source="incident",
+                    ),
+                    lambda ts: self.incidents.set_parent(incident_id, str(ts), body, shown=shown),
                 )
-                log.info("the message of incident %s was deleted in Slack; posted a new one", incident["id"])
+                log.info("the message of incident %s was deleted in Slack; posted a new one", incident_id)
                 result.posts += 1
                 return 1
             if exc.error in {"cant_update_message", "edit_window_closed"} | MESSAGE_SHAPE:
-                log.warning("cannot edit the message of incident %s any more: %s", incident["id"], exc.error)
-                self.incidents.stop_editing(int(incident["id"]))
+                log.warning("cannot edit the message of incident %s any more: %s", incident_id, exc.error)
+                self.incidents.stop_editing(incident_id)
                 return 0
             if _stops_channel(exc):
                 raise
-            log.warning("editing the message of incident %s failed; will retry: %s", incident["id"], exc)
+            log.warning("editing the message of incident %s failed; will retry: %s", incident_id, exc)
             return 0
-        self.incidents.edited(int(incident["id"]), int(incident["dirty"] or 0))
         result.edits += 1
         return 0
+
+    # -- signals, files, planned messages ------------------------------------------------------
 
     def _deliver_signals(self, channel: str, result: DeliveryResult, *, room: int) -> int:
         """Failure-rate and stuck-runs incidents: new parents (at most ``room``, with the mention
@@ -441,34 +606,62 @@ class Deliverer:
 
             def post_parent(incident: dict[str, Any] = incident) -> None:
                 text, blocks = signals.render(incident, controls=self.controls, now=now, first=True)
-                ts = self.sink.post(channel, text, blocks)
-                signals.posted(incident, ts)
+                self.journal.send(
+                    Effect(
+                        key=f"signal:{incident['id']}",
+                        op=POST,
+                        channel=channel,
+                        text=text,
+                        blocks=blocks,
+                        source="incident",
+                    ),
+                    lambda ts: signals.posted(incident, str(ts)),
+                )
                 result.posts += 1
 
-            self._guarded(channel, {"id": incident["id"]}, result, post_parent)
+            self._refusable(channel, {"id": incident["id"]}, result, post_parent)
             posted += 1
         for incident, runs in signals.news(channel, now):
 
             def post_news(incident: dict[str, Any] = incident, runs: list[dict[str, Any]] = runs) -> None:
-                if not signals.muted(incident, now):  # muted: counted on the parent only
-                    text, blocks = wfmt.stuck_more(runs, now)
-                    self.sink.post(channel, text, blocks, thread_ts=incident["thread_ts"])
-                    result.posts += 1
-                signals.told(incident, runs)
+                if signals.muted(incident, now):  # muted: counted on the parent only
+                    signals.told(incident, runs)
+                    return
+                text, blocks = wfmt.stuck_more(runs, now)
+                self.journal.send(
+                    Effect(
+                        key=f"stuck:{incident['id']}:{runs[0]['log_id']}",
+                        op=POST,
+                        channel=channel,
+                        text=text,
+                        blocks=blocks,
+                        thread_ts=incident["thread_ts"],
+                        source="runs",
+                    ),
+                    lambda _ts: signals.told(incident, runs),
+                )
+                result.posts += 1
 
-            self._guarded(channel, {"id": incident["id"]}, result, post_news)
+            self._refusable(channel, {"id": incident["id"]}, result, post_news)
         return posted
 
     def _upload_csv(self, channel: str, message: dict[str, Any], parent_ts: str, alerts: list[Alert]) -> bool:
         """Share the runs as a CSV file in the thread; False when Slack refuses files for good
         (e.g. ``missing_scope``), so that they go as thread replies instead."""
+        now = int(self._now())
         try:
-            self.sink.upload(
-                channel,
-                parent_ts,
-                f"wflogs-runs-{message['id']}.csv",
-                fmt.runs_csv(alerts),
-                f"{len(alerts):,} runs",
+            self.journal.send(
+                Effect(
+                    key=f"csv:{message['id']}:{alerts[0].id}",
+                    op=UPLOAD,
+                    channel=channel,
+                    thread_ts=parent_ts,
+                    filename=f"wflogs-runs-{message['id']}.csv",
+                    content=fmt.runs_csv(alerts),
+                    comment=f"{len(alerts):,} runs",
+                    source="runs",
+                ),
+                partial(self._runs_sent, message["id"], [a.id for a in alerts], now),
             )
         except SlackError as exc:
             if exc.error != "missing_scope" and _stops_channel(exc):
@@ -477,7 +670,11 @@ class Deliverer:
                 f"Slack refused a CSV file of runs ({exc.error}): add the files:write scope and "
                 "reinstall the app (manifest.yml); meanwhile runs are listed as thread replies"
             )
-            if self.store.tell_once(f"csv:{exc.error}", text, int(self._now())):
+            if self.store.tell_once(f"csv:{exc.error}", text, now):
                 log.error("%s", text)
             return False
         return True
+
+    def _digest_sent(self, ts: str | None, args: dict[str, Any]) -> None:
+        """A planned digest reached Slack: remember its message."""
+        self.store.digest_sent(int(args["digest_id"]), ts, int(self._now()))

@@ -30,11 +30,12 @@ a single second holding more than a page is read in repeated rounds.
 
 Posting. One message per app (apps have their own channels; one message per
 app keeps within Slack's block limits and lets a team discuss an app in its
-thread). The scheduled digest is posted once per app and local day: it is
-recorded right after the post, so a crash in between repeats at most one
-message. ``wflogs digest --now`` posts a digest of the 24 hours ending now; it
-is remembered (its error shapes count for "new" next time) but does not count
-as the day's scheduled digest.
+thread). The scheduled digest is planned once per app and local day: it is
+recorded and planned in the journal of Slack effects in one transaction, and the
+deliverer posts it (retrying while Slack refuses it), so a full disk plans
+nothing and a fail-over posts it once. ``wflogs digest --now`` plans a digest of
+the 24 hours ending now; it is remembered (its error shapes count for "new" next
+time) but does not count as the day's scheduled digest.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ from typing import Any
 from bot import digest_format
 from bot.config import AppConfig, Settings, digest_channel_for
 from bot.dify import MAX_LIMIT, DifyClient
-from bot.errors import DifyError, SlackError
-from bot.notifier import Sink
+from bot.errors import DifyError
 from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
 from bot.text import normalize_error, one_line, strip_controls
 from storage import Store
+from storage import journal as effects
 from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ SAMPLE_SLICES = 5
 SAME_SECOND_ROUNDS = 6
 # A scheduled digest posted this long after its time says it is late.
 LATE_AFTER = 15 * 60
-# After a failed post (Slack down, channel missing), wait this long before trying again.
-RETRY_AFTER = 30 * 60
 TOP_ERRORS = 5
 TOP_SESSIONS = 3
 TOP_SLOWEST = 3
@@ -210,9 +209,10 @@ class _Reader:
 class DigestReport:
     """What one round of digests did."""
 
-    posted: list[str] = field(default_factory=list)
+    posted: list[str] = field(default_factory=list)  # planned for the deliverer, by app name
     problems: list[str] = field(default_factory=list)
     requests: int = 0
+    keys: list[str] = field(default_factory=list)  # the journal's keys of the planned messages
 
     @property
     def ok(self) -> bool:
@@ -238,7 +238,6 @@ class Digester:
         settings: Settings,
         store: Store,
         clients: dict[str, DifyClient],
-        sink: Sink,
         name_of: Callable[[AppConfig], str],
         run_cap: int = RUN_CAP,
         failure_cap: int = FAILURE_CAP,
@@ -246,12 +245,10 @@ class Digester:
         self.settings = settings
         self.store = store
         self.clients = clients
-        self.sink = sink
         self.name_of = name_of
         self.run_cap = run_cap
         self.failure_cap = failure_cap
         self._lock = threading.Lock()
-        self._retry_at: dict[tuple[str, str], int] = {}
 
     # -- scheduling --------------------------------------------------------------
 
@@ -272,13 +269,11 @@ class Digester:
                 continue
             if self.store.digest_posted(app.id, day.isoformat()):
                 continue
-            if self._retry_at.get((app.id, day.isoformat()), 0) > now:
-                continue
             out.append(Due(app, day, instant, late=now - instant > LATE_AFTER))
         return out
 
     def run_due(self, now: float | None = None) -> DigestReport:
-        """Post every due scheduled digest (idempotent; safe to call as often as wanted)."""
+        """Plan every due scheduled digest for the deliverer (idempotent; safe to call as often as wanted)."""
         now_i = int(time.time() if now is None else now)
         report = DigestReport()
         with self._lock:
@@ -288,7 +283,7 @@ class Digester:
         return report
 
     def post_now(self, now: float | None = None) -> DigestReport:
-        """Post a digest of the 24 hours ending ``now`` for every app (``wflogs digest --now``).
+        """Plan a digest of the 24 hours ending ``now`` for every app (``wflogs digest --now``).
 
         It does not count as the day's scheduled digest, which still goes out.
         """
@@ -408,40 +403,48 @@ class Digester:
     # -- posting --------------------------------------------------------------------
 
     def _post(self, app: AppConfig, digest: AppDigest, day: date, report: DigestReport) -> None:
-        """Post one app's digest, then record it (a crash in between repeats at most this one)."""
+        """Record one app's digest and plan its message in the same transaction: the deliverer
+        posts it (a full disk plans nothing, so nothing is posted that cannot be remembered)."""
         channel = digest_channel_for(self.settings, app) or "terminal"
         text, blocks = digest_format.render(digest)
-        try:
-            ts = self.sink.post(channel, text, blocks)
-        except SlackError as exc:
-            if digest.kind == "scheduled":
-                self._retry_at[(app.id, day.isoformat())] = digest.posted_at + RETRY_AFTER
-            report.problems.append(f"{digest.app_name}: digest not posted: {exc}")
-            log.warning("digest of %s not posted to %s: %s", digest.app_name, channel, exc)
-            return
         current = digest.current
-        self.store.record_digest(
-            {
-                "app_id": app.id,
-                "day": day.isoformat(),
-                "kind": digest.kind,
-                "scheduled_at": digest.scheduled_at,
-                "window_start": digest.window.start,
-                "window_end": digest.window.end,
-                "channel": channel,
-                "ts": ts,
-                "posted_at": digest.posted_at,
-                "late": int(digest.late),
-                "ok": int(digest.error is None),
-                "runs": current.total if current else None,
-                "failed": current.failed if current else None,
-                "shapes": digest.shapes,
-            }
-        )
+        with self.store.transaction():
+            digest_id = self.store.record_digest(
+                {
+                    "app_id": app.id,
+                    "day": day.isoformat(),
+                    "kind": digest.kind,
+                    "scheduled_at": digest.scheduled_at,
+                    "window_start": digest.window.start,
+                    "window_end": digest.window.end,
+                    "channel": channel,
+                    "ts": None,
+                    "posted_at": digest.posted_at,
+                    "late": int(digest.late),
+                    "ok": int(digest.error is None),
+                    "runs": current.total if current else None,
+                    "failed": current.failed if current else None,
+                    "shapes": digest.shapes,
+                }
+            )
+            if digest_id is None:
+                return  # planned already (another instance, an earlier run)
+            effects.plan(
+                self.store,
+                f"digest:{digest_id}",
+                "post",
+                channel,
+                digest.posted_at,
+                payload={"text": text, "blocks": blocks},
+                handler="digest",
+                handler_args={"digest_id": digest_id},
+                source="digest",
+            )
         report.posted.append(digest.app_name)
+        report.keys.append(f"digest:{digest_id}")
         if digest.error:
             report.problems.append(f"{digest.app_name}: {digest.error}")
-        log.info("digest of %s posted to %s%s", digest.app_name, channel, " (late)" if digest.late else "")
+        log.info("digest of %s planned for %s%s", digest.app_name, channel, " (late)" if digest.late else "")
 
 
 def _weighted_count(total: float) -> int:

@@ -9,6 +9,13 @@ instances never both deliver for long.
 
 Timings follow the poll interval: the lease lasts two intervals and is renewed
 every fifth of one, so a standby takes over well within three intervals.
+
+The lease carries an epoch, a fencing token that grows every time it changes hands.
+:class:`LeaseFence` lets the journal of Slack effects check, just before each Slack
+call and again in the transaction that records it, that this instance still holds
+the lease in the epoch it took it: a holder paused past its expiry (a VM freeze, a
+long GC) writes nothing once it resumes, beyond deleting the copy of a write that was
+already in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage import Store
-from storage.db import claim_lease, read_lease, release_lease
+from storage.db import claim_lease, fence_holds, read_lease, release_lease
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,7 @@ class Lease:
         self._expires_at = 0.0
         self.holder: str | None = None
         self.holder_apps: frozenset[str] = frozenset()
+        self.epoch: int | None = None  # the epoch this instance holds the lease in
 
     @property
     def active(self) -> bool:
@@ -135,15 +143,35 @@ class Lease:
             self.holder = str(row["owner"])
             self.holder_apps = _app_ids(row.get("apps"))
             self._expires_at = float(row["expires_at"]) if self.holder == self.owner else 0.0
+            self.epoch = int(row.get("epoch") or 0) if self.holder == self.owner else None
         return self.holder == self.owner
 
     def release(self) -> None:
         """Let another instance take over at once (a clean stop)."""
         with self._lock:
             held = self.holder == self.owner
-            self.holder, self._expires_at = None, 0.0
+            self.holder, self._expires_at, self.epoch = None, 0.0, None
         if held:
             release_lease(self.store, LEASE_NAME, self.owner)
+
+
+class LeaseFence:
+    """The journal's fence: only this instance, while it holds the lease in its epoch, writes."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+
+    def admits(self, now: float) -> int | None:
+        """Before a Slack call: the epoch this instance holds the lease in, by its own clock and by
+        the database (same epoch, not expired); None when it must not write."""
+        epoch = self.lease.epoch
+        if epoch is None or not self.lease.active:
+            return None
+        return epoch if fence_holds(self.lease.store, LEASE_NAME, self.lease.owner, epoch, now) else None
+
+    def holds(self, epoch: int) -> bool:
+        """In the transaction that records a Slack call: nobody took the lease over since ``epoch``."""
+        return fence_holds(self.lease.store, LEASE_NAME, self.lease.owner, epoch)
 
 
 def view(store: Store) -> LeaseView | None:

@@ -5,10 +5,37 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 _TOKENISH = re.compile(r"\b(xox[a-z]-[0-9A-Za-z-]{6,}|xapp-[0-9A-Za-z-]{6,}|app-[A-Za-z0-9]{12,})")
+
+
+class Reminder:
+    """Says a lasting problem once, then at most every ``every`` seconds while it lasts."""
+
+    def __init__(self, every: float, *, now: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._now = now
+        self._said: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: str) -> bool:
+        """Whether to say ``key`` now (the first time, or ``every`` seconds after the last)."""
+        now = self._now()
+        with self._lock:
+            last = self._said.get(key)
+            if last is not None and now - last < self.every:
+                return False
+            self._said[key] = now
+            return True
+
+    def clear(self, key: str) -> bool:
+        """The problem is over; True when it had been said."""
+        with self._lock:
+            return self._said.pop(key, None) is not None
 
 
 class SecretFilter(logging.Filter):

@@ -52,8 +52,26 @@ class Sink(Protocol):
         """Post a message; return its ts. ``broadcast``: a thread reply also shown in the channel."""
         ...
 
-    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
-        """Share a text file, in a thread when ``thread_ts`` is given."""
+    def upload(
+        self,
+        channel: str,
+        thread_ts: str | None,
+        filename: str,
+        content: str | bytes,
+        comment: str,
+        *,
+        title: str | None = None,
+        alt_text: str | None = None,
+    ) -> str | None:
+        """Share a file, in a thread when ``thread_ts`` is given; returns its id."""
+        ...
+
+    def delete(self, channel: str, ts: str) -> None:
+        """Delete a message this app posted."""
+        ...
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file this app shared."""
         ...
 
     def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
@@ -94,10 +112,31 @@ class TerminalSink:
             self.stream.flush()
             return f"terminal.{self._count}"
 
-    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
+    def upload(
+        self,
+        channel: str,
+        thread_ts: str | None,
+        filename: str,
+        content: str | bytes,
+        comment: str,
+        *,
+        title: str | None = None,
+        alt_text: str | None = None,
+    ) -> str | None:
         with self._lock:
-            self.stream.write(f"  ↳ {comment} ({filename})\n{terminal_safe(content)}\n")
+            if isinstance(content, bytes):
+                self.stream.write(f"  ↳ {comment} ({filename}, {len(content):,} bytes)\n")
+            else:
+                self.stream.write(f"  ↳ {comment} ({filename})\n{terminal_safe(content)}\n")
             self.stream.flush()
+        return None
+
+    def delete(self, channel: str, ts: str) -> None:
+        # A terminal cannot take back what it printed.
+        return None
+
+    def delete_file(self, file_id: str) -> None:
+        return None
 
     def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
         # A terminal cannot change what it printed: an edit is one line saying what changed.
@@ -261,19 +300,50 @@ class SlackSink:
         self.posts += 1
         return str(response["ts"])
 
-    def upload(self, channel: str, thread_ts: str | None, filename: str, content: str, comment: str) -> None:
-        self._call(
+    def upload(
+        self,
+        channel: str,
+        thread_ts: str | None,
+        filename: str,
+        content: str | bytes,
+        comment: str,
+        *,
+        title: str | None = None,
+        alt_text: str | None = None,
+    ) -> str | None:
+        extra: dict[str, Any] = {"alt_txt": alt_text} if alt_text else {}
+        as_file: dict[str, Any] = {"file": content} if isinstance(content, bytes) else {"content": content}
+        response = self._call(
             channel,
             lambda: self.client.files_upload_v2(
                 channel=channel,
                 thread_ts=thread_ts,
                 filename=filename,
-                content=content,
-                title=filename,
+                title=title or filename,
                 initial_comment=comment,
+                **as_file,
+                **extra,
             ),
         )
         self.posts += 1
+        files = response.get("files") or ([response.get("file")] if response.get("file") else [])
+        return str(files[0]["id"]) if files and files[0].get("id") else None
+
+    def delete(self, channel: str, ts: str) -> None:
+        """``chat.delete`` of this app's own message; one already gone is fine."""
+        try:
+            self._call(channel, lambda: self.client.chat_delete(channel=channel, ts=ts))
+        except SlackError as exc:
+            if exc.error != "message_not_found":
+                raise
+
+    def delete_file(self, file_id: str) -> None:
+        """``files.delete`` of a file this app shared; one already gone is fine."""
+        try:
+            self._call("files", lambda: self.client.files_delete(file=file_id))
+        except SlackError as exc:
+            if exc.error != "file_not_found":
+                raise
 
     def update(self, channel: str, ts: str, text: str, blocks: list[Block] | None) -> None:
         """``chat.update``, paced and 429-aware like posts (workspace-wide pacing)."""

@@ -18,6 +18,7 @@ from bot.digest import Digester
 from bot.errors import DatabaseError
 from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
+from bot.journal import Fence, Journal
 from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
@@ -158,9 +159,7 @@ class Runtime:
         poller = Poller(settings=settings, store=store, clients=clients, now=now)
         channels = {app.id: alert_channel_for(settings, app) or "terminal" for app in settings.apps}
         resolve_after = {app.id: resolve_after_for(settings, app) for app in settings.apps}
-        digester = Digester(
-            settings=settings, store=store, clients=clients, sink=sink, name_of=poller.app_name
-        )
+        digester = Digester(settings=settings, store=store, clients=clients, name_of=poller.app_name)
 
         def successes(app_id: str, after: int, before: int) -> int | None:
             client = clients.get(app_id)
@@ -177,6 +176,7 @@ class Runtime:
         deliverer = Deliverer(
             store=store,
             sink=sink,
+            journal=Journal(store, sink, now=now),
             now=now,
             channels=channels,
             keeper=keeper,
@@ -194,16 +194,19 @@ class Runtime:
         )
         return runtime
 
-    def poll(self) -> list[AppResult]:
-        """Poll every app and tell channels about apps that cannot be read (or read again).
+    def fence(self, fence: Fence | None) -> None:
+        """Slack writes from now on only while ``fence`` admits them (the lease's holder)."""
+        self.deliverer.journal.fence = fence
 
-        The health notices go first, so "recovered; missed failures follow" comes
+    def poll(self) -> list[AppResult]:
+        """Poll every app and plan notices for channels about apps that cannot be read (or read
+        again).
+
+        The health notices are planned first, so "recovered; missed failures follow" comes
         before the failures that delivery then posts."""
         apps = self.poller.poll_all()
         self.metrics.observe_apps(apps, self._now())
-        check_health(
-            settings=self.settings, store=self.store, sink=self.sink, results=apps, now=int(self._now())
-        )
+        check_health(settings=self.settings, store=self.store, results=apps, now=int(self._now()))
         self.last_watch = self._watch(apps)
         return apps
 

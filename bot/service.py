@@ -18,7 +18,8 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.config import Settings
 from bot.digest import Digester
 from bot.errors import ConfigError, WflogsError
-from bot.lease import Lease, lease_timings
+from bot.lease import Lease, LeaseFence, lease_timings
+from bot.logs import Reminder
 from bot.ops_http import EVENTS_PATH, HEALTH_PATH, METRICS_PATH, OpsServer, ProcessHealth, make_wsgi_app
 from bot.runtime import CycleReport, Runtime, database_error
 from bot.slack_app import build_app, events_handler
@@ -44,11 +45,15 @@ class DeliveryLoop:
         *,
         interval: float = DELIVERY_INTERVAL,
         active: Callable[[], bool] | None = None,
+        database_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.interval = interval
         # Only the active instance (the lease holder) writes channel messages.
         self._active = active
+        # A database that refuses writes is reported there (one line a minute), not per pass.
+        self._database_failed = database_failed
+        self._remind = Reminder(600)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliver", daemon=True)
@@ -86,8 +91,14 @@ class DeliveryLoop:
                         result.edits,
                         f"; waiting: {', '.join(result.errors)}" if result.errors else "",
                     )
+            except STORAGE_ERRORS as exc:
+                if self._database_failed is not None:
+                    self._database_failed(exc)
+                else:
+                    log.error("delivery waits: the database failed: %s", exc)
             except Exception:
-                log.exception("delivery crashed; the next pass will retry")
+                if self._remind.due("crash"):
+                    log.exception("delivery crashed; every pass retries")
             self._wake.wait(self.interval)
 
 
@@ -160,11 +171,18 @@ class Operations:
         self.systemd = Notifier(settings.notify_socket)
         self._ticked = False
         runtime.on_outbox = self.health.outbox_now
+        # Slack writes only while this instance holds the lease, in the epoch it took it.
+        runtime.fence(LeaseFence(self.lease))
 
     @property
     def active(self) -> bool:
         """Whether this instance polls, delivers and posts digests now."""
         return self.lease.active
+
+    def database_failed(self, exc: BaseException) -> None:
+        """The database refused a write somewhere (the delivery thread): /healthz says 503 and the
+        log says so once a minute."""
+        self._database_failed(exc)
 
     def _database_failed(self, exc: BaseException) -> None:
         self.health.database_failed(str(database_error(self.runtime.settings.db_path, exc)))
@@ -289,9 +307,12 @@ def add_digest_jobs(
         if active is not None and not active():
             return  # the active instance posts the digests
         try:
-            digester.run_due(now())
+            report = digester.run_due(now())
         except Exception:
             log.exception("digest job crashed; the catch-up check will retry")
+            return
+        if report.posted and runtime.wake is not None:
+            runtime.wake()  # the deliverer posts what was planned
 
     hour, minute = settings.digest_hour_minute
     scheduler.add_job(
@@ -404,7 +425,7 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
 
     ops.tick()
     add_lease_job(scheduler, ops)
-    delivery = DeliveryLoop(runtime, active=lambda: ops.active).start()
+    delivery = DeliveryLoop(runtime, active=lambda: ops.active, database_failed=ops.database_failed).start()
     add_poll_job(scheduler, runtime, ops)
     add_digest_jobs(scheduler, runtime, runtime.digester, active=lambda: ops.active)
     ops.on_promoted = promoted

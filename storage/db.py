@@ -30,6 +30,7 @@ This module never imports ``bot``.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -179,9 +180,30 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic unit: all of it is written, or none."""
-        with self._lock, self._noting_failures(), self.db.atomic():
-            yield
+        """One atomic unit: all of it is written, or none.
+
+        The outermost one takes SQLite's write lock at once (``BEGIN IMMEDIATE``): another process
+        on this file (a standby answering a click) then waits for it rather than failing half-way
+        when a read turns into a write. Nested ones are savepoints."""
+        with self._lock, self._noting_failures():
+            conn = self.db.conn
+            if conn.in_transaction:
+                with self.db.atomic():
+                    yield
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _noting_failures(self) -> Iterator[None]:
@@ -251,15 +273,6 @@ class Store:
         return self.app_state(new_id) or {}
 
     # -- what the poller has seen ----------------------------------------------
-
-    def known_count(self, app_id: str, status: str | None, after: int, before: int) -> int:
-        """How many seen logs of ``status`` (all when None) carry a time in [after, before]."""
-        sql = "select count(*) as n from seen where app_id = ? and created_at between ? and ?"
-        params: list[Any] = [app_id, after, before]
-        if status is not None:
-            sql += " and status = ?"
-            params.append(status)
-        return int(self.query(sql, params)[0]["n"])
 
     def known_statuses(self, app_id: str, log_ids: Iterable[str]) -> dict[str, str]:
         """For the given log ids, the status each was last seen with."""
@@ -431,8 +444,9 @@ class Store:
         )
         return bool(rows)
 
-    def record_digest(self, row: dict[str, Any]) -> bool:
-        """Remember a posted digest; False when that app's scheduled digest of the day was already there.
+    def record_digest(self, row: dict[str, Any]) -> int | None:
+        """Remember a digest (planned for Slack in the same transaction by the caller); returns its
+        id, or None when that app's scheduled digest of the day was already there.
 
         ``row`` carries the ``digests`` columns; ``shapes`` is a list of error shapes.
         """
@@ -443,8 +457,12 @@ class Store:
         with self.transaction():
             before = self.db.conn.total_changes
             sql = f"insert or ignore into digests ({columns}) values ({marks})"
-            self.db.execute(sql, list(data.values()))
-            return self.db.conn.total_changes > before
+            cursor = self.db.execute(sql, list(data.values()))
+            return int(cursor.lastrowid or 0) if self.db.conn.total_changes > before else None
+
+    def digest_sent(self, digest_id: int, ts: str | None, now: int) -> None:
+        """A planned digest reached Slack: its message and when."""
+        self.execute("update digests set ts = ? where id = ?", [ts, digest_id])
 
     def recent_digests(self, app_id: str, before: int, limit: int = 7) -> list[dict[str, Any]]:
         """The app's digests whose window ended before ``before``, newest first, shapes decoded."""
@@ -555,17 +573,32 @@ def claim_lease(
     renew it until ``now + ttl`` (noting the ``apps`` it watches); returns the row as it stands
     (whoever holds it), in one transaction."""
     with store.transaction():
+        # The epoch (a fencing token) grows whenever the lease changes hands, so a holder that was
+        # paused past its expiry can tell, before and after each Slack write, that it lost it.
         store.db.execute(
-            "insert into lease (name, owner, expires_at, acquired_at, renewed_at, apps) "
-            "values (?, ?, ?, ?, ?, ?) "
+            "insert into lease (name, owner, expires_at, acquired_at, renewed_at, apps, epoch) "
+            "values (?, ?, ?, ?, ?, ?, 1) "
             "on conflict(name) do update set owner = excluded.owner, expires_at = excluded.expires_at, "
             "renewed_at = excluded.renewed_at, apps = excluded.apps, acquired_at = case "
-            "when lease.owner = excluded.owner then lease.acquired_at else excluded.acquired_at end "
+            "when lease.owner = excluded.owner then lease.acquired_at else excluded.acquired_at end, "
+            "epoch = case when lease.owner = excluded.owner then coalesce(lease.epoch, 1) "
+            "else coalesce(lease.epoch, 0) + 1 end "
             "where lease.owner = excluded.owner or lease.expires_at <= excluded.renewed_at",
             [name, owner, now + ttl, now, now, apps],
         )
         rows = list(store.db.query("select * from lease where name = ?", [name]))
     return rows[0]
+
+
+def fence_holds(store: Store, name: str, owner: str, epoch: int, now: float | None = None) -> bool:
+    """Whether ``owner`` still holds lease ``name`` in ``epoch`` (and, given ``now``, unexpired).
+    Inside a transaction it is the fence of what that transaction writes."""
+    sql = "select 1 from lease where name = ? and owner = ? and epoch = ?"
+    params: list[Any] = [name, owner, epoch]
+    if now is not None:
+        sql += " and expires_at > ?"
+        params.append(now)
+    return bool(store.query(sql, params))
 
 
 def release_lease(store: Store, name: str, owner: str) -> None:
@@ -586,16 +619,8 @@ def pending_by_status(store: Store) -> dict[str, int]:
 
 
 def open_incidents_count(store: Store) -> int:
-    """Incidents not resolved yet; 0 while the database has no ``incidents`` table."""
-    tables = store.query("select name from sqlite_master where type = 'table' and name = 'incidents'")
-    if not tables:
-        return 0
-    columns = {row["name"] for row in store.query("pragma table_info(incidents)")}
-    column = "state" if "state" in columns else "status" if "status" in columns else None
-    if column is None:
-        return int(store.query("select count(*) as n from incidents")[0]["n"])
-    sql = f"select count(*) as n from incidents where {column} not in ('resolved', 'closed')"
-    return int(store.query(sql)[0]["n"])
+    """Incidents not resolved yet."""
+    return int(store.query("select count(*) as n from incidents where state != 'resolved'")[0]["n"])
 
 
 @migrations()
@@ -735,3 +760,95 @@ def m010_watch(db: sqlite_utils.Database) -> None:
     db["incidents"].add_column("escalated_at", int)  # type: ignore[union-attr]
     # A thread reply also sent to the channel (an escalation).
     db["incident_events"].add_column("broadcast", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m011_lease_epoch(db: sqlite_utils.Database) -> None:
+    """The lease's fencing token: it grows every time the lease changes hands."""
+    db["lease"].add_column("epoch", int)  # type: ignore[union-attr]
+    db.execute("update lease set epoch = 1 where epoch is null")
+
+
+@migrations()
+def m012_effects(db: sqlite_utils.Database) -> None:
+    """The journal of Slack effects (see ``storage/journal.py``)."""
+    db.execute(
+        "create table effects ("
+        "id integer primary key autoincrement, "
+        "key text not null unique, "  # the idempotency key: one effect, one row
+        "op text not null, "  # post, update, upload, delete
+        "channel text not null, "
+        "thread_ts text, "
+        "thread_key text, "  # in the thread of another effect (its ts once sent)
+        "payload text, "  # JSON: text, blocks, broadcast, file names; null: drawn at send time
+        "content blob, "  # an upload's bytes
+        "handler text, "  # what to record with it once sent, by name, and its arguments
+        "handler_args text, "
+        "source text, "
+        "state text not null, "  # planned, sending, sent, refused
+        "epoch integer, "  # the lease epoch of the instance that last sent it
+        "attempts integer not null default 0, "
+        "ts text, "
+        "file_id text, "
+        "error text, "
+        "created_at integer not null, "
+        "sent_at integer)"
+    )
+    db.execute(
+        "create index effects_waiting on effects (state, channel) where state in ('planned', 'sending')"
+    )
+    db.execute("create index effects_sent on effects (sent_at)")
+
+
+@migrations()
+def m013_incident_ids_never_reused(db: sqlite_utils.Database) -> None:
+    """Incident ids are never reused (AUTOINCREMENT): a pruned incident's id lives on in old
+    signals, mutes and Slack buttons, and must never name a new incident."""
+    row = next(iter(db.query("select sql from sqlite_master where type = 'table' and name = 'incidents'")))
+    create = str(row["sql"])
+    indexes = [
+        str(r["sql"])
+        for r in db.query(
+            "select sql from sqlite_master where type = 'index' and tbl_name = 'incidents' "
+            "and sql is not null"
+        )
+    ]
+    _, _, rest = create.partition("(")
+    columns = rest.rsplit(")", 1)[0]
+    new_columns, found = re.subn(
+        r"""^(\s*["\[`]?id["\]`]?\s+INTEGER\s+PRIMARY\s+KEY)\b""",
+        r"\1 AUTOINCREMENT",
+        columns,
+        count=1,
+        flags=re.I,
+    )
+    if not found:
+        raise RuntimeError("incidents: unexpected schema, cannot make ids never reused")
+    db.execute(f"create table incidents_new ({new_columns})")
+    db.execute("insert into incidents_new select * from incidents")
+    db.execute("drop table incidents")
+    db.execute("alter table incidents_new rename to incidents")
+    for sql in indexes:
+        db.execute(sql)
+    # Ids already handed out anywhere stay taken.
+    high = next(
+        iter(
+            db.query(
+                "select max(n) as n from (select max(id) as n from incidents "
+                "union all select max(incident_id) from alerts "
+                "union all select max(incident_id) from messages "
+                "union all select max(incident_id) from signals union all select max(incident_id) from mutes "
+                "union all select max(incident_id) from incident_events)"
+            )
+        )
+    )["n"]
+    db.execute("delete from sqlite_sequence where name = 'incidents'")
+    db.execute("insert into sqlite_sequence (name, seq) values ('incidents', ?)", [int(high or 0)])
+
+
+@migrations()
+def m014_health_notice_where(db: sqlite_utils.Database) -> None:
+    """Where and under which name an app's 'cannot read' notice was posted, so that it can be closed
+    there even after the app's key (and so its identity) changed."""
+    db["app_state"].add_column("health_channel", str)  # type: ignore[union-attr]
+    db["app_state"].add_column("health_name", str)  # type: ignore[union-attr]

@@ -49,11 +49,31 @@ def build(
         settings=runtime.settings,
         store=runtime.store,
         clients=runtime.clients,
-        sink=runtime.sink,
         name_of=runtime.poller.app_name,
         **caps,
     )
-    return runtime, digester
+    return runtime, Posting(runtime, digester)  # type: ignore[return-value]
+
+
+class Posting:
+    """The digester as ``wflogs run`` uses it: the digest job plans, then the deliverer posts."""
+
+    def __init__(self, runtime: Runtime, digester: Digester) -> None:
+        self.runtime = runtime
+        self.digester = digester
+
+    def run_due(self, now: float) -> Any:
+        report = self.digester.run_due(now)
+        self.runtime.deliverer.deliver_planned()
+        return report
+
+    def post_now(self, now: float) -> Any:
+        report = self.digester.post_now(now)
+        self.runtime.deliverer.deliver_planned()
+        return report
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.digester, name)
 
 
 def message_text(post: dict[str, Any]) -> str:
@@ -433,21 +453,23 @@ digest = false
     assert len(slack.posts()) == 3
 
 
-def test_slack_refusing_the_post_leaves_the_digest_due_for_a_later_retry(
+def test_slack_refusing_the_post_keeps_the_digest_planned_until_it_lands_once(
     tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient
 ) -> None:
     app = dify.add_app("Retry")
     dify.add_log(app, status="failed", at=S - 100)
-    _, digester = build(tmp_path, dify, web, {"DIFY_API_KEY": app.key, **slack_env()})
+    runtime, digester = build(tmp_path, dify, web, {"DIFY_API_KEY": app.key, **slack_env()})
     digester.store.digest_first_seen(digester.settings.apps[0].id, S - 86400)
     slack.fail("chat.postMessage", "error", "not_in_channel")
 
     report = digester.run_due(S + 1)
-    assert report.posted == [] and "not_in_channel" in report.problems[0]
-    assert not digester.store.digest_posted(digester.settings.apps[0].id, "2026-11-18")
-    assert digester.run_due(S + 600).posted == []  # waits before trying again
-    assert digester.run_due(S + 1801).posted == ["Retry"]
-    assert "⏰ Late" in slack.posts()[0]["text"]
+    assert report.posted == ["Retry"] and slack.posts() == []  # planned; Slack refused it
+    assert digester.store.digest_posted(digester.settings.apps[0].id, "2026-11-18")
+    # The bot was invited meanwhile: the next pass posts it, once, and it is not planned twice.
+    assert digester.run_due(S + 600).posted == []
+    runtime.deliverer.deliver_all()
+    [post] = slack.posts()
+    assert "Retry: daily digest" in post["text"]
 
 
 def test_new_errors_are_marked_against_the_previous_digest(

@@ -114,6 +114,7 @@ def test_the_digest_never_mentions(tmp_path, dify, clock, slack):
     rt.cycle()
     before = len(slack.posts())
     assert rt.digester.post_now(clock.now).ok
+    rt.deliverer.deliver_planned()
     digests = slack.posts()[before:]
     assert digests and not any(calls(m) for m in digests)
 

@@ -199,6 +199,7 @@ def test_muted_runs_are_still_in_the_digest_and_found_by_wflogs(b: Bench):
     b.rt.cycle()
     assert all(messages_mentioning(b.slack, run.run_id) == 0 for run in muted)
     assert b.rt.digester.post_now(b.clock.now).ok
+    b.rt.deliverer.deliver_planned()
     digest = next(m for m in b.slack.posts() if "digest" in m["text"].lower())
     assert "*Failed*\\n🔴 5 " in shown(digest) and "🔴 *×5* `model overloaded" in shown(digest)
     b.command("failed since:1h")

@@ -309,6 +309,7 @@ def test_the_digest_counts_incidents_opened_resolved_and_still_open(tmp_path, di
     rt.cycle()
     clock.advance(60)
     rt.digester.post_now(clock.now)
+    rt.deliverer.deliver_planned()
     digest = next(m for m in slack.posts() if "digest" in m["text"])
     assert "*Incidents*: 2 opened, 1 resolved (median 10m 00s to resolve), 1 still open" in shown(digest)
 

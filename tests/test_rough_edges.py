@@ -25,7 +25,7 @@ def test_an_instantly_rejected_key_says_rejected_not_failing_for_0ms(tmp_path, d
     build_runtime(settings, dify, clock).cycle()
     (warning,) = slack.posts()
     shown = warning["text"] + json.dumps(warning["blocks"])
-    assert "Dify rejected it." in shown
+    assert shown.count("rejected the API key") == 2  # once in the text, once in the blocks' code block
     assert "Failing for" not in shown and "0ms" not in shown
     assert warning["text"].count("…nope") == 1 and "(…nope)" not in shown
 
