@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.errors import ConfigError
+from bot.text import URL_CREDENTIALS, hide_url_credentials
 
 DEFAULT_DIFY_API_URL = "https://api.dify.ai/v1"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -204,6 +205,14 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
 
 def _url(value: str, where: str) -> str:
     value = value.strip()
+    if URL_CREDENTIALS.search(value) or "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+        # httpx would send them as a Basic Authorization header in place of the app key's Bearer
+        # header, so such a URL cannot work; and it must never be shown with its password.
+        raise ConfigError(
+            f"{where}={hide_url_credentials(value)} carries a user and password, which wflogs cannot "
+            "use (Dify needs the app key in the Authorization header): remove them from the URL; "
+            "for a proxy set HTTPS_PROXY (or HTTP_PROXY) instead"
+        )
     if not re.match(r"^https?://[^\s/]+", value):
         raise ConfigError(f"{where}={value!r} is not an http(s) URL, e.g. https://api.dify.ai/v1")
     return value.rstrip("/")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from bot import incident_format as ifmt
 from bot.errors import WflogsError
+from bot.logs import Reminder
 from bot.records import LogEntry
 from storage import Store
 from storage.incidents import IncidentStore
@@ -33,11 +34,15 @@ class IncidentKeeper:
         *,
         resolve_after: Callable[[str], int] | None = None,
         successes: SuccessCounter | None = None,
+        watched: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.store = store
         self.incidents = IncidentStore(store)
         self._resolve_after = resolve_after or (lambda _app_id: DEFAULT_RESOLVE_AFTER)
         self._successes = successes
+        # The ids of the apps this instance polls (None: every app it sees).
+        self._watched = watched
+        self._remind = Reminder(600)
 
     def evaluate(self, now: int) -> None:
         """Expire mutes, count new runs into incidents (muted ones are recorded, not posted),
@@ -48,16 +53,17 @@ class IncidentKeeper:
 
     def _expire_mutes(self, now: int) -> None:
         for mute in self.incidents.expired_mutes(now):
-            if not self.incidents.end_mute(int(mute["id"]), now, None):
-                continue
-            if mute.get("incident_id"):
-                self.incidents.add_event(
-                    int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(None), now
-                )
-            else:
-                self.incidents.add_event(
-                    None, mute["channel"], ifmt.unmuted_text(None, mute["app_name"]), now
-                )
+            with self.store.transaction():
+                if not self.incidents.end_mute(int(mute["id"]), now, None):
+                    continue
+                if mute.get("incident_id"):
+                    self.incidents.add_event(
+                        int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(None), now
+                    )
+                else:
+                    self.incidents.add_event(
+                        None, mute["channel"], ifmt.unmuted_text(None, mute["app_name"]), now
+                    )
 
     def _assign(self, now: int) -> None:
         groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
@@ -65,34 +71,22 @@ class IncidentKeeper:
             key = (row["app_id"], row["channel"], row["status"], row["group_key"] or "")
             groups.setdefault(key, []).append(row)
         for (app_id, channel, status, group_key), rows in groups.items():
-            entries = [LogEntry.from_dict(json.loads(r["entry"]) if r.get("entry") else {}) for r in rows]
-            incident = self.incidents.find_open(app_id, channel, status, group_key)
-            if incident is None:
-                previous = self.incidents.last_resolved(app_id, status, group_key)
-                incident_id = self.incidents.create(
-                    {
-                        "app_id": app_id,
-                        "app_name": rows[-1]["app_name"],
-                        "channel": channel,
-                        "status": status,
-                        "group_key": group_key,
-                        "opened_at": now,
-                        "console_url": rows[-1].get("console_url"),
-                        "previous_id": previous["id"] if previous else None,
-                    }
-                )
-            else:
-                incident_id = int(incident["id"])
-            muted = self.incidents.mute_for(app_id, incident_id, now) is not None
-            self.incidents.attach(
-                incident_id,
+            try:
+                entries = [LogEntry.from_dict(json.loads(r["entry"]) if r.get("entry") else {}) for r in rows]
+            except (ValueError, TypeError):
+                # A damaged row must not hold up every other app's runs; it stays in the outbox.
+                if self._remind.due(f"damaged:{app_id}"):
+                    log.exception("runs of app %s cannot be read from the database; they wait", app_id)
+                continue
+            self.incidents.attach_or_open(
+                {"app_id": app_id, "channel": channel, "status": status, "group_key": group_key},
                 [int(r["id"]) for r in rows],
                 sessions=[e.who or "unknown" for e in entries],
                 first=min(e.ended_at for e in entries),
                 last=max(e.ended_at for e in entries),
                 error=entries[-1].error,
-                muted=muted,
                 now=now,
+                new={"app_name": rows[-1]["app_name"], "console_url": rows[-1].get("console_url")},
             )
 
     def _resolve(self, now: int) -> None:
@@ -100,13 +94,28 @@ class IncidentKeeper:
             if row.get("kind"):
                 continue  # failure-rate and stuck-runs incidents resolve by their own rule
             quiet_since = max(int(row.get("last_seen") or 0), int(row["opened_at"]))
-            if row["opened_at"] >= now or now - quiet_since < self._resolve_after(row["app_id"]):
+            after = self._resolve_after(row["app_id"])
+            if row["opened_at"] >= now or now - quiet_since < after:
                 continue
+            if not self._read_through(row["app_id"], quiet_since + after):
+                continue  # no evidence that it stopped failing: wflogs has not read that far
             if self.incidents.unsent_count(int(row["id"])):
                 continue  # its runs are still on their way to Slack
             successes = self._count_successes(row["app_id"], int(row.get("last_seen") or quiet_since), now)
-            if self.incidents.resolve(int(row["id"]), now, by=None, successes=successes):
-                self._resolved_event(int(row["id"]), now)
+            with self.store.transaction():
+                if self.incidents.resolve(int(row["id"]), now, by=None, successes=successes):
+                    self._resolved_event(int(row["id"]), now)
+
+    def _read_through(self, app_id: str, until: int) -> bool:
+        """Whether the app was read, completely, up to ``until`` and can be read now: quiet time
+        counts only while wflogs could see failures. An app this instance does not watch (no
+        longer configured) resolves by the clock: nothing will ever read it again."""
+        if self._watched is not None and app_id not in self._watched():
+            return True
+        state = self.store.app_state(app_id) or {}
+        if state.get("failing_since") is not None:
+            return False
+        return int(state.get("checked_until") or 0) >= until
 
     def _count_successes(self, app_id: str, after: int, before: int) -> int | None:
         if self._successes is None:
@@ -126,37 +135,47 @@ class IncidentKeeper:
 
 
 class IncidentActions:
-    """What people do to incidents (from Slack clicks and commands): recorded, never posted here."""
+    """What people do to incidents (from Slack clicks and commands): recorded, never posted here.
+
+    Each action changes the incident and records the thread event that tells it in one
+    transaction, guarded by the state it expects (a crash never leaves one without the other)."""
 
     def __init__(self, store: Store, *, successes: SuccessCounter | None = None) -> None:
+        self.store = store
         self.incidents = IncidentStore(store)
         self._successes = successes
 
-    def _find(self, incident_id: int, channel: str | None) -> dict[str, Any] | None:
+    def _find(self, incident_id: int, channel: str | None) -> tuple[dict[str, Any] | None, str | None]:
+        """The incident, or None and what to tell the person."""
         row = self.incidents.get(incident_id)
-        if row is None or (channel is not None and row["channel"] != channel):
-            return None  # a click must come from the incident's own channel
-        return row
+        if row is None:
+            return None, "That incident is not known to wflogs any more."
+        if channel is not None and row["channel"] != channel:
+            # A copy of the message shared into another channel: the controls act where it lives.
+            return None, f"That incident belongs to <#{row['channel']}>: act on it there."
+        return row, None
 
     def acknowledge(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
         """Acknowledge; returns what to tell the person."""
-        row = self._find(incident_id, channel)
+        row, refusal = self._find(incident_id, channel)
         if row is None:
-            return "That incident is not known to wflogs any more."
-        if not self.incidents.acknowledge(incident_id, user, now):
+            return refusal or ""
+        with self.store.transaction():
+            done = self.incidents.acknowledge(incident_id, user, now)
+            if done:
+                self.incidents.add_event(incident_id, row["channel"], ifmt.acknowledged_text(user), now)
+        if not done:
+            row = self.incidents.get(incident_id) or row
             if row["state"] != "open":
                 return "That incident is already resolved."
             return f"Already acknowledged by {ifmt.who(row['ack_by'])}."
-        self.incidents.add_event(incident_id, row["channel"], ifmt.acknowledged_text(user), now)
         return "Acknowledged. The message shows it in a moment."
 
     def mute(self, incident_id: int, choice: str, user: str, now: int, *, channel: str | None = None) -> str:
         """Mute an incident for ``choice`` seconds (or "resolved")."""
-        row = self._find(incident_id, channel)
+        row, refusal = self._find(incident_id, channel)
         if row is None:
-            return "That incident is not known to wflogs any more."
-        if row["state"] != "open":
-            return "That incident is already resolved; a new failure opens a new one."
+            return refusal or ""
         if choice == "resolved":
             until = None
         else:
@@ -164,36 +183,41 @@ class IncidentActions:
             if seconds not in {s for _, s in ifmt.MUTE_CHOICES if s}:
                 raise ValueError(f"not a mute choice: {choice!r}")
             until = now + seconds
-        for mute in self.incidents.active_mutes(now):
-            if mute.get("incident_id") == incident_id:
-                self.incidents.end_mute(int(mute["id"]), now, user)
-        self.incidents.add_mute(
-            {
-                "app_id": row["app_id"],
-                "app_name": row["app_name"],
-                "channel": row["channel"],
-                "incident_id": incident_id,
-                "until": until,
-                "by_user": user,
-                "created_at": now,
-            }
-        )
-        self.incidents.add_event(incident_id, row["channel"], ifmt.muted_text(user, until), now)
+        with self.store.transaction():
+            current = self.incidents.get(incident_id) or row
+            if current["state"] != "open":
+                return "That incident is already resolved; a new failure opens a new one."
+            for mute in self.incidents.active_mutes(now):
+                if mute.get("incident_id") == incident_id:
+                    self.incidents.end_mute(int(mute["id"]), now, user)
+            self.incidents.add_mute(
+                {
+                    "app_id": row["app_id"],
+                    "app_name": row["app_name"],
+                    "channel": row["channel"],
+                    "incident_id": incident_id,
+                    "until": until,
+                    "by_user": user,
+                    "created_at": now,
+                }
+            )
+            self.incidents.add_event(incident_id, row["channel"], ifmt.muted_text(user, until), now)
         return "Muted. New failures of this error are counted but not posted."
 
     def resolve(self, incident_id: int, user: str, now: int, *, channel: str | None = None) -> str:
         """Resolve now; the next failure opens a new incident."""
-        row = self._find(incident_id, channel)
+        row, refusal = self._find(incident_id, channel)
         if row is None:
-            return "That incident is not known to wflogs any more."
+            return refusal or ""
         # No Dify request here: a click is answered within Slack's 3 seconds whatever Dify does;
         # the successful runs since the last failure are counted afterwards (count_successes).
-        if not self.incidents.resolve(incident_id, now, by=user, successes=None):
-            return "That incident is already resolved."
-        done = self.incidents.get(incident_id) or row
-        self.incidents.add_event(
-            incident_id, row["channel"], ifmt.resolved_text(ifmt.Incident.from_row(done)), now
-        )
+        with self.store.transaction():
+            if not self.incidents.resolve(incident_id, now, by=user, successes=None):
+                return "That incident is already resolved."
+            done = self.incidents.get(incident_id) or row
+            self.incidents.add_event(
+                incident_id, row["channel"], ifmt.resolved_text(ifmt.Incident.from_row(done)), now
+            )
         return "Resolved. A new failure of this error opens a new incident."
 
     def count_successes(self, incident_id: int) -> None:
@@ -229,34 +253,41 @@ class IncidentActions:
         now: int,
     ) -> int:
         """Mute a whole app for maintenance; its channel is told now and when it ends."""
-        mute_id = self.incidents.add_mute(
-            {
-                "app_id": app_id,
-                "app_name": app_name,
-                "channel": channel,
-                "incident_id": None,
-                "until": now + seconds,
-                "by_user": user,
-                "reason": reason,
-                "created_at": now,
-            }
-        )
-        self.incidents.add_event(None, channel, ifmt.muted_text(user, now + seconds, app_name, reason), now)
+        with self.store.transaction():
+            mute_id = self.incidents.add_mute(
+                {
+                    "app_id": app_id,
+                    "app_name": app_name,
+                    "channel": channel,
+                    "incident_id": None,
+                    "until": now + seconds,
+                    "by_user": user,
+                    "reason": reason,
+                    "created_at": now,
+                }
+            )
+            self.incidents.add_event(
+                None, channel, ifmt.muted_text(user, now + seconds, app_name, reason), now
+            )
         return mute_id
 
     def unmute(self, mute_id: int, user: str, now: int, *, apps: set[str] | None = None) -> str:
         """End mute number ``mute_id`` (only of one of ``apps`` when given)."""
         mute = self.incidents.mute(mute_id)
-        if (
-            mute is None
-            or (apps is not None and mute["app_id"] not in apps)
-            or not self.incidents.end_mute(mute_id, now, user)
-        ):
-            return f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
-        if mute.get("incident_id"):
-            self.incidents.add_event(int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now)
-        else:
-            self.incidents.add_event(None, mute["channel"], ifmt.unmuted_text(user, mute["app_name"]), now)
+        refusal = f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
+        if mute is None or (apps is not None and mute["app_id"] not in apps):
+            return refusal
+        with self.store.transaction():
+            if not self.incidents.end_mute(mute_id, now, user):
+                return refusal
+            if mute.get("incident_id"):
+                self.incidents.add_event(
+                    int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now
+                )
+            else:
+                self.incidents.add_event(
+                    None, mute["channel"], ifmt.unmuted_text(user, mute["app_name"]), now
+                )
         return f"Mute {mute_id} ended."
 
     def active_mutes(self, now: int) -> list[dict[str, Any]]:

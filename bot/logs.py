@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from bot.text import hide_url_credentials
+
 _TOKENISH = re.compile(r"\b(xox[a-z]-[0-9A-Za-z-]{6,}|xapp-[0-9A-Za-z-]{6,}|app-[A-Za-z0-9]{12,})")
 
 
@@ -49,7 +51,7 @@ class SecretFilter(logging.Filter):
         """``text`` with every secret masked."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return _TOKENISH.sub("***", text)
+        return hide_url_credentials(_TOKENISH.sub("***", text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -11,6 +11,7 @@ from typing import TextIO
 import httpx
 from slack_sdk import WebClient
 
+from bot.breaker import HostBreaker
 from bot.config import Settings, alert_channel_for, mentions_for, resolve_after_for
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
@@ -34,11 +35,16 @@ def build_http(
     timeout: float = 15.0,
     transport: httpx.BaseTransport | None = None,
     metrics: Metrics | None = None,
+    breaker: HostBreaker | None = None,
 ) -> httpx.Client:
-    """One pooled HTTP client for every Dify app (its requests counted in ``metrics``)."""
+    """One pooled HTTP client for every Dify app (its requests counted in ``metrics``; a host
+    that stops answering is given up on for the cycle by ``breaker``, which wraps it)."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
     if metrics is not None:
         transport = MeteredTransport(transport or httpx.HTTPTransport(limits=limits), metrics)
+    if breaker is not None:
+        breaker.wrap(transport or httpx.HTTPTransport(limits=limits))
+        transport = breaker
     return httpx.Client(
         timeout=httpx.Timeout(timeout, connect=5.0),
         transport=transport,
@@ -132,6 +138,8 @@ class Runtime:
     # What the last watch found (failure rates, stuck runs), for the cycle's report.
     last_watch: WatchReport | None = None
     deliver_in_cycle: bool = True
+    # Dify hosts that stopped answering are not asked again until the next cycle.
+    breaker: HostBreaker | None = None
 
     @classmethod
     def build(
@@ -152,7 +160,8 @@ class Runtime:
         Raises :class:`DatabaseError` when ``WFLOGS_DB`` cannot be used."""
         metrics = metrics or Metrics()
         store = open_store(settings.db_path, timeout=db_timeout)
-        http = build_http(transport=transport, metrics=metrics)
+        breaker = HostBreaker(open_for=settings.poll_interval)
+        http = build_http(transport=transport, metrics=metrics, breaker=breaker)
         clients = build_clients(settings, http, backoff=dify_backoff)
         web = web or build_web_client(settings, metrics=metrics)
         sink: Sink = SlackSink(web, min_interval=slack_min_interval) if web else TerminalSink(stream)
@@ -171,6 +180,7 @@ class Runtime:
             store,
             resolve_after=lambda app_id: resolve_after.get(app_id, settings.resolve_after),
             successes=successes,
+            watched=lambda: clients.keys(),
         )
         mentions = {app.id: mentions_for(settings, app) for app in settings.apps}
         deliverer = Deliverer(
@@ -189,6 +199,7 @@ class Runtime:
         runtime = cls(
             settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now, metrics
         )
+        runtime.breaker = breaker
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
         )
@@ -204,6 +215,8 @@ class Runtime:
 
         The health notices are planned first, so "recovered; missed failures follow" comes
         before the failures that delivery then posts."""
+        if self.breaker is not None:
+            self.breaker.reset()
         apps = self.poller.poll_all()
         self.metrics.observe_apps(apps, self._now())
         check_health(settings=self.settings, store=self.store, results=apps, now=int(self._now()))

@@ -37,6 +37,7 @@ from bot.errors import QueryError
 from bot.query import MUTE_USAGE, SIMILAR_DAYS, USAGE, Query, describe
 from bot.records import LogEntry, RunDetail, SearchResult
 from bot.text import (
+    URL_CREDENTIALS,
     clock,
     duration,
     error_summary,
@@ -69,7 +70,7 @@ _TEXT_SECRETS: list[tuple[re.Pattern[str], str]] = [
         rf"\1{MASK}",
     ),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{MASK}"),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@"), rf"\1{MASK}@"),
+    (URL_CREDENTIALS, rf"\1\2:{MASK}@"),
     (
         re.compile(
             r"\b(?:xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|app-[A-Za-z0-9]{24}"

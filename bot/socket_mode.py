@@ -46,8 +46,13 @@ class SocketModeConnector:
         first_delay: float = FIRST_DELAY,
         max_delay: float = MAX_DELAY,
         on_connected: Callable[[bool], None] | None = None,
+        check_every: float = 2.0,
+        ping_interval: float = 10.0,
     ) -> None:
-        self.handler = SocketModeHandler(app, app_token)
+        # Slack's client pings every ``ping_interval`` seconds and drops a connection that has not
+        # answered for four of them, then reconnects; the gauge follows what it finds.
+        self.handler = SocketModeHandler(app, app_token, ping_interval=ping_interval)
+        self.check_every = check_every
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.attempts = 0
@@ -87,7 +92,24 @@ class SocketModeConnector:
             self.connected.set()
             if self._on_connected is not None:
                 self._on_connected(True)
+            self._watch()
             return
+
+    def _watch(self) -> None:
+        """Follow the connection (Slack's client reconnects by itself): report when it drops and
+        when it is back, so the gauge says the truth."""
+        up = True
+        while not self._stop.wait(self.check_every):
+            now_up = bool(self.handler.client.is_connected())
+            if now_up == up:
+                continue
+            up = now_up
+            if up:
+                log.info("/wflogs: the Socket Mode connection is back")
+            else:
+                log.warning("/wflogs: the Socket Mode connection dropped; Slack's client reconnects")
+            if self._on_connected is not None:
+                self._on_connected(up)
 
     def close(self) -> None:
         """Stop trying and disconnect."""

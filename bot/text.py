@@ -17,6 +17,15 @@ _SPACE = re.compile(r"\s+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+# The user and password of a URL (``scheme://user:pass@host``): never shown anywhere.
+URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s:/@]*):[^\s/@]+@")
+
+
+def hide_url_credentials(text: str, mask: str = "***", *, keep_user: bool = False) -> str:
+    """``text`` with the password (and unless ``keep_user``, the user) of every URL replaced by ``mask``."""
+    return URL_CREDENTIALS.sub(rf"\1\2:{mask}@" if keep_user else rf"\1{mask}@", text)
+
+
 def escape(text: object) -> str:
     """Escape untrusted text for Slack mrkdwn so it can neither mention nor link."""
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -336,24 +336,26 @@ class Watcher:
                 return
             if self.incidents.mute_for(app.id, None, now) is not None:
                 return  # the whole app is muted: open it when the mute ends, if still true
-            incident_id = self.incidents.create(
-                {
-                    "app_id": app.id,
-                    "app_name": self.name_of(app),
-                    "channel": alert_channel_for(self.settings, app) or "terminal",
-                    "status": kind,
-                    "group_key": kind,
-                    "kind": kind,
-                    "detail": json.dumps(detail),
-                    "opened_at": now,
-                    "first_seen": int(signal["opened_at"]),
-                    "last_seen": now,
-                    "runs": count,
-                    "error": TITLES[kind],
-                    "console_url": app.console_url,
-                }
-            )
-            self.db.link_incident(int(signal["id"]), incident_id)
+            name = self.name_of(app)
+            with self.store.transaction():
+                incident_id = self.incidents.create(
+                    {
+                        "app_id": app.id,
+                        "app_name": name,
+                        "channel": alert_channel_for(self.settings, app) or "terminal",
+                        "status": kind,
+                        "group_key": kind,
+                        "kind": kind,
+                        "detail": json.dumps(detail),
+                        "opened_at": now,
+                        "first_seen": int(signal["opened_at"]),
+                        "last_seen": now,
+                        "runs": count,
+                        "error": TITLES[kind],
+                        "console_url": app.console_url,
+                    }
+                )
+                self.db.link_incident(int(signal["id"]), incident_id)
             return
         incident_id = int(signal["incident_id"])
         if signal["resolved_at"] is None and signal.get("incident_state") != "open":
@@ -366,15 +368,16 @@ class Watcher:
         self.db.show_figures(incident_id, detail, count, now)
         if signal["resolved_at"] is None:
             return
-        # The signal ended while its incident is open: resolve it and say so in its thread.
-        if self.incidents.resolve(incident_id, now, by=None, successes=None):
-            lasted = now - int(signal["opened_at"])
-            if kind == FAILURE_RATE:
-                text = fmt.rate_resolved_text(detail, lasted)
-            else:
-                text = fmt.stuck_resolved_text(runs, now)
-            row = self.incidents.get(incident_id) or {}
-            self.incidents.add_event(incident_id, row.get("channel") or "terminal", text, now)
+        # The signal ended while its incident is open: resolve it and say so in its thread, at once.
+        lasted = now - int(signal["opened_at"])
+        if kind == FAILURE_RATE:
+            text = fmt.rate_resolved_text(detail, lasted)
+        else:
+            text = fmt.stuck_resolved_text(runs, now)
+        with self.store.transaction():
+            if self.incidents.resolve(incident_id, now, by=None, successes=None):
+                row = self.incidents.get(incident_id) or {}
+                self.incidents.add_event(incident_id, row.get("channel") or "terminal", text, now)
 
     def _runs_of(self, signal: dict[str, Any]) -> list[dict[str, Any]]:
         if signal["kind"] != STUCK_RUNS:

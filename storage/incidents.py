@@ -89,6 +89,47 @@ class IncidentStore:
 
     # -- writing -------------------------------------------------------------------------
 
+    def attach_or_open(
+        self,
+        shape: dict[str, Any],
+        alert_ids: list[int],
+        *,
+        sessions: Iterable[str],
+        first: int,
+        last: int,
+        error: str | None,
+        now: int,
+        new: dict[str, Any],
+    ) -> tuple[int, bool]:
+        """Count alerts into the open incident of ``shape`` (app_id, channel, status, group_key),
+        opening one (with ``new``'s columns) when there is none, in ONE transaction: a Resolve
+        that lands meanwhile cannot swallow them. Muted runs are recorded as handled.
+        Returns (incident id, whether it was opened now)."""
+        with self.store.transaction():
+            current = self.find_open(shape["app_id"], shape["channel"], shape["status"], shape["group_key"])
+            opened = current is None
+            if current is None:
+                previous = self.last_resolved(shape["app_id"], shape["status"], shape["group_key"])
+                incident_id = self.create(
+                    {**shape, **new, "opened_at": now, "previous_id": previous["id"] if previous else None}
+                )
+            else:
+                incident_id = int(current["id"])
+            muted = self.mute_for(shape["app_id"], incident_id, now) is not None
+            attached = self.attach(
+                incident_id,
+                alert_ids,
+                sessions=sessions,
+                first=first,
+                last=last,
+                error=error,
+                muted=muted,
+                now=now,
+            )
+            if not attached:
+                raise RuntimeError(f"incident {incident_id} was not open inside its own transaction")
+        return incident_id, opened
+
     def create(self, fields: dict[str, Any]) -> int:
         """A new open incident; returns its id."""
         row = {"state": OPEN, "runs": 0, "muted_runs": 0, "sessions": 0, "dirty": 0, "edits": 0, **fields}
@@ -111,10 +152,13 @@ class IncidentStore:
         error: str | None,
         muted: bool,
         now: int,
-    ) -> None:
-        """Count alerts into an incident (atomically). Muted ones are recorded as handled:
-        they are posted nowhere."""
+    ) -> bool:
+        """Count alerts into an OPEN incident (atomically); False, and nothing changed, when the
+        incident is not open. Muted ones are recorded as handled: they are posted nowhere."""
         with self.store.transaction():
+            state = self.db.execute("select state from incidents where id = ?", [incident_id]).fetchone()
+            if state is None or state[0] != OPEN:
+                return False
             for start in range(0, len(alert_ids), 500):
                 chunk = alert_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -148,6 +192,7 @@ class IncidentStore:
                     incident_id,
                 ],
             )
+            return True
 
     def set_parent(self, incident_id: int, ts: str, body: str, *, shown: int) -> None:
         """The incident's own channel message was posted, showing the changes counted up to ``shown``
@@ -211,11 +256,6 @@ class IncidentStore:
             [channel],
         )
 
-    def event_channels(self) -> list[str]:
-        """Channels with events to post."""
-        rows = self.store.query("select distinct channel from incident_events where posted_at is null")
-        return [r["channel"] for r in rows]
-
     def event_posted(self, event_id: int, now: int) -> None:
         """Slack took the event."""
         self.store.execute("update incident_events set posted_at = ? where id = ?", [now, event_id])
@@ -271,11 +311,19 @@ class IncidentStore:
                 "(select id from incidents where state = 'resolved'))",
                 [older_than],
             )
-            self.db.execute(
-                "delete from incidents where state = 'resolved' and resolved_at < ? "
-                "and id not in (select incident_id from alerts where incident_id is not null)",
-                [older_than],
+            gone = (
+                "select id from incidents where state = 'resolved' and resolved_at < ? "
+                "and id not in (select incident_id from alerts where incident_id is not null)"
             )
+            # A signal goes with its incident (an open one only lets go of it): an old signal must
+            # never be joined to a new incident.
+            self.db.execute(
+                f"delete from signals where resolved_at is not null and incident_id in ({gone})", [older_than]
+            )
+            self.db.execute(
+                f"update signals set incident_id = null where incident_id in ({gone})", [older_than]
+            )
+            self.db.execute(f"delete from incidents where id in ({gone})", [older_than])
             self.db.execute(
                 "delete from incident_events where incident_id is null "
                 "and posted_at is not null and posted_at < ?",

@@ -86,18 +86,15 @@ class WatchStore:
                 [json.dumps(detail), now, signal_id],
             )
 
-    def signal(self, signal_id: int) -> dict[str, Any] | None:
-        """One signal by id."""
-        rows = self.store.query("select * from signals where id = ?", [signal_id])
-        return _signal(rows[0]) if rows else None
-
     def signals_to_sync(self) -> list[dict[str, Any]]:
         """Signals whose incident may need opening, updating or resolving: the open ones, and the
         resolved ones whose incident is still open; with the incident's state and mute status."""
+        # Joined by id AND kind: a signal is only ever shown by an incident of its own kind.
         rows = self.store.query(
-            "select s.*, i.state as incident_state from signals s "
-            "left join incidents i on i.id = s.incident_id "
-            "where s.resolved_at is null or (s.incident_id is not null and i.state = 'open') "
+            "select s.id, s.app_id, s.kind, s.opened_at, s.updated_at, s.resolved_at, s.detail, "
+            "i.id as incident_id, i.state as incident_state from signals s "
+            "left join incidents i on i.id = s.incident_id and i.kind = s.kind and i.app_id = s.app_id "
+            "where s.resolved_at is null or i.state = 'open' "
             "order by s.id"
         )
         return [_signal(r) for r in rows]

@@ -285,10 +285,10 @@ def test_a_click_from_someone_not_allowed_is_refused_and_changes_nothing(
         assert bench.incident()["state"] == "resolved"
 
 
-def test_a_forged_incident_id_from_another_channel_changes_nothing(b: Bench):
+def test_a_click_from_another_channel_changes_nothing_and_names_the_incidents_channel(b: Bench):
     element = b.control("incident_resolve")
-    b.click(pressed(element), channel="C0ELSEWHERE")
-    assert "not known" in b.answers(1)[0]["text"]
+    b.click(pressed(element), channel="C0ELSEWHERE")  # a copy shared there, or a forged id
+    assert b.answers(1)[0]["text"] == "That incident belongs to <#C0ALERTS>: act on it there."
     b.click({"type": "button", "action_id": "incident_resolve", "value": "x'; drop table"})
     assert "damaged" in b.answers(2)[1]["text"]
     assert b.incident()["state"] == "open"

@@ -106,3 +106,36 @@ def test_a_rejected_app_token_is_named_and_retried_until_stopped(
     calls = len(slack.calls_to("apps.connections.open"))
     time.sleep(0.1)
     assert len(slack.calls_to("apps.connections.open")) == calls  # stopped trying once closed
+
+
+def test_the_connected_gauge_follows_a_dropped_and_restored_connection(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock, caplog
+):
+    app = dify.add_app("Support Bot")
+    settings = make_settings(
+        tmp_path, env={"DIFY_API_KEY": app.key, "SLACK_APP_TOKEN": APP_TOKEN, **slack_env(slack)}
+    )
+    runtime = build_runtime(settings, dify, clock, web=web)
+    gauge: list[bool] = []
+    caplog.set_level(logging.INFO, logger="bot.socket_mode")
+    connector = SocketModeConnector(
+        build_app(runtime, now=clock),
+        APP_TOKEN,
+        first_delay=0.01,
+        on_connected=gauge.append,
+        check_every=0.05,
+        ping_interval=0.25,
+    ).start()
+    try:
+        assert wait_for(lambda: gauge == [True])
+        slack.fail("apps.connections.open", "status", 503, times=1000)  # Slack stays away for now
+        slack.drop_sockets()
+        assert wait_for(lambda: gauge == [True, False]), gauge
+        assert "connection dropped" in caplog.text
+        slack.faults.clear()  # Slack is back: its client reconnects by itself
+        assert wait_for(lambda: gauge == [True, False, True], timeout=30), gauge
+        assert "connection is back" in caplog.text
+    finally:
+        connector.close()
+        runtime.close()
+    assert gauge[-1] is False  # closing says so too

@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -134,6 +135,9 @@ class FakeSlack:
         self.usergroups: dict[str, dict[str, Any]] = {}
         self.missing_scopes: set[str] = set()
         self.lock = threading.Lock()
+        # Called with (method, params) after a call was carried out and before it is answered:
+        # a test can freeze or kill its caller there, with the write already in Slack.
+        self.on_call: Callable[[str, dict[str, Any]], None] | None = None
         self._ts = 1_700_000_000.000100
         self._uploads: dict[str, dict[str, Any]] = {}
         outer = self
@@ -192,6 +196,16 @@ class FakeSlack:
             self.faults.setdefault(method, []).extend([(kind, value)] * times)
 
     # -- Socket Mode ----------------------------------------------------------------
+
+    def drop_sockets(self) -> None:
+        """Close every Socket Mode connection from Slack's side (a network cut, a Slack restart)."""
+        with self.lock:
+            sockets, self.sockets = list(self.sockets), []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def socket_send(self, message: dict[str, Any]) -> None:
         """Push an envelope (a slash command, an interaction) down the newest Socket Mode connection."""
@@ -337,7 +351,11 @@ class FakeSlack:
         if headers.get("authorization") != f"Bearer {token}":
             self._reply(handler, 200, {"ok": False, "error": "invalid_auth"})
             return
-        self._reply(handler, 200, self._method(method, params))
+        answer = self._method(method, params)
+        hook = self.on_call
+        if hook is not None:
+            hook(method, params)
+        self._reply(handler, 200, answer)
 
     def _method(self, method: str, p: dict[str, Any]) -> dict[str, Any]:
         channel = p.get("channel") or p.get("channel_id")
@@ -444,6 +462,11 @@ class FakeSlack:
             )
         if method == "apps.connections.open":
             return {"ok": True, "url": f"ws://127.0.0.1:{self.server.server_address[1]}/link/?ticket=t1"}
+        if method == "files.delete":
+            with self.lock:
+                before = len(self.files)
+                self.files[:] = [f for f in self.files if f["id"] != p.get("file")]
+            return {"ok": True} if len(self.files) < before else {"ok": False, "error": "file_not_found"}
         if method == "files.info":
             return {"ok": True, "file": {"id": p.get("file")}}
         return {"ok": False, "error": "unknown_method"}
