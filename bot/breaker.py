@@ -41,6 +41,7 @@ class HostBreaker(httpx.BaseTransport):
         self._lock = threading.Lock()
         self._failures: dict[Host, int] = {}
         self._open_until: dict[Host, float] = {}
+        self._kind: dict[Host, type[httpx.TransportError]] = {}
 
     def wrap(self, inner: httpx.BaseTransport) -> None:
         """The transport that really sends the requests."""
@@ -51,15 +52,19 @@ class HostBreaker(httpx.BaseTransport):
         host: Host = (request.url.scheme, request.url.host, request.url.port)
         with self._lock:
             until = self._open_until.get(host)
+            kind = self._kind.get(host, httpx.ConnectTimeout)
         if until is not None and self._clock() < until:
-            raise httpx.ConnectTimeout(
-                f"{request.url.host} did not answer the last requests; not asked again this cycle",
-                request=request,
+            # Fail as the host did (refused, or timed out), so callers say the same thing.
+            raise kind(
+                f"{request.url.host} failed the last requests; not asked again this cycle", request=request
             )
         try:
             response = self._inner.handle_request(request)
-        except (httpx.TimeoutException, httpx.ConnectError):
+        except (httpx.TimeoutException, httpx.ConnectError) as exc:
             with self._lock:
+                self._kind[host] = (
+                    httpx.ConnectError if isinstance(exc, httpx.ConnectError) else httpx.ConnectTimeout
+                )
                 failures = self._failures.get(host, 0) + 1
                 self._failures[host] = failures
                 opened = failures >= self._after and host not in self._open_until
