@@ -51,12 +51,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, DifyClient, iso
-from bot.errors import DifyError, WflogsError
+from bot.errors import DifyError, DifyNotFound, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import StorageError, Store
@@ -75,6 +75,10 @@ CROWDED_SAMPLES_PER_PAGE = 9
 # A storm's range is split for parallel reading only when each part gets a few pages: every
 # part ends with a page that is not full.
 SPLIT_PAGES = 10
+# Statuses of a run that has not ended; such a run leaving the look-back window is followed.
+STILL_GOING = ("running", "paused")
+# At most this many followed runs are looked at (one request each) per app and cycle.
+MAX_LONG_CHECKS = 20
 
 
 @dataclass
@@ -332,11 +336,118 @@ class Poller:
             self.store.update_app_state(app.id, last_ok=now, last_error=None)
             log.warning("%s: %s", name, result.incomplete)
         else:
+            edge = before - self.settings.lookback  # the window's start from now on
+            try:
+                result.new_alerts += self._follow_long_runs(client, app, name, edge, alert_from, state)
+            except DifyError as exc:
+                # Looked at again next cycle: the mark did not move and the seen rows are kept.
+                log.warning("%s: runs outliving the look-back not checked this cycle: %s", name, exc)
+            marked = (self.store.app_state(app.id) or {}).get("long_checked_until")
             with self.store.transaction():
                 self.store.update_app_state(app.id, checked_until=before, last_ok=now, last_error=None)
-                self.store.prune_seen(app.id, before - self.settings.lookback)
+                # Seen rows stay until the runs that left the window were looked at.
+                self.store.prune_seen(app.id, min(edge, int(marked) + 1) if marked is not None else edge)
         result.requests = client.requests - before_requests
         return result
+
+    # -- runs that outlive the look-back -------------------------------------------------------
+
+    def _follow_long_runs(
+        self, client: DifyClient, app: AppConfig, name: str, edge: int, alert_from: int, state: dict[str, Any]
+    ) -> int:
+        """Runs still going (running, or paused for human input) when their start time leaves the
+        look-back window are remembered and looked at until they end: one that fails an hour or a
+        day later is alerted then, once. A band of start times (a quarter of the look-back, at least
+        a cycle) is read when it has left the window: one request when it holds at most a page."""
+        now = int(self._now())
+        mark = state.get("long_checked_until")
+        if mark is None:
+            # From now on; runs that left the window before wflogs watched them are not followed.
+            self.store.follow_long_runs(app.id, [], edge - 1)
+            mark = edge - 1
+        new = 0
+        step = max(self.settings.poll_interval, self.settings.lookback // 4)
+        if edge - 1 - int(mark) >= step:
+            band = _StatusRead("any", {})
+            self._read_band(client, int(mark) + 1, edge - 1, band)
+            ended = {status: _StatusRead(status, {}) for status in (*ALERT_STATUSES, PARTIAL)}
+            going = []
+            for row in band.found.values():
+                if row.status in STILL_GOING:
+                    going.append(
+                        {
+                            "log_id": row.log_id,
+                            "run_id": row.run_id or row.log_id,
+                            "status": row.status,
+                            "started_at": row.run_created_at or row.created_at,
+                            "found_at": now,
+                            "next_check": now,
+                            "entry": row.to_dict(),
+                        }
+                    )
+                elif row.status in ended and (row.status != PARTIAL or app.alert_partial):
+                    # It ended after it left the window, before this look: alerted now (seen ones are not).
+                    ended[row.status].found[row.log_id] = row
+            for status, read in ended.items():
+                new += self._record(app, name, status, read, alert_from)
+            self.store.follow_long_runs(app.id, going, edge - 1)
+        for run in self.store.long_runs_due(app.id, now, MAX_LONG_CHECKS):
+            new += self._check_long_run(client, app, name, run, alert_from, now)
+        return new
+
+    def _check_long_run(
+        self, client: DifyClient, app: AppConfig, name: str, run: dict[str, Any], alert_from: int, now: int
+    ) -> int:
+        stuck_check = self.store.stuck_next_check(app.id, run["log_id"])
+        if stuck_check is not None:
+            # The stuck-run watch looks at it already: ask Dify once it has seen it end.
+            self.store.long_run_checked(
+                app.id, run["log_id"], max(stuck_check, now + self.settings.poll_interval)
+            )
+            return 0
+        try:
+            detail = client.run(run["run_id"])
+        except DifyNotFound:
+            self.store.long_run_ended(app.id, run["log_id"])
+            return 0
+        status = str(detail.get("status") or "")
+        if not status or status in STILL_GOING:
+            # Every cycle for its first hour, then a tenth of how long it has been followed, at most an hour.
+            followed = now - int(run["found_at"])
+            pause = self.settings.poll_interval if followed < 3600 else min(3600, followed // 10)
+            self.store.long_run_checked(app.id, run["log_id"], now + pause)
+            return 0
+        new = 0
+        if status in ALERT_STATUSES or (status == PARTIAL and app.alert_partial):
+            entry = replace(
+                LogEntry.from_dict(run["entry"]),
+                status=status,
+                error=detail.get("error"),
+                finished_at=int(detail.get("finished_at") or now),
+                elapsed_time=detail.get("elapsed_time"),
+                total_tokens=detail.get("total_tokens"),
+            )
+            read = _StatusRead(status, {})
+            read.found[entry.log_id] = entry
+            new = self._record(app, name, status, read, alert_from)
+        self.store.long_run_ended(app.id, run["log_id"])
+        return new
+
+    def _read_band(self, client: DifyClient, a: int, b: int, read: _StatusRead) -> None:
+        """Every row with a start in [a, b], whatever its status."""
+        page = client.logs(after=a, before=b, limit=MAX_LIMIT)
+        if page.total <= MAX_LIMIT or a >= b:
+            rows = list(page.data)
+            number = 1
+            while a >= b and page.has_more:
+                number += 1
+                page = client.logs(after=a, before=b, page=number, limit=MAX_LIMIT)
+                rows.extend(page.data)
+            read.add(rows)
+            return
+        mid = (a + b) // 2
+        self._read_band(client, mid + 1, b, read)
+        self._read_band(client, a, mid, read)
 
     # -- identities ----------------------------------------------------------------
 
@@ -597,21 +708,11 @@ class Poller:
 
     def _read_unfiltered(self, client: DifyClient, app: AppConfig, a: int, b: int, read: _StatusRead) -> None:
         """Every row in [a, b] (Dify cannot filter partial successes); keep the partial ones."""
-        page = client.logs(after=a, before=b, limit=MAX_LIMIT)
-        if page.total <= MAX_LIMIT or a >= b:
-            rows = list(page.data)
-            number = 1
-            while a >= b and page.has_more:
-                number += 1
-                page = client.logs(after=a, before=b, page=number, limit=MAX_LIMIT)
-                rows.extend(page.data)
-            for row in rows:
-                if row.status == PARTIAL:
-                    read.found[row.log_id] = row
-            return
-        mid = (a + b) // 2
-        self._read_unfiltered(client, app, mid + 1, b, read)
-        self._read_unfiltered(client, app, a, mid, read)
+        band = _StatusRead("any", {})
+        self._read_band(client, a, b, band)
+        for row in band.found.values():
+            if row.status == PARTIAL:
+                read.found[row.log_id] = row
 
     # -- recording ---------------------------------------------------------------
 

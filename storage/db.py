@@ -335,6 +335,60 @@ class Store:
             taken.update(row["log_id"] for row in rows)
         return taken
 
+    def follow_long_runs(self, app_id: str, runs: list[dict[str, Any]], checked_until: int) -> None:
+        """Remember runs still going as they leave the look-back window, and how far that was
+        looked at, atomically."""
+        with self.transaction():
+            for run in runs:
+                self.db.execute(
+                    "insert or ignore into long_runs (app_id, log_id, run_id, status, started_at, found_at, "
+                    "next_check, entry) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        app_id,
+                        run["log_id"],
+                        run["run_id"],
+                        run["status"],
+                        run["started_at"],
+                        run["found_at"],
+                        run["next_check"],
+                        json.dumps(run["entry"]),
+                    ],
+                )
+            self.db["app_state"].upsert(  # type: ignore[union-attr]
+                {"app_id": app_id, "long_checked_until": checked_until}, pk="app_id"
+            )
+
+    def long_runs_due(self, app_id: str, now: int, limit: int) -> list[dict[str, Any]]:
+        """Followed runs whose next look is due, most overdue first."""
+        rows = self.query(
+            "select * from long_runs where app_id = ? and next_check <= ? order by next_check limit ?",
+            [app_id, now, limit],
+        )
+        return [_alert(row) for row in rows]
+
+    def stuck_next_check(self, app_id: str, log_id: str) -> int | None:
+        """When the stuck-run watch looks at this run next, while it follows it as still running."""
+        rows = self.query(
+            "select next_check from stuck_runs where app_id = ? and log_id = ? and ended_at is null",
+            [app_id, log_id],
+        )
+        return int(rows[0]["next_check"]) if rows else None
+
+    def long_run_checked(self, app_id: str, log_id: str, next_check: int) -> None:
+        """A followed run is still going: look again at ``next_check``."""
+        self.execute(
+            "update long_runs set next_check = ? where app_id = ? and log_id = ?",
+            [next_check, app_id, log_id],
+        )
+
+    def long_run_ended(self, app_id: str, log_id: str) -> None:
+        """A followed run ended (its failure, if any, is in the outbox) or is gone."""
+        self.execute("delete from long_runs where app_id = ? and log_id = ?", [app_id, log_id])
+
+    def long_runs_count(self, app_id: str) -> int:
+        """Runs of the app followed past the look-back window."""
+        return int(self.query("select count(*) as n from long_runs where app_id = ?", [app_id])[0]["n"])
+
     def prune_seen(self, app_id: str, older_than: int) -> None:
         """Forget logs that no future window will read again."""
         self.execute("delete from seen where app_id = ? and created_at < ?", [app_id, older_than])
@@ -852,3 +906,25 @@ def m014_health_notice_where(db: sqlite_utils.Database) -> None:
     there even after the app's key (and so its identity) changed."""
     db["app_state"].add_column("health_channel", str)  # type: ignore[union-attr]
     db["app_state"].add_column("health_name", str)  # type: ignore[union-attr]
+
+
+@migrations()
+def m015_long_runs(db: sqlite_utils.Database) -> None:
+    """Runs still going (running, paused for human input) when they left the look-back window: they
+    are followed until they end, and alerted then if they failed. ``long_checked_until``: up to which
+    start time the runs leaving the window were looked at."""
+    db["long_runs"].create(  # type: ignore[union-attr]
+        {
+            "app_id": str,
+            "log_id": str,
+            "run_id": str,
+            "status": str,
+            "started_at": int,
+            "found_at": int,
+            "next_check": int,
+            "entry": str,
+        },
+        pk=("app_id", "log_id"),
+    )
+    db["long_runs"].create_index(["app_id", "next_check"])  # type: ignore[union-attr]
+    db["app_state"].add_column("long_checked_until", int)  # type: ignore[union-attr]

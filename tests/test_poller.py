@@ -567,3 +567,50 @@ def test_dify_failing_in_the_middle_of_a_storm_keeps_what_was_read_and_the_next_
     clock.advance(60)
     assert rt.cycle().ok
     assert_each_once(slack, [r.run_id for r in runs])
+
+
+def test_a_run_paused_longer_than_the_look_back_that_then_fails_is_alerted_once(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_LOOKBACK="600")
+    rt.cycle()
+    waiting = dify.start_run(app, at=int(clock.now) - 5, session="user_waiting")
+    waiting.status = "paused"  # a human input node waits for someone
+    done = dify.start_run(app, at=int(clock.now) - 5, session="user_done")
+    for _ in range(40):  # 40 minutes: both leave the 10-minute look-back still going
+        clock.advance(60)
+        rt.cycle()
+    dify.finish_run(done, status="succeeded", at=int(clock.now) - 10)
+    dify.finish_run(waiting, status="failed", at=int(clock.now) - 10, error="human input timed out")
+    for _ in range(3):
+        clock.advance(60)
+        rt.cycle()
+    assert messages_mentioning(slack, waiting.run_id) == 1
+    assert messages_mentioning(slack, done.run_id) == 0
+    assert "human input timed out" in slack.all_text()
+    assert rt.store.long_runs_count(rt.settings.apps[0].id) == 0  # both are no longer followed
+    # A run that fails right after it left the window, before anyone looked, is alerted too.
+    late = dify.start_run(app, at=int(clock.now) - 5, session="user_late")
+    for _ in range(12):
+        clock.advance(60)
+        rt.cycle()
+        if late.status == "running" and int(clock.now) - late.created_at > 660:
+            dify.finish_run(late, status="stopped", at=int(clock.now) - 1)
+    for _ in range(12):
+        clock.advance(60)
+        rt.cycle()
+    assert messages_mentioning(slack, late.run_id) == 1
+
+
+def test_runs_leaving_the_look_back_cost_one_request_every_quarter_of_it_when_quiet(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app("Support Bot")
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_LOOKBACK="1200")
+    rt.cycle()
+    made = []
+    for _ in range(10):
+        clock.advance(60)
+        before = len(dify.log_requests())
+        rt.cycle()
+        made.append(len(dify.log_requests()) - before - 2)  # beyond the two counts of a quiet cycle
+    assert made == [0, 0, 0, 0, 1] * 2  # a band of 300 s (a quarter of 1200) every fifth cycle

@@ -286,10 +286,12 @@ def test_a_stuck_run_opens_one_incident_with_mentions_and_resolves_when_it_ends(
     assert f"`{stuck.run_id}`" in ended["text"] and "failed after" in ended["text"]
     assert "succeeded after" in ended["text"]
     assert not any(calls_anyone(e) for e in edits(slack))
-    assert len(posted_mentions(slack)) == 1
     clock.advance(60)
     rt.cycle()
     assert messages_mentioning(slack, "No stuck runs any more") == 1
+    # The stuck run that failed is a failure like any other: alerted once, as its own incident.
+    assert [m for m in posted_mentions(slack) if "worker died" in texts(m)]
+    assert len(posted_mentions(slack)) == 2
 
 
 def test_stuck_watching_costs_one_request_per_tenth_of_the_limit_when_nothing_is_stuck(
@@ -299,7 +301,9 @@ def test_stuck_watching_costs_one_request_per_tenth_of_the_limit_when_nothing_is
     now = int(clock.now)
     for i in range(60):
         dify.add_log(app, status="succeeded", at=now - 3000 + i * 100, error="")
-    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1800")
+    # A look-back of an hour: no band of runs leaves it within these cycles (that costs a request
+    # every quarter of the look-back, counted by test_poller).
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1800", WFLOGS_LOOKBACK="3600")
     rt.cycle()
     made = []
     for _ in range(9):

@@ -115,9 +115,17 @@ class FakeSlack:
     """The Slack fake. Use as a context manager; ``base_url`` goes to ``WebClient``."""
 
     def __init__(
-        self, *, token: str = BOT_TOKEN, channels: set[str] | None = None, app_token: str = APP_TOKEN
+        self,
+        *,
+        token: str = BOT_TOKEN,
+        channels: set[str] | None = None,
+        app_token: str = APP_TOKEN,
+        more_tokens: set[str] | None = None,
     ) -> None:
         self.token = token
+        # Other bot tokens accepted too: several processes of a test can each have their own, so
+        # that what each one wrote can be told apart (messages keep the token that posted them).
+        self.more_tokens = set(more_tokens or ())
         self.app_token = app_token
         # Channels that exist but the bot was never invited to (posts and uploads get not_in_channel).
         self.not_member: set[str] = set()
@@ -347,10 +355,11 @@ class FakeSlack:
             if kind == "error":
                 self._reply(handler, 200, {"ok": False, "error": value})
                 return
-        token = self.app_token if method == "apps.connections.open" else self.token
-        if headers.get("authorization") != f"Bearer {token}":
+        tokens = {self.app_token} if method == "apps.connections.open" else {self.token, *self.more_tokens}
+        if headers.get("authorization") not in {f"Bearer {t}" for t in tokens}:
             self._reply(handler, 200, {"ok": False, "error": "invalid_auth"})
             return
+        params["_by"] = headers.get("authorization", "").removeprefix("Bearer ")
         answer = self._method(method, params)
         hook = self.on_call
         if hook is not None:
@@ -401,6 +410,8 @@ class FakeSlack:
                         "reply_broadcast": str(p.get("reply_broadcast", "")).lower() in ("1", "true"),
                         "text": p.get("text"),
                         "blocks": p.get("blocks"),
+                        "by": p.get("_by"),  # the token that posted it
+                        "at": time.monotonic(),
                     }
                 )
             return {"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}}
@@ -424,6 +435,8 @@ class FakeSlack:
                             "filename": upload["filename"],
                             "content": upload["content"],
                             "comment": p.get("initial_comment"),
+                            "by": p.get("_by"),
+                            "at": time.monotonic(),
                         }
                     )
             return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
