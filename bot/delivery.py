@@ -168,7 +168,21 @@ class Deliverer:
             return result
 
     def _run_planned(self, channel: str, result: DeliveryResult) -> None:
-        result.posts += self.journal.run_planned(channel, self.handlers)
+        def refused(row: dict[str, Any], exc: SlackError) -> None:
+            if _stops_channel(exc):
+                raise exc
+            if self.store.tell_once(
+                f"refused:{channel}:{row['key']}:{exc.error}", str(exc), int(self._now())
+            ):
+                log.error(
+                    "Slack refused a %s for %s; the others go on (it is retried): %s",
+                    row.get("source") or "message",
+                    channel,
+                    exc,
+                )
+            result.refused[channel] = str(exc)
+
+        result.posts += self.journal.run_planned(channel, self.handlers, refused=refused)
 
     def _pass(self, result: DeliveryResult) -> None:
         now = int(self._now())

@@ -303,9 +303,17 @@ class Journal:
 
     # -- planned effects ------------------------------------------------------------------
 
-    def run_planned(self, channel: str, handlers: Mapping[str, Handler]) -> int:
+    def run_planned(
+        self,
+        channel: str,
+        handlers: Mapping[str, Handler],
+        *,
+        refused: Callable[[dict[str, Any], SlackError], None] | None = None,
+    ) -> int:
         """Send the channel's planned effects (digests, notices, uploads) in order; returns how
-        many were sent. An effect in the thread of another waits until that one is sent."""
+        many were sent. An effect in the thread of another waits until that one is sent. A
+        Slack error is raised, unless ``refused`` takes it (a refusal of that one message: the
+        others go on, and it is retried next time)."""
         sent = 0
         for row in effects.waiting(self.store, channel):
             thread_ts = row.get("thread_ts")
@@ -336,6 +344,12 @@ class Journal:
             handler = handlers.get(row["handler"]) if row.get("handler") else None
             args = row.get("handler_args") or {}
             record: Record | None = (lambda ts, h=handler, a=args: h(ts, a)) if handler else None
-            self.send(effect, record)
+            try:
+                self.send(effect, record)
+            except SlackError as exc:
+                if refused is None:
+                    raise
+                refused(row, exc)
+                continue
             sent += 1
         return sent

@@ -153,9 +153,11 @@ def waiting_count(store: Store) -> int:
 
 
 def prune(store: Store, older_than: int) -> None:
-    """Forget effects sent or refused before ``older_than``."""
+    """Forget effects sent or refused before ``older_than``, and those drawn at send time that were
+    left unsent that long (their intent went another way: a plan dissolved, a lease lost)."""
     store.execute(
-        "delete from effects where state in ('sent', 'refused') and coalesce(sent_at, created_at) < ?",
+        "delete from effects where (state in ('sent', 'refused') or payload is null) "
+        "and coalesce(sent_at, created_at) < ?",
         [older_than],
     )
 

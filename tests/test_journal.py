@@ -457,3 +457,20 @@ def test_a_dify_that_stops_answering_is_given_up_on_for_the_cycle(tmp_path, dify
     assert hanging <= len(apps) + 2
     dify.faults.clear()
     assert all(r.ok for r in rt.cycle().apps)  # the next cycle asks again
+
+
+def test_a_planned_message_slack_refuses_on_its_own_holds_up_nothing_else(tmp_path, dify, clock, slack):
+    first, second = dify.add_app("First"), dify.add_app("Second")
+    toml = f'[[apps]]\nname = "First"\napi_key = "{first.key}"\n\n[[apps]]\nname = "Second"\napi_key = "{second.key}"\n'
+    rt = build_runtime(make_settings(tmp_path, slack_env(slack), toml=toml), dify, clock)
+    for app in rt.settings.apps:
+        rt.store.digest_first_seen(app.id, int(clock.now) - 86400)
+    assert rt.digester.run_due(clock.now).posted == ["First", "Second"]
+    slack.fail("chat.postMessage", "error", "msg_too_long", times=2)  # the blocks, then the plain text
+    result = rt.deliver()
+    assert [m["text"].split(":")[0] for m in slack.posts()] == ["*📊 Second"]
+    assert "C0ALERTS" in result.refused and not result.errors
+    rt.deliver()  # retried: Slack takes it now
+    assert sorted(m["text"].split(":")[0] for m in slack.posts()) == ["*📊 First", "*📊 Second"]
+    rt.deliver()
+    assert len(slack.posts()) == 2
