@@ -138,12 +138,30 @@ def open_db(path: str, *, timeout: float = 30.0) -> sqlite_utils.Database:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         db = sqlite_utils.Database(conn)
         with db.ensure_autocommit_on():
+            # Two processes starting on a new file at once (a standby and its twin): the write lock
+            # first, so the second waits for the first instead of failing half-way.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("COMMIT")
             db.execute("PRAGMA journal_mode=WAL")
-        migrations.apply(db)
+        migrate(db)
         probe_write(db)
     except STORAGE_ERRORS as exc:
         raise describe(path, exc) from None
     return db
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    """Apply pending migrations under the write lock, all or none: processes that start together
+    on one file apply them once, one after the other (each migration is a savepoint)."""
+    with db.ensure_autocommit_on():
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(db)
+        except BaseException:
+            if db.conn.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def probe_write(db: sqlite_utils.Database) -> None:

@@ -147,3 +147,22 @@ def test_a_read_only_file_in_a_writable_directory_is_named_by_check(tmp_path: Pa
     line = _one_line(done.stderr)
     assert done.returncode == 1
     assert f"WFLOGS_DB={db} cannot be written (permission denied)" in line
+
+
+def test_processes_starting_together_on_a_new_database_all_open_it(tmp_path: Path):
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys; from storage.db import Store; Store.open(sys.argv[1]); print('ok')"
+    for trial in range(3):
+        path = tmp_path / f"new{trial}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(path)],
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        assert [o.strip() for o in outs] == ["ok"] * 4, outs

@@ -461,7 +461,7 @@ def test_a_dify_that_stops_answering_is_given_up_on_for_the_cycle(tmp_path, dify
 
 def test_a_planned_message_slack_refuses_on_its_own_holds_up_nothing_else(tmp_path, dify, clock, slack):
     first, second = dify.add_app("First"), dify.add_app("Second")
-    toml = f'[[apps]]\nname = "First"\napi_key = "{first.key}"\n\n[[apps]]\nname = "Second"\napi_key = "{second.key}"\n'
+    toml = "".join(f'[[apps]]\nname = "{a.name}"\napi_key = "{a.key}"\n\n' for a in (first, second))
     rt = build_runtime(make_settings(tmp_path, slack_env(slack), toml=toml), dify, clock)
     for app in rt.settings.apps:
         rt.store.digest_first_seen(app.id, int(clock.now) - 86400)
