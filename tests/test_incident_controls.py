@@ -359,3 +359,32 @@ def test_socket_mode_block_actions_are_acknowledged_and_recorded(b: Bench):
         handler.close()
     b.rt.deliver()
     assert "Acknowledged by <@U0CAROL>" in shown(b.parent())
+
+
+def test_an_app_muted_for_maintenance_hears_nothing_of_its_outage_until_the_mute_ends(b: Bench):
+    assert "Muted Support Bot for 1h" in b.command("mute app:support-bot 1h planned maintenance").text
+    b.rt.deliver()
+    for _ in range(15):  # Dify is down for the maintenance, past the 5-minute grace
+        b.clock.advance(60)
+        b.dify.fail_next(3, "502")
+        b.rt.cycle()
+    assert not any("cannot read" in m["text"] for m in b.slack.posts())
+    for _ in range(50):  # the mute ends while Dify is still down: now the channel hears it, once
+        b.clock.advance(60)
+        b.dify.fail_next(3, "502")
+        b.rt.cycle()
+    assert len([m for m in b.slack.posts() if "cannot read Support Bot" in m["text"]]) == 1
+    b.clock.advance(60)
+    b.rt.cycle()
+    assert len([m for m in b.slack.posts() if "can read Support Bot again" in m["text"]]) == 1
+
+
+def test_maintenance_that_ends_before_the_mute_leaves_no_trace(b: Bench):
+    b.command("mute app:support-bot 1h planned maintenance")
+    for _ in range(15):
+        b.clock.advance(60)
+        b.dify.fail_next(3, "502")
+        b.rt.cycle()
+    b.clock.advance(60)
+    b.rt.cycle()  # Dify is back, still within the mute
+    assert not any("read Support Bot" in m["text"] for m in b.slack.posts())

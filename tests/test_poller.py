@@ -614,3 +614,32 @@ def test_runs_leaving_the_look_back_cost_one_request_every_quarter_of_it_when_qu
         rt.cycle()
         made.append(len(dify.log_requests()) - before - 2)  # beyond the two counts of a quiet cycle
     assert made == [0, 0, 0, 0, 1] * 2  # a band of 300 s (a quarter of 1200) every fifth cycle
+
+
+def test_a_cannot_read_notice_is_closed_when_the_key_is_fixed_and_wflogs_restarted(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app("hr-bot")
+    wrong = "app-" + "w" * 20 + "RONG"
+    toml = '[[apps]]\nname = "hr-bot"\napi_key = "{key}"\nchannel = "C0HR"\n'
+    (tmp_path / "first").mkdir()
+    first = build_runtime(
+        make_settings(tmp_path / "first", slack_env(slack), toml=toml.format(key=wrong)), dify, clock
+    )
+    first.cycle()
+    (warning,) = slack.posts("C0HR")
+    assert "cannot read hr-bot" in warning["text"]
+    first.close()
+    clock.advance(600)
+    (tmp_path / "first" / "wflogs.toml").write_text(toml.format(key=app.key))  # fixed, then restarted
+    second = build_runtime(
+        make_settings(
+            tmp_path / "first", {**slack_env(slack), "WFLOGS_CONFIG": str(tmp_path / "first" / "wflogs.toml")}
+        ),
+        dify,
+        clock,
+    )
+    second.cycle()
+    second.cycle()
+    texts = [m["text"] for m in slack.posts("C0HR")]
+    assert len(texts) == 2 and "can read hr-bot again" in texts[1]
