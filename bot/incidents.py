@@ -25,6 +25,20 @@ DEFAULT_RESOLVE_AFTER = 1800
 SuccessCounter = Callable[[str, int, int], "int | None"]
 
 
+def end_mute(store: Store, mute: dict[str, Any], now: int, by: str | None) -> bool:
+    """End a mute (by a person, or None: its time ran out) and tell its thread or channel, in one
+    transaction; False when it had already ended."""
+    incidents = IncidentStore(store)
+    with store.transaction():
+        if not incidents.end_mute(int(mute["id"]), now, by):
+            return False
+        if mute.get("incident_id"):
+            incidents.add_event(int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(by), now)
+        else:
+            incidents.add_event(None, mute["channel"], ifmt.unmuted_text(by, mute["app_name"]), now)
+    return True
+
+
 class IncidentKeeper:
     """The life of incidents, evaluated once per cycle before delivery."""
 
@@ -53,17 +67,7 @@ class IncidentKeeper:
 
     def _expire_mutes(self, now: int) -> None:
         for mute in self.incidents.expired_mutes(now):
-            with self.store.transaction():
-                if not self.incidents.end_mute(int(mute["id"]), now, None):
-                    continue
-                if mute.get("incident_id"):
-                    self.incidents.add_event(
-                        int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(None), now
-                    )
-                else:
-                    self.incidents.add_event(
-                        None, mute["channel"], ifmt.unmuted_text(None, mute["app_name"]), now
-                    )
+            end_mute(self.store, mute, now, None)
 
     def _assign(self, now: int) -> None:
         groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
@@ -277,17 +281,8 @@ class IncidentActions:
         refusal = f"There is no mute number {mute_id} in force; `/wflogs mutes` lists them."
         if mute is None or (apps is not None and mute["app_id"] not in apps):
             return refusal
-        with self.store.transaction():
-            if not self.incidents.end_mute(mute_id, now, user):
-                return refusal
-            if mute.get("incident_id"):
-                self.incidents.add_event(
-                    int(mute["incident_id"]), mute["channel"], ifmt.unmuted_text(user), now
-                )
-            else:
-                self.incidents.add_event(
-                    None, mute["channel"], ifmt.unmuted_text(user, mute["app_name"]), now
-                )
+        if not end_mute(self.store, mute, now, user):
+            return refusal
         return f"Mute {mute_id} ended."
 
     def active_mutes(self, now: int) -> list[dict[str, Any]]:
