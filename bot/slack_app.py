@@ -62,6 +62,13 @@ def _user_of(body: dict[str, Any]) -> str | None:
     return body.get("user_id") or (body.get("user") or {}).get("id")
 
 
+def _name_of(body: dict[str, Any]) -> str | None:
+    """The clicker's (or command's) Slack name, as shown in replies: a name notifies nobody, where
+    ``<@U…>`` would ping the person who just clicked. None when Slack sent no name."""
+    user = body.get("user") or {}
+    return body.get("user_name") or user.get("name") or user.get("username") or None
+
+
 def similar_query(value: object, *, now: float) -> Query:
     """The search a "Similar runs" button asks for; its value (user-controlled) must be a run id."""
     run_id = check_run_id(value, "this button's run id")
@@ -246,7 +253,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             ack()
             _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
             return
-        actions, at, who = runtime.actions, int(now()), user or "someone"
+        actions, at, who = runtime.actions, int(now()), _name_of(body) or user or "someone"
         kind = action.get("action_id")
         try:
             if kind == ifmt.ACTION_MUTE:
@@ -294,6 +301,7 @@ def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Calla
     if refused:
         ack(*_note(refused))
         return True
+    user = _name_of(body) or user  # recorded and shown as a name that pings nobody
     at = int(now())
     # Like searches, mutes are seen and ended only where their app may be searched from.
     visible = {app.id for app in visible_apps(settings, channel)}
