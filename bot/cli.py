@@ -326,17 +326,18 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
     Exit 0 with an answer from every app, 1 when an app could not be searched (or has no
     such run), 2 when the query itself is wrong (with the usage line)."""
     from bot import search_format
-    from bot.query import USAGE, parse
+    from bot.query import parse
     from bot.search import find_run, search, targets_for
 
-    usage = USAGE.replace("/wflogs", "wflogs search")
+    # The error first, on its own line; the usage below it.
+    usage = f"{search_format.CLI_USAGE}\n(wflogs search help: statuses, times, examples)"
     try:
         query = parse(_search_text(args.words), now=time.time(), tz=settings.tz)
     except QueryError as exc:
-        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        err.write(f"wflogs: {strip_controls(str(exc))}\n{usage}\n")
         return 2
     if query.kind == "help":
-        out.write(usage + "\n")
+        out.write(search_format.cli_help() + "\n")
         return 0
     runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
     try:
@@ -351,7 +352,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         if not exc.usage:  # the query was right; the answer is no (an unknown run)
             err.write(f"wflogs: {strip_controls(str(exc))}\n")
             return 1
-        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        err.write(f"wflogs: {strip_controls(str(exc))}\n{usage}\n")
         return 2
     finally:
         runtime.close()
@@ -384,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search",
         help="search workflow runs like /wflogs does",
-        description="The /wflogs grammar, e.g.: wflogs search failed since:2h '\"timed out\"'",
+        description="The /wflogs grammar, e.g.: wflogs search failed since:2h '\"timed out\"'. "
+        "`wflogs search help` shows it all: statuses, times, filters, examples, exit codes.",
     )
     search.add_argument("words", nargs=argparse.REMAINDER, help="the query (wflogs search help)")
     return parser
@@ -396,6 +398,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "search" and [w.lower() for w in args.words] in (["help"], ["--help"], ["-h"]):
+        from bot.search_format import cli_help
+
+        out.write(cli_help() + "\n")  # help needs no configuration
+        return 0
     try:
         settings = load_settings()
     except WflogsError as exc:
