@@ -95,7 +95,10 @@ def open_store(path: str, *, timeout: float = 30.0) -> Store:
 def database_error(path: str, exc: BaseException) -> DatabaseError:
     """One line for a database that cannot be used: ``WFLOGS_DB``, the path, the problem, the fix."""
     problem = describe(path, exc)
-    return DatabaseError(f"WFLOGS_DB={path} {problem.problem}; {problem.fix}")
+    # "WFLOGS_DB=/x is a directory", "WFLOGS_DB=/x cannot be written"; a problem with its own subject
+    # follows a colon: "WFLOGS_DB=/x: the directory /y does not exist".
+    sep = " " if problem.problem.startswith(("is ", "cannot ")) else ": "
+    return DatabaseError(f"WFLOGS_DB={path}{sep}{problem.problem}; {problem.fix}")
 
 
 @dataclass
