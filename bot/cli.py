@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -81,6 +82,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     runtime = Runtime.build(settings, stream=out, dify_backoff=0.2)
     try:
         _check_instances(runtime, out)
+        _check_port(settings, out)
         for app in settings.apps:
             client = runtime.clients[app.id]
             try:
@@ -136,6 +138,31 @@ def _ago(seconds: float, since: str = "") -> str:
     return f"for {duration(int(seconds))}" if since else f"{duration(int(seconds))} ago"
 
 
+def _instance(owner: str) -> str:
+    """An instance id (``host:pid:namespace.tag``) in words: ``pid 16919 on vm-7``."""
+    parts = owner.split(":")
+    if len(parts) >= 3 and parts[1].isdigit():
+        return f"pid {parts[1]} on {':'.join(parts[:-2]) or parts[0]}"
+    return owner
+
+
+def _check_port(settings: Settings, out: TextIO) -> None:
+    """Whether ``wflogs run`` could listen on WFLOGS_HTTP_HOST:PORT (health, metrics, Slack's HTTP)."""
+    host, port = settings.http_host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            out.write(
+                f"! PORT {port} on {host} is in use ({exc.strerror or exc}): a running wflogs, or another "
+                "program; `wflogs run` needs it for /healthz (set PORT to a free one)\n"
+            )
+            return
+    out.write(f"✓ PORT {port} is free on {host} (health, metrics and Slack's HTTP requests)\n")
+
+
 def _check_instances(runtime: Runtime, out: TextIO) -> None:
     """Which ``wflogs run`` on this database is the active one (the lease), if any."""
     lease = view(runtime.store)
@@ -155,10 +182,13 @@ def _check_instances(runtime: Runtime, out: TextIO) -> None:
                 "give every wflogs on one database the same apps\n"
             )
     elif lease.expires_at <= 0:
-        out.write(f"  no instance is active: {lease.owner} stopped cleanly\n")
+        out.write(
+            f"  no instance is active: the last one ({_instance(lease.owner)}) stopped cleanly, "
+            f"{_ago(now - lease.renewed_at)} (its last sign of life)\n"
+        )
     else:
         out.write(
-            f"! no instance is active: the lease of {lease.owner} ran out "
+            f"! no instance is active: the lease of {_instance(lease.owner)} ran out "
             f"{duration(int(now - lease.expires_at))} ago (it stopped or lost the database); "
             f"a standby takes over within seconds\n"
         )

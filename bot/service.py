@@ -26,6 +26,7 @@ from bot.slack_app import build_app, events_handler
 from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
 from bot.socket_mode import SocketModeConnector
 from bot.systemd import Notifier
+from bot.text import strip_controls
 from storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,18 @@ def install_stop_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT set ``stop`` (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            # Only set a flag and log here: the main thread stops the jobs and hands the lease over.
+            log.info(
+                "%s received: stopping (finishing the message in flight, handing over the lease)",
+                signal.Signals(signum).name,
+            )
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
 
 def start_serving(
@@ -432,10 +443,17 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     scheduler.start()
     ops.systemd.send("READY=1")
     where = "Slack" if settings.slack_enabled else "this terminal"
+    # Names known without asking Dify (configured, or stored by an earlier run), else the key's label.
+    names = [
+        strip_controls(app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label)
+        for app in settings.apps
+    ]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     log.info(
-        "wflogs is watching %d app(s) every %ds; alerts go to %s",
-        len(settings.apps),
+        "wflogs is watching %s every %ds (%s); alerts go to %s",
+        "1 app" if len(names) == 1 else f"{len(names)} apps",
         settings.poll_interval,
+        shown,
         where,
     )
     try:

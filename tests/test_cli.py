@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -189,6 +190,12 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
     text = out_path.read_text()
     assert run.run_id in text
     assert code == 0 and "Traceback" not in text
+    # The start-up line names the apps (as configured or known, else by the key's label).
+    assert re.search(r"wflogs is watching 1 app every 60s \((Support Bot|app …\w+)\)", text), text
+    assert "SIGTERM received: stopping" in text  # a stop is never silent
+    # The cycle says what it queued for the delivery thread, not "0 runs delivered in 0 posts".
+    assert "cycle: 1 app, 1 new alert; 1 run queued for the delivery thread" in text, text
+    assert "0 runs delivered" not in text
 
 
 def test_sigterm_ends_poll_once_at_once_even_while_dify_is_slow(tmp_path, server):
