@@ -199,12 +199,23 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
     app.action(re.compile(r"^open_dify_"))(on_link)
 
 
+class _NoTokenNote(logging.Filter):
+    """Drops Bolt's "As you gave `client` as well, `token` will be unused": Bolt reads
+    SLACK_BOT_TOKEN from the environment itself, and the client wflogs gives it carries that token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
     """The Bolt app on the runtime's WebClient; makes no network call while being built."""
     settings = runtime.settings
     if runtime.web is None or not settings.slack_bot_token:
         raise ConfigError("serving /wflogs needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
     secret = settings.slack_signing_secret
+    bolt_log = logging.getLogger("slack_bolt.wflogs")
+    if not any(isinstance(f, _NoTokenNote) for f in bolt_log.filters):
+        bolt_log.addFilter(_NoTokenNote())
     app = App(
         client=runtime.web,  # carries the bot token and SLACK_API_URL
         # Given explicitly (even empty) so that Bolt does not read the environment itself.
@@ -212,7 +223,7 @@ def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
         request_verification_enabled=bool(secret),
         token_verification_enabled=False,
         process_before_response=False,
-        logger=logging.getLogger("slack_bolt.wflogs"),
+        logger=bolt_log,
     )
     register(app, runtime, now=now)
     register_incident_controls(app, runtime, now=now)
