@@ -19,3 +19,18 @@ def test_building_the_bolt_app_logs_no_token_will_be_unused_warning(
         build_app(rt)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [m for m in said if "will be unused" in m], said
+
+
+def test_a_rejected_dify_key_logs_an_error_once_then_a_reminder_at_most_every_few_minutes(
+    tmp_path, dify, clock, caplog
+):
+    rt = build_runtime(make_settings(tmp_path, {"DIFY_API_KEY": "app-wrongwrongwrong"}), dify, clock)
+    with caplog.at_level(logging.INFO):
+        for _ in range(10):  # ten cycles, a minute apart
+            rt.cycle()
+            clock.advance(60)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 3, errors  # once, then at most every 5 minutes (not every cycle)
+    assert all("rejected the API key" in m for m in errors)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) <= 3, warnings  # "cannot read the name" is not repeated every cycle either
