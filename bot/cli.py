@@ -122,7 +122,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 failures += _check_mentions(runtime, out)
             except SlackApiError as exc:
                 failures += 1
-                out.write(f"✗ Slack: {exc.response.get('error')}: check SLACK_BOT_TOKEN\n")
+                from bot.service import slack_token_line
+
+                out.write(f"✗ {slack_token_line(str(exc.response.get('error')))}\n")
             except (SlackClientError, OSError) as exc:
                 failures += 1
                 out.write(f"✗ Slack: cannot reach {settings.slack_api_url} ({type(exc).__name__})\n")

@@ -147,6 +147,24 @@ def test_check_says_when_the_slack_token_is_wrong(tmp_path, server):
     assert "xoxb-wrong-token-9999" not in done.stdout + done.stderr
 
 
+def test_run_stops_at_start_up_with_checks_line_when_slack_rejects_the_bot_token(tmp_path, server):
+    app = server.fake.add_app("Flow")
+    env = {
+        "DIFY_API_URL": server.url,
+        "DIFY_API_KEY": app.key,
+        "SLACK_BOT_TOKEN": "xoxb-wrong-token-9999",
+        "WFLOGS_ALERT_CHANNEL": "C0ALERTS",
+        "PORT": str(free_port()),
+    }
+    with FakeSlack(token="xoxb-the-right-one") as slack:
+        checked = wflogs(tmp_path, "check", SLACK_API_URL=slack.base_url, **env)
+        done = wflogs(tmp_path, "run", SLACK_API_URL=slack.base_url, **env)
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("✗ Slack"))
+    assert done.returncode == 1
+    assert line.removeprefix("✗ ") in done.stderr, done.stderr  # the same words as check
+    assert "xoxb-wrong-token-9999" not in done.stdout + done.stderr
+
+
 def test_sigkill_during_delivery_repeats_at_most_the_message_in_flight(tmp_path, server):
     app = server.fake.add_app("Support Bot")
     now = int(time.time())

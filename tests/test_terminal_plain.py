@@ -13,7 +13,9 @@ def test_an_incident_in_the_terminal_is_plain_text_with_wflogs_search_commands(t
     out = io.StringIO()
     rt = build_runtime(make_settings(tmp_path, {"DIFY_API_KEY": app.key}), dify, clock, stream=out)
     runs = [
-        dify.add_log(app, at=int(clock.now) - 30 + i, error=f"model *overloaded* after {i}s", session="user_7")  # noqa: E501
+        dify.add_log(
+            app, at=int(clock.now) - 30 + i, error=f"model *overloaded* after {i}s", session="user_7"
+        )
         for i in range(3)
     ]
     dify.add_log(app, at=int(clock.now) - 5, error="tool `search` failed", session="sess 9")
