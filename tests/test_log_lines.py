@@ -34,3 +34,22 @@ def test_a_rejected_dify_key_logs_an_error_once_then_a_reminder_at_most_every_fe
     assert all("rejected the API key" in m for m in errors)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) <= 3, warnings  # "cannot read the name" is not repeated every cycle either
+
+
+def test_a_bot_token_slack_rejects_logs_an_error_once_then_a_reminder_at_most_every_few_minutes(
+    tmp_path, dify, clock, caplog
+):
+    from tests.fakes.slack import FakeSlack
+
+    app = dify.add_app("Support Bot")
+    with FakeSlack(token="xoxb-the-right-one") as slack:
+        env = {"DIFY_API_KEY": app.key, **slack_env(slack), "SLACK_BOT_TOKEN": "xoxb-wrong-token-9999"}
+        rt = build_runtime(make_settings(tmp_path, env), dify, clock)
+        with caplog.at_level(logging.INFO):
+            for i in range(10):  # ten cycles a minute apart, each with a new failure waiting
+                dify.add_log(app, at=int(clock.now) - 5, error=f"error {i}")
+                rt.cycle()
+                clock.advance(60)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 3, errors
+    assert any("SLACK_BOT_TOKEN" in m for m in errors), errors
