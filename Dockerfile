@@ -9,13 +9,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.txt ./
 COPY bot ./bot
 COPY storage ./storage
-# A regular (not editable) install, then the installers themselves go: the runtime needs neither pip
-# nor setuptools (sqlite-utils lists pip only for its own `sqlite-utils install` command).
+# The locked versions (requirements.txt, checked against their hashes), then wflogs itself without
+# dependencies as a regular (not editable: /src is not in the runtime stage) install; then the installers
+# go: the runtime needs neither pip nor setuptools (sqlite-utils lists pip only for `sqlite-utils install`).
 RUN python3 -m venv /opt/wflogs \
- && /opt/wflogs/bin/python -m pip install . \
+ && /opt/wflogs/bin/python -m pip install --require-hashes -r requirements.txt \
+ && /opt/wflogs/bin/python -m pip install --no-deps . \
  && /opt/wflogs/bin/python -m pip uninstall -y -q pip setuptools \
  && /opt/wflogs/bin/wflogs --help >/dev/null
 

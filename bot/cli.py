@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -81,6 +82,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     runtime = Runtime.build(settings, stream=out, dify_backoff=0.2)
     try:
         _check_instances(runtime, out)
+        _check_port(settings, out)
         for app in settings.apps:
             client = runtime.clients[app.id]
             try:
@@ -120,7 +122,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 failures += _check_mentions(runtime, out)
             except SlackApiError as exc:
                 failures += 1
-                out.write(f"✗ Slack: {exc.response.get('error')}: check SLACK_BOT_TOKEN\n")
+                from bot.service import slack_token_line
+
+                out.write(f"✗ {slack_token_line(str(exc.response.get('error')))}\n")
             except (SlackClientError, OSError) as exc:
                 failures += 1
                 out.write(f"✗ Slack: cannot reach {settings.slack_api_url} ({type(exc).__name__})\n")
@@ -134,6 +138,31 @@ def _ago(seconds: float, since: str = "") -> str:
     if seconds < 1:
         return f"{since}just now"
     return f"for {duration(int(seconds))}" if since else f"{duration(int(seconds))} ago"
+
+
+def _instance(owner: str) -> str:
+    """An instance id (``host:pid:namespace.tag``) in words: ``pid 16919 on vm-7``."""
+    parts = owner.split(":")
+    if len(parts) >= 3 and parts[1].isdigit():
+        return f"pid {parts[1]} on {':'.join(parts[:-2]) or parts[0]}"
+    return owner
+
+
+def _check_port(settings: Settings, out: TextIO) -> None:
+    """Whether ``wflogs run`` could listen on WFLOGS_HTTP_HOST:PORT (health, metrics, Slack's HTTP)."""
+    host, port = settings.http_host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            out.write(
+                f"! PORT {port} on {host} is in use ({exc.strerror or exc}): a running wflogs, or another "
+                "program; `wflogs run` needs it for /healthz (set PORT to a free one)\n"
+            )
+            return
+    out.write(f"✓ PORT {port} is free on {host} (health, metrics and Slack's HTTP requests)\n")
 
 
 def _check_instances(runtime: Runtime, out: TextIO) -> None:
@@ -155,10 +184,13 @@ def _check_instances(runtime: Runtime, out: TextIO) -> None:
                 "give every wflogs on one database the same apps\n"
             )
     elif lease.expires_at <= 0:
-        out.write(f"  no instance is active: {lease.owner} stopped cleanly\n")
+        out.write(
+            f"  no instance is active: the last one ({_instance(lease.owner)}) stopped cleanly, "
+            f"{_ago(now - lease.renewed_at)} (its last sign of life)\n"
+        )
     else:
         out.write(
-            f"! no instance is active: the lease of {lease.owner} ran out "
+            f"! no instance is active: the lease of {_instance(lease.owner)} ran out "
             f"{duration(int(now - lease.expires_at))} ago (it stopped or lost the database); "
             f"a standby takes over within seconds\n"
         )
@@ -326,17 +358,18 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
     Exit 0 with an answer from every app, 1 when an app could not be searched (or has no
     such run), 2 when the query itself is wrong (with the usage line)."""
     from bot import search_format
-    from bot.query import USAGE, parse
+    from bot.query import parse
     from bot.search import find_run, search, targets_for
 
-    usage = USAGE.replace("/wflogs", "wflogs search")
+    # The error first, on its own line; the usage below it.
+    usage = f"{search_format.CLI_USAGE}\n(wflogs search help: statuses, times, examples)"
     try:
         query = parse(_search_text(args.words), now=time.time(), tz=settings.tz)
     except QueryError as exc:
-        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        err.write(f"wflogs: {strip_controls(str(exc))}\n{usage}\n")
         return 2
     if query.kind == "help":
-        out.write(usage + "\n")
+        out.write(search_format.cli_help() + "\n")
         return 0
     runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
     try:
@@ -351,7 +384,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         if not exc.usage:  # the query was right; the answer is no (an unknown run)
             err.write(f"wflogs: {strip_controls(str(exc))}\n")
             return 1
-        err.write(f"wflogs: {strip_controls(str(exc))}. {usage}\n")
+        err.write(f"wflogs: {strip_controls(str(exc))}\n{usage}\n")
         return 2
     finally:
         runtime.close()
@@ -384,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search",
         help="search workflow runs like /wflogs does",
-        description="The /wflogs grammar, e.g.: wflogs search failed since:2h '\"timed out\"'",
+        description="The /wflogs grammar, e.g.: wflogs search failed since:2h '\"timed out\"'. "
+        "`wflogs search help` shows it all: statuses, times, filters, examples, exit codes.",
     )
     search.add_argument("words", nargs=argparse.REMAINDER, help="the query (wflogs search help)")
     return parser
@@ -396,6 +430,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "search" and [w.lower() for w in args.words] in (["help"], ["--help"], ["-h"]):
+        from bot.search_format import cli_help
+
+        out.write(cli_help() + "\n")  # help needs no configuration
+        return 0
     try:
         settings = load_settings()
     except WflogsError as exc:

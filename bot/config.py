@@ -191,7 +191,7 @@ def _channel(value: Any, where: str) -> str | None:
         return None
     if not isinstance(value, str) or not _CHANNEL_RE.match(value.strip()):
         raise ConfigError(
-            f"{where} = {value!r} is not a Slack channel ID; use the ID (like C0123ABCD) "
+            f"{where}={value!r} is not a Slack channel ID; use the ID (like C0123ABCD) "
             "from the channel's details, not its name"
         )
     return value.strip()
@@ -517,7 +517,7 @@ def _watch_seconds(value: Any, where: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where} must be a whole number of seconds, not {value!r}")
     if value < minimum:
-        raise ConfigError(f"{where} = {value} is too small; use {minimum} or more (0 turns it off)")
+        raise ConfigError(f"{where}={value} is too small; use {minimum} or more (0 turns it off)")
     return value
 
 
@@ -553,7 +553,7 @@ def _watch_app_fields(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if "stuck_after" in raw:
         out["stuck_after"] = _watch_seconds(raw["stuck_after"], f"{where}: stuck_after", minimum=0)
         if 0 < out["stuck_after"] < 60:
-            raise ConfigError(f"{where}: stuck_after = {out['stuck_after']} is too small; use 60 or more")
+            raise ConfigError(f"{where}: stuck_after={out['stuck_after']} is too small; use 60 or more")
     return out
 
 

@@ -468,10 +468,15 @@ class Deliverer:
         return ts
 
     def _with_previous_link(self, incident: dict[str, Any]) -> dict[str, Any]:
-        """For an incident that is back: a link to the previous incident's thread (best effort)."""
-        if not incident.get("previous_id") or incident.get("previous_link"):
+        """For an incident that is back: when the previous one resolved, and a link to its thread (best
+        effort: without one the message still says the error is back)."""
+        if not incident.get("previous_id"):
             return incident
         previous = self.incidents.get(int(incident["previous_id"]))
+        if previous:
+            incident = {**incident, "previous_at": previous.get("resolved_at") or previous.get("opened_at")}
+        if incident.get("previous_link"):
+            return incident
         if not previous or not (previous.get("parent_ts") or previous.get("thread_ts")):
             return incident
         try:
@@ -485,6 +490,13 @@ class Deliverer:
             self.incidents.set_previous_link(int(incident["id"]), link)
             incident = {**incident, "previous_link": link}
         return incident
+
+    def _previous_at(self, incident: dict[str, Any]) -> dict[str, Any]:
+        """The incident with when its previous one (if it is back) resolved, for the "back" line."""
+        if not incident.get("previous_id"):
+            return incident
+        previous = self.incidents.get(int(incident["previous_id"])) or {}
+        return {**incident, "previous_at": previous.get("resolved_at") or previous.get("opened_at")}
 
     def _mute(self, incident: dict[str, Any], now: int) -> dict[str, Any] | None:
         mute = self.incidents.mute_for(incident["app_id"], int(incident["id"]), now)
@@ -557,7 +569,7 @@ class Deliverer:
         if self.signals is not None and self.signals.shows_signal(incident):
             text, blocks = self.signals.render(incident, controls=self.controls, now=now)
         else:
-            view = ifmt.Incident.from_row(incident, self._mute(incident, now))
+            view = ifmt.Incident.from_row(self._previous_at(incident), self._mute(incident, now))
             text, blocks = ifmt.edit(view, incident.get("parent_body"), with_controls=self.controls, now=now)
         incident_id = int(incident["id"])
         shown = int(incident["dirty"] or 0)

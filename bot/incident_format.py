@@ -4,15 +4,25 @@ lines ``/wflogs mutes`` shows (pure: data in, Block Kit + fallback text out)."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from bot import alert_format as fmt
-from bot.blocks import ACTION_SIMILAR, Block, actions, button, context, fit, header, section, similar_button
+from bot.blocks import (
+    ACTION_SIMILAR,
+    Block,
+    actions,
+    button,
+    code_block,
+    context,
+    fit,
+    header,
+    section,
+    similar_button,
+)
 from bot.records import Alert
-from bot.text import clock, duration, escape, escape_cut, one_line, plural
+from bot.text import clock, escape, escape_cut, one_line, plural, span
 
 ACTION_ACK = "incident_ack"
 ACTION_MUTE = "incident_mute"
@@ -25,7 +35,6 @@ MUTE_CHOICES: tuple[tuple[str, int | None], ...] = (
     ("7 days", 7 * 86400),
     ("until resolved", None),
 )
-_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ class Incident:
     successes: int | None = None
     console_url: str | None = None
     previous_link: str | None = None
+    previous_id: int | None = None
+    previous_at: int | None = None  # when the previous incident of this error resolved (or opened)
     muted_until: int | None = None  # set with ``muted``; None while muted means "until resolved"
     muted: bool = False
     muted_by: str | None = None
@@ -76,6 +87,8 @@ class Incident:
             successes=row.get("successes"),
             console_url=row.get("console_url") or None,
             previous_link=row.get("previous_link") or None,
+            previous_id=row.get("previous_id"),
+            previous_at=row.get("previous_at"),
             muted_until=(mute or {}).get("until"),
             muted=mute is not None,
             muted_by=(mute or {}).get("by_user"),
@@ -87,10 +100,24 @@ class Incident:
 
 
 def who(user: str | None) -> str:
-    """A Slack member as a mention when it is a member ID, else as escaped text."""
+    """Who did something, as text that notifies nobody: the name stored at the click (or the member ID
+    an earlier version stored), never a ``<@U…>`` mention."""
     if not user:
         return "wflogs"
-    return f"<@{user}>" if _USER.match(user) else escape(user)
+    return escape(user)
+
+
+def failed_for(inc: Incident) -> str:
+    """How long the error failed: from its first failure to its last (the runs' own times)."""
+    if inc.first_seen and inc.last_seen and inc.last_seen > inc.first_seen:
+        return f"failed for {span(inc.last_seen - inc.first_seen)}"
+    return "failed once" if inc.runs <= 1 else "failed within a second"
+
+
+def quiet_for(inc: Incident) -> str:
+    """How long it had been quiet when it resolved (from its last failure)."""
+    since = inc.last_seen or inc.opened_at
+    return f"quiet for {span(max(0, (inc.resolved_at or since) - since))}"
 
 
 def _title(inc: Incident) -> str:
@@ -105,14 +132,13 @@ def state_line(inc: Incident, now: int) -> str:
     """The incident's running state: totals, first and last seen, and who did what."""
     parts = [plural(inc.runs, "run"), plural(inc.sessions, "session") + " affected"]
     if inc.first_seen:
-        parts.append(f"first {clock(inc.first_seen)}")
+        parts.append(f"first failure {clock(inc.first_seen)}")
     if inc.last_seen and inc.last_seen != inc.first_seen:
         parts.append(f"last {clock(inc.last_seen)}")
     line = " · ".join(parts)
     if inc.resolved and inc.resolved_at:
-        lasted = duration(inc.resolved_at - inc.opened_at)
-        by = f" by {who(inc.resolved_by)}" if inc.resolved_by else " (quiet since the last failure)"
-        line = f"*Resolved* {clock(inc.resolved_at)}{by}, after {lasted} · " + line
+        by = f" by {who(inc.resolved_by)}" if inc.resolved_by else ""
+        line = f"*Resolved* {clock(inc.resolved_at)}{by}: {failed_for(inc)}, then {quiet_for(inc)} · " + line
         if inc.successes:
             line += f" · {plural(inc.successes, 'successful run')} since the last failure"
     else:
@@ -166,9 +192,40 @@ def _actions(inc: Incident, *, with_controls: bool) -> list[Block]:
 
 
 def _back_line(inc: Incident) -> list[Block]:
-    if not inc.previous_link:
+    if not (inc.previous_link or inc.previous_id):
         return []
-    return [context(f"🔁 This error is back; <{inc.previous_link}|the previous incident's thread>.")]
+    when = f"the previous one was resolved {clock(inc.previous_at)}" if inc.previous_at else ""
+    if inc.previous_link:
+        thread = f"<{inc.previous_link}|the previous incident's thread>"
+        said = f"{when} ({thread})" if when else thread
+        return [context(f"🔁 This error is back; {said}.")]
+    return [context(f"🔁 This error is back; {when}." if when else "🔁 This error is back.")]
+
+
+def _error_section(inc: Incident) -> Block:
+    """The incident's error, as of its latest run (the parent shows it anew on every edit)."""
+    error = code_block(inc.error or "(Dify gave no error message)", 1500)
+    if inc.runs > 1:
+        return section(f"Latest error (numbers, ids and quoted values vary between runs):\n{error}")
+    return section(error)
+
+
+def _kept(blocks: Sequence[Block]) -> list[Block]:
+    """The part of a first post that stays true: not its error (drawn anew) nor the counts, sessions
+    and times of its first runs (the state line has them, current). Also cleans bodies stored by
+    earlier versions."""
+    out = []
+    for block in blocks:
+        if block.get("type") == "actions":
+            continue
+        text = str((block.get("text") or {}).get("text") or "")
+        if block.get("type") == "section" and (text.startswith("```") or " with this error (" in text):
+            continue
+        labels = [str(f.get("text") or "") for f in block.get("fields") or []]
+        if any(label.startswith(("*Sessions affected*", "*Between*")) for label in labels):
+            continue
+        out.append(block)
+    return out
 
 
 def parent(
@@ -183,11 +240,11 @@ def parent(
         listed = 1
     else:
         text, blocks, listed = fmt.group(alerts, rest_in=rest_in)
-    body = [b for b in blocks[1:] if b.get("type") != "actions"]
+    body = _kept(blocks[1:])
     run_id = alerts[0].entry.run_id if alerts else None
     inc = replace(inc, sample_run=run_id)
     out = _compose(inc, body, with_controls=with_controls, now=now)
-    if inc.previous_link:
+    if inc.previous_link or inc.previous_id:
         text = f"Back again: {text}"
     return text, out, listed, json.dumps({"blocks": body, "run": run_id})
 
@@ -202,7 +259,7 @@ def _stored_body(body_json: str | None) -> tuple[list[Block], str | None]:
 
 
 def _compose(inc: Incident, body: list[Block], *, with_controls: bool, now: int) -> list[Block]:
-    head = [header(_title(inc)), *_back_line(inc)]
+    head = [header(_title(inc)), *_back_line(inc), _error_section(inc)]
     tail = [context(state_line(inc, now)), *_actions(inc, with_controls=with_controls)]
     blocks = fit(head + body + tail)
     if blocks[-len(tail) :] != tail:
@@ -214,6 +271,7 @@ def _compose(inc: Incident, body: list[Block], *, with_controls: bool, now: int)
 def edit(inc: Incident, body_json: str | None, *, with_controls: bool, now: int) -> tuple[str, list[Block]]:
     """The parent as it should look now (its first body kept), and a one-line text of the state."""
     body, run_id = _stored_body(body_json)
+    body = _kept(body)
     if run_id and not inc.sample_run:
         inc = replace(inc, sample_run=run_id)
     return line(inc, now), _compose(inc, body, with_controls=with_controls, now=now)
@@ -225,7 +283,7 @@ def line(inc: Incident, now: int) -> str:
     if inc.resolved and inc.resolved_at:
         extra = f", {plural(inc.successes, 'successful run')} since" if inc.successes else ""
         return (
-            f"✅ {escape(inc.app_name)}: resolved after {duration(inc.resolved_at - inc.opened_at)} "
+            f"✅ {escape(inc.app_name)}: resolved: {failed_for(inc)}, then {quiet_for(inc)} "
             f"({plural(inc.runs, 'run')}{extra}): {error}"
         )
     bits = [f"{fmt.STATUS_EMOJI.get(inc.status, '🔴')} {escape(inc.app_name)}: still failing: "]
@@ -261,9 +319,8 @@ def unmuted_text(user: str | None, app_name: str | None = None) -> str:
 
 
 def resolved_text(inc: Incident) -> str:
-    lasted = duration((inc.resolved_at or 0) - inc.opened_at)
     by = f" by {who(inc.resolved_by)}" if inc.resolved_by else ""
-    text = f"✅ Resolved{by} after {lasted}: {plural(inc.runs, 'run')} in all."
+    text = f"✅ Resolved{by}: {failed_for(inc)}, then {quiet_for(inc)}; {plural(inc.runs, 'run')} in all."
     if inc.successes:
         text += f" {plural(inc.successes, 'successful run')} since the last failure."
     return text + " A new failure of this kind opens a new incident."

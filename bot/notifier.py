@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import sys
 import threading
 import time
@@ -149,22 +150,63 @@ class TerminalSink:
 
 
 def _plain(blocks: list[Block]) -> str:
-    """A readable terminal rendering of blocks."""
+    """A readable terminal rendering of blocks: plain text, no Slack markup."""
     lines: list[str] = []
     for block in blocks:
         kind = block.get("type")
-        if kind in {"header", "section"} and "text" in block:
+        if kind == "header" and "text" in block:
             lines.append(_unescape(block["text"]["text"]))
+        if kind == "section" and "text" in block:
+            lines.append(plain_text(block["text"]["text"]))
         if kind == "section" and "fields" in block:
             for item in block["fields"]:
-                lines.append(_unescape(item["text"]).replace("\n", ": ", 1))
+                lines.append(plain_text(item["text"]).replace("\n", ": ", 1))
         if kind == "context":
-            lines.extend(_unescape(el.get("text", "")) for el in block["elements"])
+            lines.extend(plain_text(el.get("text", "")) for el in block["elements"])
         if kind == "actions":
             for el in block["elements"]:
                 if el.get("url"):
                     lines.append(f"{el['text']['text']}: {el['url']}")
     return "\n".join(line for line in lines if line)
+
+
+_CODE_BLOCK = re.compile(r"```(.*?)```", re.S)
+_SLASH = re.compile(r"`/wflogs (session|run) ([^`]+)`")
+_LINK = re.compile(r"<(https?://[^|>]+)(?:\|([^>]*))?>")
+_BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
+_INLINE = re.compile(r"`([^`\n]*)`")
+
+
+def _slash_to_cli(match: re.Match[str]) -> str:
+    """A ``/wflogs session X`` or ``/wflogs run X`` hint as the terminal's own command."""
+    value = _unescape(match.group(2))
+    return f"wflogs search {match.group(1)}:{shlex.quote(value)}"
+
+
+def plain_text(mrkdwn: str) -> str:
+    """Slack mrkdwn as plain terminal text: code blocks become indented lines (their text kept as it
+    is), bold and inline-code marks go, links show their address, and ``/wflogs`` hints become
+    ``wflogs search`` commands."""
+    out: list[str] = []
+    last = 0
+    for block in _CODE_BLOCK.finditer(mrkdwn):
+        out.append(_plain_inline(mrkdwn[last : block.start()]))
+        code = _unescape(block.group(1).replace("ʼʼʼ", "```")).strip("\n")
+        indented = "\n".join("    " + line for line in code.splitlines() or [""])
+        before = "".join(out)
+        out.append(("\n" if before and not before.endswith("\n") else "") + indented)
+        last = block.end()
+    out.append(_plain_inline(mrkdwn[last:]))
+    return "".join(out)
+
+
+def _plain_inline(text: str) -> str:
+    text = _SLASH.sub(lambda m: "\0" + _slash_to_cli(m) + "\0", text)
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
+    text = _BOLD.sub(r"\1", text)
+    parts = text.split("\0")  # the commands made above keep their quotes and backticks
+    parts[::2] = [_INLINE.sub(r"\1", part) for part in parts[::2]]
+    return _unescape("".join(parts))
 
 
 def _unescape(text: str) -> str:

@@ -57,11 +57,13 @@ from typing import Any
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyError, DifyNotFound, WflogsError
+from bot.logs import Reminder
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import StorageError, Store
 
 log = logging.getLogger(__name__)
+REMIND_EVERY = 300  # seconds between log lines about the same lasting failure
 
 ALERT_STATUSES = ("failed", "stopped")
 PARTIAL = "partial-succeeded"
@@ -217,6 +219,8 @@ class Poller:
         self.clients = clients
         self._now = now
         self._names: dict[str, str] = {}
+        # A lasting failure (a rejected key, Dify down) is logged once, then at most every few minutes.
+        self._remind = Reminder(REMIND_EVERY, now=now)
         self._parallel = max(1, parallel)
         # Every log request of every app shares this bound (apps poll concurrently).
         self._in_flight = threading.BoundedSemaphore(max(1, settings.concurrency))
@@ -232,7 +236,8 @@ class Poller:
         try:
             info = self.clients[app.id].info()
         except DifyError as exc:
-            log.warning("cannot read the name of %s yet: %s", app.label, exc)
+            if self._remind.due(f"name:{app.id}"):
+                log.warning("cannot read the name of %s yet: %s", app.label, exc)
             stored = (self.store.app_state(app.id) or {}).get("name")
             if stored:
                 # Known from an earlier run: use it for the rest of this process rather than
@@ -294,7 +299,7 @@ class Poller:
             except DifyError as exc:
                 # Asked again next cycle, before anything is backfilled.
                 result.ok, result.error = False, str(exc)
-                log.error("polling %s failed: %s", name, exc)
+                self._failed(app, name, exc)
                 result.requests = client.requests - before_requests
                 return result
         if state.get("checked_until") is None:
@@ -329,13 +334,15 @@ class Poller:
             result.ok = False
             result.error = str(error)
             self.store.update_app_state(app.id, last_error=str(error))
-            log.error("polling %s failed: %s", name, error)
+            self._failed(app, name, error)
         elif notes:
             # Not an outage: what was found is alerted, the cursor waits, the next cycle goes on.
             result.incomplete = "; ".join(notes)
             self.store.update_app_state(app.id, last_ok=now, last_error=None)
             log.warning("%s: %s", name, result.incomplete)
         else:
+            if self._remind.clear(f"poll:{app.id}"):
+                log.info("polling %s works again", name)
             edge = before - self.settings.lookback  # the window's start from now on
             try:
                 result.new_alerts += self._follow_long_runs(client, app, name, edge, alert_from, state)
@@ -349,6 +356,15 @@ class Poller:
                 self.store.prune_seen(app.id, min(edge, int(marked) + 1) if marked is not None else edge)
         result.requests = client.requests - before_requests
         return result
+
+    def _failed(self, app: AppConfig, name: str, error: Exception) -> None:
+        """ERROR the first time; while the same app keeps failing, a reminder every REMIND_EVERY s."""
+        if self._remind.due(f"poll:{app.id}"):
+            log.error(
+                "polling %s failed: %s (said again every %ds while it lasts)", name, error, REMIND_EVERY
+            )
+        else:
+            log.debug("polling %s failed: %s", name, error)
 
     # -- runs that outlive the look-back -------------------------------------------------------
 

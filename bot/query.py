@@ -36,7 +36,7 @@ from bot.errors import QueryError
 from bot.text import strip_controls
 
 USAGE = (
-    "Usage: /wflogs [failed|stopped|succeeded|partial|running] [since:2h] [before:WHEN] "
+    "Usage: /wflogs [failed|stopped|succeeded|partial|running|paused] [since:2h] [before:WHEN] "
     '[app:NAME] [session:ID] [account:EMAIL] ["search text" | error:TEXT | similar:RUN_ID] '
     "[page:N] [limit:N]  ·  /wflogs run RUN_ID  ·  /wflogs help"
 )

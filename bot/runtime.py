@@ -23,6 +23,7 @@ from bot.journal import Fence, Journal
 from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
+from bot.text import plural
 from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
 from storage import STORAGE_ERRORS, Store, describe
 from storage.db import open_incidents_count, pending_by_status
@@ -95,7 +96,10 @@ def open_store(path: str, *, timeout: float = 30.0) -> Store:
 def database_error(path: str, exc: BaseException) -> DatabaseError:
     """One line for a database that cannot be used: ``WFLOGS_DB``, the path, the problem, the fix."""
     problem = describe(path, exc)
-    return DatabaseError(f"WFLOGS_DB={path} {problem.problem}; {problem.fix}")
+    # "WFLOGS_DB=/x is a directory", "WFLOGS_DB=/x cannot be written"; a problem with its own subject
+    # follows a colon: "WFLOGS_DB=/x: the directory /y does not exist".
+    sep = " " if problem.problem.startswith(("is ", "cannot ")) else ": "
+    return DatabaseError(f"WFLOGS_DB={path}{sep}{problem.problem}; {problem.fix}")
 
 
 @dataclass
@@ -253,16 +257,29 @@ class Runtime:
         problems += self._watch_problems(self.last_watch)
         report = CycleReport(apps, delivery, seconds, problems, watch=self.last_watch)
         self._observe_cycle(report)
-        log.info(
-            "cycle: %d apps, %d new alerts, %d runs delivered in %d posts and %d edits, %.1fs%s",
-            len(apps),
-            sum(r.new_alerts for r in apps),
-            delivery.runs_delivered,
-            delivery.posts,
-            delivery.edits,
-            report.seconds,
-            f", {len(problems)} problems" if problems else "",
-        )
+        new = sum(r.new_alerts for r in apps)
+        head = f"cycle: {plural(len(apps), 'app')}, {plural(new, 'new alert')}"
+        trouble = f", {plural(len(problems), 'problem')}" if problems else ""
+        if self.deliver_in_cycle:
+            log.info(
+                "%s, %s delivered in %s and %s, %.1fs%s",
+                head,
+                plural(delivery.runs_delivered, "run"),
+                plural(delivery.posts, "post"),
+                plural(delivery.edits, "edit"),
+                report.seconds,
+                trouble,
+            )
+        else:
+            # `wflogs run`: the delivery thread sends them (and logs what it delivered).
+            waiting = sum(pending_by_status(self.store).values())
+            log.info(
+                "%s; %s queued for the delivery thread, %.1fs%s",
+                head,
+                plural(waiting, "run"),
+                report.seconds,
+                trouble,
+            )
         return report
 
     def _watch(self, apps: list[AppResult]) -> WatchReport | None:

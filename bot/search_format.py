@@ -391,6 +391,47 @@ def help_message() -> tuple[str, list[Block]]:
     return f"How to use /wflogs: {usage}", blocks
 
 
+CLI_USAGE = (
+    "Usage: wflogs search [failed|stopped|succeeded|partial|running|paused] [since:WHEN] [before:WHEN]\n"
+    "                     [app:NAME] [session:ID] [account:EMAIL]\n"
+    '                     ["search text" | error:TEXT | similar:RUN_ID] [page:N] [limit:N]\n'
+    "       wflogs search run RUN_ID\n"
+    "       wflogs search help"
+)
+
+
+def cli_help() -> str:
+    """``wflogs search help``: the grammar, examples and exit codes, as plain text."""
+    return "\n".join(
+        [
+            CLI_USAGE,
+            "",
+            "Searches every configured app's workflow runs, newest first, as Slack's slash command does.",
+            "",
+            "Statuses: failed, stopped, succeeded, partial (partial-succeeded), running, paused.",
+            "WHEN: 30m, 2h, 1h30m, 3d, 1w, today, yesterday, 2026-11-17, 2026-11-17T09:30",
+            "  (WFLOGS_TIMEZONE unless it says otherwise).",
+            "Search text matches inputs, outputs and session (through Dify) and the error;",
+            "  error:TEXT matches errors only; quote text with spaces: '\"timed out\"'.",
+            f"similar:RUN_ID runs whose error has that run's shape (the last {SIMILAR_DAYS} days",
+            "  unless since: says otherwise), with a count per day.",
+            "page:N and limit:N page through many runs.",
+            "",
+            "Examples:",
+            "  wflogs search failed since:2h",
+            "  wflogs search session:user_workflow_123",
+            "  wflogs search '\"rate limit\"' since:1d",
+            "  wflogs search error:'\"timed out\"' stopped since:yesterday",
+            "  wflogs search similar:3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b",
+            "  wflogs search partial app:support-bot since:1d",
+            "  wflogs search run 3f2b9c4e-1d2a-4b6f-9e1a-0c4d5e6f7a8b",
+            "",
+            "Exit status: 0 answered; 1 an app could not be searched or the run was not found",
+            "(why on stderr); 2 the query is wrong (the error, then the usage).",
+        ]
+    )
+
+
 def refusal(message: str, channels: Sequence[str] = ()) -> tuple[str, list[Block]]:
     """A polite no (access control), pointing to up to five ``channels`` where the command works."""
     text = f"🔒 {escape(message)}"

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
+from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.config import Settings
 from bot.digest import Digester
@@ -24,8 +25,9 @@ from bot.ops_http import EVENTS_PATH, HEALTH_PATH, METRICS_PATH, OpsServer, Proc
 from bot.runtime import CycleReport, Runtime, database_error
 from bot.slack_app import build_app, events_handler
 from bot.socket_mode import FIRST_DELAY as SOCKET_FIRST_DELAY
-from bot.socket_mode import SocketModeConnector
+from bot.socket_mode import TOKEN_ERRORS, SocketModeConnector
 from bot.systemd import Notifier
+from bot.text import strip_controls
 from storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -338,8 +340,18 @@ def install_stop_signals(stop: threading.Event) -> None:
     """SIGTERM and SIGINT set ``stop`` (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            # Only set a flag and log here: the main thread stops the jobs and hands the lease over.
+            log.info(
+                "%s received: stopping (finishing the message in flight, handing over the lease)",
+                signal.Signals(signum).name,
+            )
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
 
 def start_serving(
@@ -401,12 +413,39 @@ def _listen_fix(exc: OSError) -> str:
     return "set PORT to a free port (each wflogs on one host needs its own)"
 
 
+def slack_token_line(error: str) -> str:
+    """What ``wflogs check`` prints (after its ✗) and ``wflogs run`` stops with when Slack refuses the
+    bot token."""
+    return f"Slack: {error}: check SLACK_BOT_TOKEN"
+
+
+def refuse_rejected_token(runtime: Runtime) -> None:
+    """Stop at start-up when Slack rejects the bot token (it would fail every post, forever); a Slack
+    that cannot be reached now is not a reason: delivery waits for it."""
+    if runtime.web is None:
+        return
+    try:
+        runtime.web.auth_test()
+    except SlackApiError as exc:
+        error = str(exc.response.get("error") or "")
+        if error in TOKEN_ERRORS:
+            raise ConfigError(slack_token_line(error))
+        log.warning("Slack auth.test failed at start-up: %s; going on", error)
+    except (SlackClientError, OSError) as exc:
+        log.warning("Slack cannot be reached at start-up (%s); alerts wait for it", type(exc).__name__)
+
+
 def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = None) -> int:
     """Serve health and metrics, take part in the lease, poll (when active) and serve /wflogs, until
     ``stop`` is set (SIGTERM/SIGINT)."""
     stop = stop or threading.Event()
     install_stop_signals(stop)
     runtime = Runtime.build(settings, stream=out)
+    try:
+        refuse_rejected_token(runtime)
+    except WflogsError:
+        runtime.close()
+        raise
     for warning in settings.warnings:
         log.warning("%s", warning)
     ops = Operations(runtime)
@@ -432,10 +471,17 @@ def serve(settings: Settings, *, out: TextIO, stop: threading.Event | None = Non
     scheduler.start()
     ops.systemd.send("READY=1")
     where = "Slack" if settings.slack_enabled else "this terminal"
+    # Names known without asking Dify (configured, or stored by an earlier run), else the key's label.
+    names = [
+        strip_controls(app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label)
+        for app in settings.apps
+    ]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
     log.info(
-        "wflogs is watching %d app(s) every %ds; alerts go to %s",
-        len(settings.apps),
+        "wflogs is watching %s every %ds (%s); alerts go to %s",
+        "1 app" if len(names) == 1 else f"{len(names)} apps",
         settings.poll_interval,
+        shown,
         where,
     )
     try:

@@ -62,6 +62,13 @@ def _user_of(body: dict[str, Any]) -> str | None:
     return body.get("user_id") or (body.get("user") or {}).get("id")
 
 
+def _name_of(body: dict[str, Any]) -> str | None:
+    """The clicker's (or command's) Slack name, as shown in replies: a name notifies nobody, where
+    ``<@U…>`` would ping the person who just clicked. None when Slack sent no name."""
+    user = body.get("user") or {}
+    return body.get("user_name") or user.get("name") or user.get("username") or None
+
+
 def similar_query(value: object, *, now: float) -> Query:
     """The search a "Similar runs" button asks for; its value (user-controlled) must be a run id."""
     run_id = check_run_id(value, "this button's run id")
@@ -192,12 +199,23 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
     app.action(re.compile(r"^open_dify_"))(on_link)
 
 
+class _NoTokenNote(logging.Filter):
+    """Drops Bolt's "As you gave `client` as well, `token` will be unused": Bolt reads
+    SLACK_BOT_TOKEN from the environment itself, and the client wflogs gives it carries that token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
     """The Bolt app on the runtime's WebClient; makes no network call while being built."""
     settings = runtime.settings
     if runtime.web is None or not settings.slack_bot_token:
         raise ConfigError("serving /wflogs needs SLACK_BOT_TOKEN (the bot token, xoxb-...)")
     secret = settings.slack_signing_secret
+    bolt_log = logging.getLogger("slack_bolt.wflogs")
+    if not any(isinstance(f, _NoTokenNote) for f in bolt_log.filters):
+        bolt_log.addFilter(_NoTokenNote())
     app = App(
         client=runtime.web,  # carries the bot token and SLACK_API_URL
         # Given explicitly (even empty) so that Bolt does not read the environment itself.
@@ -205,7 +223,7 @@ def build_app(runtime: Runtime, *, now: Callable[[], float] = time.time) -> App:
         request_verification_enabled=bool(secret),
         token_verification_enabled=False,
         process_before_response=False,
-        logger=logging.getLogger("slack_bolt.wflogs"),
+        logger=bolt_log,
     )
     register(app, runtime, now=now)
     register_incident_controls(app, runtime, now=now)
@@ -246,7 +264,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             ack()
             _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
             return
-        actions, at, who = runtime.actions, int(now()), user or "someone"
+        actions, at, who = runtime.actions, int(now()), _name_of(body) or user or "someone"
         kind = action.get("action_id")
         try:
             if kind == ifmt.ACTION_MUTE:
@@ -294,6 +312,7 @@ def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Calla
     if refused:
         ack(*_note(refused))
         return True
+    user = _name_of(body) or user  # recorded and shown as a name that pings nobody
     at = int(now())
     # Like searches, mutes are seen and ended only where their app may be searched from.
     visible = {app.id for app in visible_apps(settings, channel)}

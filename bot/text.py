@@ -166,6 +166,21 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
+def span(seconds: float | None) -> str:
+    """How long something lasted, in whole units: ``19s``, ``4m 10s``, ``10m``, ``2h 5m``, ``3d 4h``."""
+    if seconds is None:
+        return "?"
+    whole = max(0, round(seconds))
+    units = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
+    for i, (name, size) in enumerate(units[:-1]):
+        if whole >= size:
+            major, rest = divmod(whole, size)
+            minor_name, minor_size = units[i + 1]
+            minor = rest // minor_size
+            return f"{major}{name} {minor}{minor_name}" if minor else f"{major}{name}"
+    return f"{whole}s"
+
+
 def clock(ts: int | None, tz: ZoneInfo | None = None) -> str:
     """An epoch second as ``2026-11-28 09:15:02 UTC`` in ``tz`` (default UTC)."""
     if not ts:

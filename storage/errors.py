@@ -7,6 +7,7 @@ an ``sqlite3`` or ``OSError`` into a :class:`StorageError` with both.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -62,6 +63,20 @@ def describe(path: str, exc: BaseException) -> StorageError:
             "is locked by another program",
             "stop whatever holds it (an sqlite3 shell, a backup, a second copy of wflogs on another host)",
         )
+    if path != ":memory:" and _read_only(where) and (
+        "readonly" in text
+        or "read-only" in text
+        or "permission" in text
+        or "unable to open" in text
+        or name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
+        or getattr(exc, "errno", None) == errno.EROFS
+    ):
+        # Not a matter of permissions: no user may write there.
+        return StorageError(
+            path,
+            f"{where} is on a read-only file system",
+            "mount it read-write (in a container: a writable volume) or choose a path on a writable disk",
+        )
     if (
         "readonly" in text
         or "read-only" in text
@@ -94,6 +109,14 @@ def describe(path: str, exc: BaseException) -> StorageError:
     if "disk i/o" in text or name.startswith("SQLITE_IOERR"):
         return StorageError(path, "a disk error occurred", "check the disk and the file system")
     return StorageError(path, f"cannot be used ({exc})", "check the file, its directory and the disk")
+
+
+def _read_only(where: Path) -> bool:
+    """Whether ``where`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 STORAGE_ERRORS = (sqlite3.Error, OSError, StorageError)

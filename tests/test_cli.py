@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -146,6 +147,24 @@ def test_check_says_when_the_slack_token_is_wrong(tmp_path, server):
     assert "xoxb-wrong-token-9999" not in done.stdout + done.stderr
 
 
+def test_run_stops_at_start_up_with_checks_line_when_slack_rejects_the_bot_token(tmp_path, server):
+    app = server.fake.add_app("Flow")
+    env = {
+        "DIFY_API_URL": server.url,
+        "DIFY_API_KEY": app.key,
+        "SLACK_BOT_TOKEN": "xoxb-wrong-token-9999",
+        "WFLOGS_ALERT_CHANNEL": "C0ALERTS",
+        "PORT": str(free_port()),
+    }
+    with FakeSlack(token="xoxb-the-right-one") as slack:
+        checked = wflogs(tmp_path, "check", SLACK_API_URL=slack.base_url, **env)
+        done = wflogs(tmp_path, "run", SLACK_API_URL=slack.base_url, **env)
+    line = next(x for x in checked.stdout.splitlines() if x.startswith("✗ Slack"))
+    assert done.returncode == 1
+    assert line.removeprefix("✗ ") in done.stderr, done.stderr  # the same words as check
+    assert "xoxb-wrong-token-9999" not in done.stdout + done.stderr
+
+
 def test_sigkill_during_delivery_repeats_at_most_the_message_in_flight(tmp_path, server):
     app = server.fake.add_app("Support Bot")
     now = int(time.time())
@@ -189,6 +208,12 @@ def test_run_alerts_on_schedule_and_stops_cleanly_on_sigterm(tmp_path, server):
     text = out_path.read_text()
     assert run.run_id in text
     assert code == 0 and "Traceback" not in text
+    # The start-up line names the apps (as configured or known, else by the key's label).
+    assert re.search(r"wflogs is watching 1 app every 60s \((Support Bot|app …\w+)\)", text), text
+    assert "SIGTERM received: stopping" in text  # a stop is never silent
+    # The cycle says what it queued for the delivery thread, not "0 runs delivered in 0 posts".
+    assert "cycle: 1 app, 1 new alert; 1 run queued for the delivery thread" in text, text
+    assert "0 runs delivered" not in text
 
 
 def test_sigterm_ends_poll_once_at_once_even_while_dify_is_slow(tmp_path, server):

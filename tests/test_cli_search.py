@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,12 +81,16 @@ def test_run_detail(served):
         (("account:x@example.com",), "Account not found: x@example.com", 1),
     ],
 )
-def test_errors_are_one_line_on_stderr_with_a_non_zero_exit(served, argv, says, code):
+def test_errors_come_first_on_stderr_and_a_mistyped_query_gets_the_usage_below(served, argv, says, code):
     got, _, err = run(*argv)
     assert got == code
-    assert err.count("\n") == 1 and says in err
+    first, *rest = err.splitlines()
+    assert first.startswith("wflogs: ") and says in first and len(first) < 200  # the error alone
     if code == 2:
-        assert "Usage: wflogs search" in err
+        assert "Usage: wflogs search" not in first and rest[0].startswith("Usage: wflogs search")
+        assert "wflogs search help" in err
+    else:
+        assert rest == []
 
 
 def test_dify_down_is_reported(served):
@@ -131,9 +138,27 @@ def test_error_text_and_similar_runs_on_the_terminal(served):
     assert "per day: " in out and "2 runs" in out
 
 
-def test_help(served):
+def test_help_is_a_real_help(served):
     code, out, _ = run("help")
     assert code == 0 and out.startswith("Usage: wflogs search")
+    assert len(out.splitlines()) > 10
+    for part in ("since:", "before:", "error:", "similar:", "page:", "paused", "run RUN_ID", "Exit status"):
+        assert part in out, part
+    assert "wflogs search failed since:2h" in out and "/wflogs" not in out and "`" not in out
+
+
+def test_search_help_needs_no_configuration(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "search", "help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("Usage: wflogs search"), done.stderr
 
 
 def test_a_run_looked_up_while_dify_is_unreachable_is_not_called_missing(served, monkeypatch):

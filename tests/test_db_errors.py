@@ -166,3 +166,44 @@ def test_processes_starting_together_on_a_new_database_all_open_it(tmp_path: Pat
         ]
         outs = [p.communicate(timeout=60)[0] for p in procs]
         assert [o.strip() for o in outs] == ["ok"] * 4, outs
+
+
+def test_a_read_only_file_system_is_named_as_such_by_check(tmp_path: Path):
+    """A read-only mount (a container's read-only root, a remounted disk) is not a permission
+    problem: giving the user write access would not help. A user+mount namespace makes one."""
+    unshare = shutil.which("unshare")
+    probe = (
+        subprocess.run([unshare or "unshare", "-rm", "true"], capture_output=True, check=False)
+        if unshare
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no unprivileged user+mount namespaces here: cannot make a read-only mount")
+    data = tmp_path / "ro"
+    data.mkdir()
+    db = data / "wflogs.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFY_", "SLACK_", "WFLOGS_"))}
+    env.update(
+        {"WFLOGS_DB": str(db), "DIFY_API_KEY": "app-" + "k" * 24, "PYTHONPATH": str(ROOT)},
+        DIFY_API_URL="http://127.0.0.1:9/v1",
+    )
+    script = f'mount -t tmpfs -o ro none "{data}" && exec "{sys.executable}" -m bot.cli check'
+    done = subprocess.run(
+        [unshare or "unshare", "-rm", "sh", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = _one_line(done.stderr)
+    assert done.returncode == 1
+    assert f"WFLOGS_DB={db}: {data} is on a read-only file system" in line, line
+    assert "permission denied" not in line and "let the user running wflogs" not in line
+
+
+def test_the_path_and_the_problem_are_separated_by_a_colon(monkeypatch, tmp_path: Path):
+    db = str(tmp_path / "nowhere" / "wflogs.db")
+    _, err = run_cli(monkeypatch, tmp_path, db, ["check"])
+    assert f"WFLOGS_DB={db}: the directory {tmp_path / 'nowhere'} does not exist; create it" in err

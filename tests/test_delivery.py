@@ -128,7 +128,7 @@ def test_same_error_shape_groups_into_one_message_with_every_run_in_the_thread(t
     top = [m for m in slack.posts() if not m["thread_ts"]]
     assert len(top) == 1
     assert "95 runs failed" in top[0]["text"]
-    assert "7:" in json.dumps(top[0]["blocks"])  # sessions affected
+    assert "95 runs · 7 sessions affected" in json.dumps(top[0]["blocks"], ensure_ascii=False)
     replies = [m for m in slack.posts() if m["thread_ts"] == top[0]["ts"]]
     assert len(replies) == 3  # 85 unlisted runs, 40 a reply
     for run in runs:

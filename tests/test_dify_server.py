@@ -39,8 +39,12 @@ def test_serves_failed_and_stopped_runs_that_wflogs_alerts_once(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         assert len(values["RUN_ID"]) == 3
         for run_id in values["RUN_ID"]:
-            assert f"*Run ID*: `{run_id}`" in done.stdout
-        assert done.stdout.count("*Run ID*") == 3  # the succeeded runs are not alerted
+            assert f"Run ID: {run_id}" in done.stdout
+        assert done.stdout.count("Run ID:") == 3  # the succeeded runs are not alerted
+        # Plain text, and the terminal's own commands: no Slack markup, no /wflogs.
+        assert "*" not in done.stdout and "`" not in done.stdout and "/wflogs" not in done.stdout
+        assert "Next: wflogs search session:" in done.stdout
+        assert all(f"wflogs search run:{run_id}" in done.stdout for run_id in values["RUN_ID"])
         assert "run was stopped" in done.stdout
     finally:
         proc.send_signal(signal.SIGTERM)

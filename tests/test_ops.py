@@ -350,7 +350,11 @@ def test_database_errors_are_named_with_a_fix(error: BaseException, says: str):
     from bot.runtime import database_error
 
     message = str(database_error("/srv/wflogs/wflogs.db", error))
-    assert message.startswith("WFLOGS_DB=/srv/wflogs/wflogs.db ") and says in message and ";" in message
+    assert (
+        message.startswith(("WFLOGS_DB=/srv/wflogs/wflogs.db ", "WFLOGS_DB=/srv/wflogs/wflogs.db: "))
+        and says in message
+        and ";" in message
+    )
 
 
 def test_the_systemd_watchdog_is_fed_only_while_healthy(tmp_path: Path, dify: FakeDify, clock: Clock):

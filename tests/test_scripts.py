@@ -17,6 +17,7 @@ def _checkout(tmp_path: Path) -> Path:
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "run", repo / "scripts" / "run")
     shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    shutil.copy(ROOT / "requirements.txt", repo / "requirements.txt")
     bin_dir = repo / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     calls = tmp_path / "calls.txt"
@@ -42,13 +43,16 @@ def test_run_installs_once_then_starts_without_the_package_index_from_the_users_
     here = tmp_path / "somewhere" / "else"
     here.mkdir(parents=True)
     first = _run(repo, here, "check")
-    assert first[0].startswith(f"python -m pip install -q --disable-pip-version-check -e {repo}")
-    assert first[1] == f"wflogs check in {here}"  # wflogs.toml and WFLOGS_DB resolve from here
+    pip = "python -m pip install -q --disable-pip-version-check"
+    assert first[0] == f"{pip} --require-hashes -r {repo}/requirements.txt"  # the locked versions
+    assert first[1] == f"{pip} --no-deps -e {repo}"
+    assert first[2] == f"wflogs check in {here}"  # wflogs.toml and WFLOGS_DB resolve from here
     assert _run(repo, here) == [f"wflogs run in {here}"]  # installed: no pip, no index
 
-    with (repo / "pyproject.toml").open("a") as fh:
-        fh.write("\n# a new dependency\n")
-    again = _run(repo, here, "poll", "--once")
-    assert again[0].startswith("python -m pip install")  # pyproject.toml changed: install again
-    assert again[1] == f"wflogs poll --once in {here}"
-    assert _run(repo, here, "check") == [f"wflogs check in {here}"]
+    for changed in ("pyproject.toml", "requirements.txt"):  # a new dependency, a new lock: install again
+        with (repo / changed).open("a") as fh:
+            fh.write("\n# changed\n")
+        again = _run(repo, here, "poll", "--once")
+        assert again[0] == f"{pip} --require-hashes -r {repo}/requirements.txt"
+        assert again[2] == f"wflogs poll --once in {here}"
+        assert _run(repo, here, "check") == [f"wflogs check in {here}"]
