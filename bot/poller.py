@@ -59,7 +59,7 @@ from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyError, DifyNotFound, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
-from storage import StorageError, Store
+from storage import StorageError, Store, subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -722,6 +722,8 @@ class Poller:
             return 0
         known = self.store.known_statuses(app.id, list(read.found) + list(read.gone))
         channel = alert_channel_for(self.settings, app) or "terminal"
+        # Channels subscribed from Slack get the run too, as their own alert (never instead).
+        subscribed = [s for s in subscriptions.for_app(self.store, app.id) if s["channel"] != channel]
         now = int(self._now())
         seen: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
@@ -757,6 +759,15 @@ class Poller:
                         "app_name": name,
                         "console_url": app.console_url,
                         "enqueued_at": now,
+                        "subscription": 0,
                     }
                 )
+                routed = {channel}
+                for sub in subscribed:
+                    if sub["channel"] in routed:
+                        continue
+                    if not subscriptions.matches(sub, status=row_status, error=row.error):
+                        continue
+                    routed.add(sub["channel"])
+                    alerts.append({**alerts[-1], "channel": sub["channel"], "subscription": 1})
         return self.store.record_seen(app.id, seen, alerts, changes)

@@ -15,6 +15,7 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.errors import SlackApiError
 
 from bot import incident_format as ifmt
 from bot import search_format as fmt
@@ -25,6 +26,7 @@ from bot.ops_http import EVENTS_PATH
 from bot.query import SIMILAR_DAYS, MuteCommand, Query, check_run_id, parse, parse_mute_command
 from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
+from bot.subscriptions import Subscriptions, parse_subscription_command
 from bot.text import duration, escape
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,7 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
 
     @app.command(COMMAND)
     def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
-        if mute_command(ack, body, runtime, now=now):
+        if subscription_command(ack, body, runtime, now=now) or mute_command(ack, body, runtime, now=now):
             return
         channel, user = _channel_of(body), _user_of(body)
         refused = refusal_reason(settings, user=user, channel=channel)
@@ -275,6 +277,59 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
 
     for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
         app.action(action_id)(on_control)
+
+
+def app_names(runtime: Runtime) -> dict[str, str]:
+    """Each watched app's name from the configuration and stored state (no Dify request)."""
+    return {
+        app.id: app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label
+        for app in runtime.settings.apps
+    }
+
+
+def _is_member(runtime: Runtime, channel: str) -> bool | None:
+    """Whether the bot is in ``channel`` (None: Slack could not say)."""
+    if runtime.web is None:
+        return None
+    try:
+        info = runtime.web.conversations_info(channel=channel)
+    except SlackApiError as exc:
+        if exc.response.get("error") == "channel_not_found":
+            return False  # a private channel the bot is not in
+        return None
+    except Exception:
+        return None
+    member = (info.get("channel") or {}).get("is_member")
+    return None if member is None else bool(member)
+
+
+def subscription_command(
+    ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]
+) -> bool:
+    """``/wflogs subscribe|unsubscribe|subscriptions``, answered in the acknowledgement (changes
+    visible to the channel); False when the command is something else."""
+    try:
+        command = parse_subscription_command(str(body.get("text") or ""))
+    except QueryError as exc:
+        text, blocks = fmt.error(str(exc), exc.usage)
+        ack(text=text, blocks=blocks)
+        return True
+    if command is None:
+        return False
+    channel, user = _channel_of(body), _user_of(body) or "someone"
+    refused = control_refusal(runtime.settings, user=user, channel=channel)
+    if refused or not channel:
+        ack(*_note(refused or "Subscriptions are made in a channel."))
+        return True
+    handler = Subscriptions(
+        runtime.settings,
+        runtime.store,
+        names=lambda: app_names(runtime),
+        is_member=lambda c: _is_member(runtime, c),
+    )
+    text, public = handler.run(command, channel=channel, user=user, now=int(now()))
+    ack(text=text, blocks=[section(text)], response_type="in_channel" if public else "ephemeral")
+    return True
 
 
 def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]) -> bool:
