@@ -72,3 +72,8 @@ def matches(sub: dict[str, Any], *, status: str, error: str | None) -> bool:
         return False
     text = (sub.get("text") or "").lower()
     return not text or text in (error or "").lower()
+
+
+def all_rows(store: Store) -> list[dict[str, Any]]:
+    """Every subscription, by channel."""
+    return store.query("select * from subscriptions order by channel, id")

@@ -18,7 +18,7 @@ from bot.slack_app import build_app, events_handler
 from storage import subscriptions
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning
 from tests.fakes.dify import FakeDify
-from tests.fakes.slack import FakeSlack, assert_valid_blocks
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
 from tests.test_incident_controls import CHANNEL, SECRET, Bench, pressed, serving
 
 TEAM = "C0TEAM"
@@ -170,3 +170,36 @@ def test_escaped_and_parsed():
     assert parse_subscription_command("app:x failed") is None
     with pytest.raises(QueryError):
         parse_subscription_command("subscribe failed")
+
+
+def test_subscriptions_are_counted_in_metrics(b: Bench):
+    said(b.command("subscribe app:support-bot", channel=TEAM))
+    said(b.command('subscribe app:* "quota"', channel="C0QUOTA"))
+    b.rt.cycle()
+    assert "wflogs_subscriptions 2.0" in b.rt.metrics.render().decode()
+
+
+def test_check_reports_subscriptions_and_their_channels(tmp_path: Path):
+    from storage import Store
+    from tests.fakes.dify import DifyServer
+    from tests.test_cli import wflogs
+
+    store = Store.open(str(tmp_path / "wflogs.db"))
+    subscriptions.subscribe(
+        store, channel=TEAM, app_id="*", app_name="every app", status="", text="", user="U1", now=1
+    )
+    store.db.conn.close()
+    with DifyServer(FakeDify()) as server, FakeSlack() as slack:
+        flow = server.fake.add_app("Flow")
+        slack.not_member.add(TEAM)
+        done = wflogs(
+            tmp_path,
+            "check",
+            DIFY_API_URL=server.url,
+            DIFY_API_KEY=flow.key,
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_API_URL=slack.base_url,
+            WFLOGS_ALERT_CHANNEL=CHANNEL,
+        )
+    assert "✓ 1 subscription made from Slack with /wflogs subscribe, in 1 channel" in done.stdout
+    assert f"✗ channel {TEAM}" in done.stdout and "/invite @wflogs" in done.stdout
