@@ -17,11 +17,13 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.errors import SlackApiError
 
+from bot import home_format as hfmt
 from bot import incident_format as ifmt
 from bot import search_format as fmt
 from bot.blocks import Block, section
 from bot.config import Settings, alert_channel_for
 from bot.errors import ConfigError, QueryError, WflogsError
+from bot.home import Home
 from bot.ops_http import EVENTS_PATH
 from bot.query import SIMILAR_DAYS, MuteCommand, Query, check_run_id, parse, parse_mute_command
 from bot.runtime import Runtime
@@ -238,15 +240,28 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
     checked against allowed_users / allowed_channels, and recorded in SQLite; the deliverer then
     edits the message from the stored state."""
     settings = runtime.settings
+    home = Home(settings, runtime.store, runtime.web, names=lambda: app_names(runtime))
+
+    def answer_click(body: dict[str, Any], respond: Any, text: str) -> None:
+        """Tell the clicker: in the Home tab by publishing it again, else through response_url."""
+        user = _user_of(body)
+        if _from_home(body):
+            if user:
+                home.publish(user, int(now()), notes=[text])
+        else:
+            _respond(respond, *_note(text), response_type="ephemeral", replace_original=False)
 
     def on_control(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         # The click is recorded (one quick SQLite write) before Slack is answered, so an answered
         # click is never lost to a crash in between; the deliverer edits the message afterwards.
         channel, user = _channel_of(body), _user_of(body)
+        if _from_home(body):
+            # The Home tab is no conversation: the click acts where the incident lives.
+            channel = _incident_channel(runtime, action)
         refused = control_refusal(settings, user=user, channel=channel)
         if refused:
             ack()
-            _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
+            answer_click(body, respond, refused)
             return
         actions, at, who = runtime.actions, int(now()), user or "someone"
         kind = action.get("action_id")
@@ -263,7 +278,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
         except WflogsError as exc:
             answer = f"Nothing was changed: {exc}"
         ack()
-        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
+        answer_click(body, respond, answer)
         if kind == ifmt.ACTION_RESOLVE:
             # After the answer: this asks Dify, which may take its time.
             try:
@@ -277,6 +292,55 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
 
     for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
         app.action(action_id)(on_control)
+
+    def on_unmute(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        # Unmute in the Home tab: like `/wflogs unmute N`, checked against where the mute acts.
+        ack()
+        user = _user_of(body) or "someone"
+        try:
+            mute_id = int(str(action.get("value")))
+        except ValueError:
+            answer_click(body, respond, "That control's value is damaged; nothing was changed.")
+            return
+        mute = runtime.actions.incidents.mute(mute_id) or {}
+        refused = control_refusal(settings, user=user, channel=mute.get("channel"))
+        if refused:
+            answer_click(body, respond, refused)
+            return
+        answer = runtime.actions.unmute(mute_id, user, int(now()))
+        if runtime.wake is not None:
+            runtime.wake()
+        answer_click(body, respond, answer)
+
+    def on_home_opened(event: dict[str, Any]) -> None:
+        # Bolt has acknowledged the event already; this reads SQLite only, then views.publish.
+        user = event.get("user")
+        if event.get("tab", "home") != "home" or not user:
+            return
+        if settings.allowed_users is not None and user not in settings.allowed_users:
+            home.publish_refusal(user)
+            return
+        home.publish(user, int(now()))
+
+    app.action(hfmt.ACTION_UNMUTE)(on_unmute)
+    app.action(re.compile(rf"^{hfmt.ACTION_THREAD}_"))(lambda ack: ack())
+    app.event("app_home_opened")(on_home_opened)
+
+
+def _from_home(body: dict[str, Any]) -> bool:
+    """Whether a click came from the Home tab (a view, not a message)."""
+    return (body.get("container") or {}).get("type") == "view"
+
+
+def _incident_channel(runtime: Runtime, action: dict[str, Any]) -> str | None:
+    """The channel of the incident a control acts on (None when unknown)."""
+    raw = action.get("value") or (action.get("selected_option") or {}).get("value") or ""
+    try:
+        incident_id = int(str(raw).split(":", 1)[0])
+    except ValueError:
+        return None
+    row = runtime.actions.incidents.get(incident_id)
+    return row["channel"] if row else None
 
 
 def app_names(runtime: Runtime) -> dict[str, str]:
