@@ -203,3 +203,53 @@ def test_check_reports_subscriptions_and_their_channels(tmp_path: Path):
         )
     assert "✓ 1 subscription made from Slack with /wflogs subscribe, in 1 channel" in done.stdout
     assert f"✗ channel {TEAM}" in done.stdout and "/invite @wflogs" in done.stdout
+
+
+def test_a_subscribed_channel_pages_nobody_twice(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    toml = 'mention = ["U0ONCALL"]\nescalate_after = 600\nescalate_to = ["U0BOSS"]\n'
+    with serving(tmp_path, dify, slack, web, clock, toml=toml) as b:
+        said(b.command("subscribe app:support-bot", channel=TEAM))
+        fail(b, "model overloaded")
+        assert "<@U0ONCALL>" in (parents(b.slack, CHANNEL)[0]["text"] or "")
+        assert "<@U0ONCALL>" not in json.dumps(parents(b.slack, TEAM)[0])
+        b.clock.advance(900)
+        b.rt.cycle()
+        escalations = [m for m in b.slack.posts() if "<@U0BOSS>" in (m["text"] or "")]
+        assert [m["channel"] for m in escalations] == [CHANNEL]
+
+
+def test_socket_mode_slash_command_subscribes(b: Bench):
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    handler = SocketModeHandler(build_app(b.rt, now=b.clock), "xapp-1-test")
+    sent: list[str] = []
+    handler.client.send_message = sent.append  # type: ignore[method-assign]  # the WebSocket's send
+    payload = {
+        "command": "/wflogs",
+        "text": 'subscribe app:support-bot failed "overloaded"',
+        "user_id": "U0CAROL",
+        "channel_id": TEAM,
+        "team_id": "T1",
+        "api_app_id": "A1",
+        "response_url": b.response_url(),
+        "trigger_id": "1.2.3",
+    }
+    envelope = {
+        "envelope_id": "env-9",
+        "type": "slash_commands",
+        "accepts_response_payload": True,
+        "payload": payload,
+    }
+    try:
+        handler.client.enqueue_message(json.dumps(envelope))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not sent:
+            time.sleep(0.01)
+        answer = json.loads(sent[0])
+        assert answer["envelope_id"] == "env-9" and answer["payload"]["response_type"] == "in_channel"
+    finally:
+        handler.close()
+    run = fail(b, "model overloaded")
+    assert len(parents(b.slack, TEAM)) == 1 and messages_mentioning(b.slack, run) == 2
