@@ -582,6 +582,12 @@ class Store:
                     "where app_id = ? and sent_at is null and channel != ? and coalesce(subscription, 0) = 0",
                     [channel, app_id, channel],
                 )
+                # Left behind: runs the new channel already has through its subscription.
+                self.db.execute(
+                    "delete from alerts where app_id = ? and sent_at is null and channel != ? "
+                    "and coalesce(subscription, 0) = 0",
+                    [app_id, channel],
+                )
                 moved += self.db.conn.total_changes - before
             if moved:
                 # Messages left with nothing to send are complete; unposted empty ones go.

@@ -197,6 +197,18 @@ def element(view: dict[str, Any], action_id: str) -> dict[str, Any]:
 
 def test_opening_the_home_tab_publishes_apps_incidents_and_mutes_without_asking_dify(b: Bench):
     b.command("mute app:support-bot 1h planned maintenance")
+    app_id = b.rt.settings.apps[0].id
+    for hours, runs, failed in ((30, 800, 8), (6, 1000, 30)):  # the last two daily digests
+        b.rt.store.db["digests"].insert(  # type: ignore[union-attr]
+            {
+                "app_id": app_id,
+                "day": f"d{hours}",
+                "kind": "scheduled",
+                "window_end": int(b.clock.now) - hours * 3600,
+                "runs": runs,
+                "failed": failed,
+            }
+        )
     before = len(b.dify.requests)
     started = time.monotonic()
     answer = b.signed(json.dumps(home_opened("U0ALICE")))
@@ -207,6 +219,7 @@ def test_opening_the_home_tab_publishes_apps_incidents_and_mutes_without_asking_
     assert "*Support Bot* failing: 1 open incident" in text
     assert "model overloaded after" in text and "2 runs" in text and f"<#{CHANNEL}>" in text
     assert "planned maintenance" in text and "Mutes in force* (1)" in text
+    assert "yesterday 1,000 runs, 3.0% failed (↑ from 1.0%)" in text
     assert element(view, "home_thread_1")["url"].endswith(
         f"/archives/{CHANNEL}/p" + b.parent()["ts"].replace(".", "")
     )

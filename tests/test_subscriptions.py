@@ -253,3 +253,47 @@ def test_socket_mode_slash_command_subscribes(b: Bench):
         handler.close()
     run = fail(b, "model overloaded")
     assert len(parents(b.slack, TEAM)) == 1 and messages_mentioning(b.slack, run) == 2
+
+
+def test_a_new_configured_channel_leaves_subscribed_alerts_where_they_are(b: Bench):
+    said(b.command("subscribe app:support-bot", channel=TEAM))
+    said(b.command("subscribe app:support-bot", channel="C0OTHER"))
+    app_id = b.rt.settings.apps[0].id
+    # Waiting alerts: one per channel. The configuration now routes the app to TEAM.
+    b.rt.store.db["alerts"].insert_all(  # type: ignore[union-attr]
+        [
+            {
+                "app_id": app_id,
+                "log_id": "L1",
+                "channel": CHANNEL,
+                "status": "failed",
+                "group_key": "g",
+                "entry": "{}",
+                "enqueued_at": 1,
+                "subscription": 0,
+            },
+            {
+                "app_id": app_id,
+                "log_id": "L1",
+                "channel": TEAM,
+                "status": "failed",
+                "group_key": "g",
+                "entry": "{}",
+                "enqueued_at": 1,
+                "subscription": 1,
+            },
+            {
+                "app_id": app_id,
+                "log_id": "L1",
+                "channel": "C0OTHER",
+                "status": "failed",
+                "group_key": "g",
+                "entry": "{}",
+                "enqueued_at": 1,
+                "subscription": 1,
+            },
+        ]
+    )
+    b.rt.store.rebind_channels({app_id: TEAM})
+    rows = b.rt.store.query("select channel from alerts where log_id = 'L1' order by channel")
+    assert [r["channel"] for r in rows] == ["C0OTHER", TEAM]  # once in TEAM, C0OTHER kept
