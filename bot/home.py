@@ -67,11 +67,13 @@ class Home:
         app_mutes = {m["app_id"]: m for m in mutes if not m.get("incident_id")}
         workspace = self.workspace()
         open_rows = incidents.open_incidents()
+        private = {a.id for a in self.settings.apps if a.channels is not None}
         items = [
             hfmt.HomeIncident(
                 incident=ifmt.Incident.from_row(row, mute_of.get(int(row["id"]))),
                 channel=row["channel"],
                 link=thread_link(workspace, row["channel"], row.get("parent_ts") or row.get("thread_ts")),
+                private=row["app_id"] in private,
             )
             for row in open_rows
         ]

@@ -37,6 +37,8 @@ class HomeIncident:
     incident: ifmt.Incident
     channel: str
     link: str | None = None
+    # The app may be searched only from some channels (``channels``): its error stays there.
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def _incident_blocks(item: HomeIncident, now: int, controls: bool, tz: ZoneInfo 
     word = fmt.STATUS_WORD.get(inc.status, inc.status)
     since = inc.first_seen or inc.opened_at
     error = escape_cut(one_line(inc.error or "(no error message)"), ERROR_CHARS)
+    if item.private:
+        error = "the error is shown in its channel only"
     where = f"<#{item.channel}>" if item.channel.startswith(("C", "G")) else escape(item.channel)
     state = []
     if inc.ack_by:

@@ -723,7 +723,12 @@ class Poller:
         known = self.store.known_statuses(app.id, list(read.found) + list(read.gone))
         channel = alert_channel_for(self.settings, app) or "terminal"
         # Channels subscribed from Slack get the run too, as their own alert (never instead).
-        subscribed = [s for s in subscriptions.for_app(self.store, app.id) if s["channel"] != channel]
+        # An app searchable only from some channels (``channels``) goes to no other through app:*.
+        subscribed = [
+            s
+            for s in subscriptions.for_app(self.store, app.id)
+            if s["channel"] != channel and (app.channels is None or s["channel"] in app.channels)
+        ]
         now = int(self._now())
         seen: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []

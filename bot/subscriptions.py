@@ -128,6 +128,8 @@ class Subscriptions:
             if app is None:
                 return problem or "", False
             app_id, name = app.id, self.names().get(app.id, app.label)
+            if command.kind == "subscribe" and app.channels is not None and channel not in app.channels:
+                return f"{escape(name)} is limited to its own channels; it cannot be routed here.", False
         if command.kind == "unsubscribe":
             ended = subs.unsubscribe(self.store, channel=channel, app_id=app_id)
             configured = app_id != subs.EVERY_APP and any(

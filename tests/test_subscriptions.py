@@ -19,6 +19,7 @@ from storage import subscriptions
 from tests.conftest import Clock, build_runtime, make_settings, messages_mentioning
 from tests.fakes.dify import FakeDify
 from tests.fakes.slack import BOT_TOKEN, FakeSlack, assert_valid_blocks
+from tests.test_home import home_opened, wait_home
 from tests.test_incident_controls import CHANNEL, SECRET, Bench, pressed, serving
 
 TEAM = "C0TEAM"
@@ -297,3 +298,17 @@ def test_a_new_configured_channel_leaves_subscribed_alerts_where_they_are(b: Ben
     b.rt.store.rebind_channels({app_id: TEAM})
     rows = b.rt.store.query("select channel from alerts where log_id = 'L1' order by channel")
     assert [r["channel"] for r in rows] == ["C0OTHER", TEAM]  # once in TEAM, C0OTHER kept
+
+
+def test_an_app_limited_to_its_channels_is_not_routed_elsewhere(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    with serving(tmp_path, dify, slack, web, clock, toml=f'channels = ["{CHANNEL}"]\n') as b:
+        answer = said(b.command("subscribe app:support-bot", channel=TEAM))
+        assert "limited to its own channels" in answer["text"]
+        said(b.command("subscribe app:*", channel=TEAM))  # every other app: this one stays home
+        run = fail(b, "salary table unreadable")
+        assert messages_mentioning(b.slack, run) == 1 and not parents(b.slack, TEAM)
+        b.signed(json.dumps(home_opened("U0ALICE")))
+        view = wait_home(b, 1)
+        assert "salary table" not in json.dumps(view) and "shown in its channel only" in json.dumps(view)
