@@ -15,6 +15,7 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import home_format as hfmt
@@ -34,6 +35,7 @@ from bot.text import duration, escape
 log = logging.getLogger(__name__)
 
 COMMAND = "/wflogs"
+MEMBER_TIMEOUT = 2  # seconds for the one Slack call a subscription makes before answering
 
 
 # -- access control ------------------------------------------------------------------------
@@ -355,8 +357,12 @@ def _is_member(runtime: Runtime, channel: str) -> bool | None:
     """Whether the bot is in ``channel`` (None: Slack could not say)."""
     if runtime.web is None:
         return None
+    # Within Slack's 3 seconds whatever Slack does: a short timeout and no retry; unknown goes on.
+    quick = WebClient(
+        token=runtime.web.token, base_url=runtime.web.base_url, timeout=MEMBER_TIMEOUT, retry_handlers=[]
+    )
     try:
-        info = runtime.web.conversations_info(channel=channel)
+        info = quick.conversations_info(channel=channel)
     except SlackApiError as exc:
         if exc.response.get("error") == "channel_not_found":
             return False  # a private channel the bot is not in
