@@ -16,6 +16,9 @@
    replies (at most one a cycle), parent edits (at most one a cycle), and every
    run in Slack exactly once.
 
+4. The idle cost of quiet cycles with every feature on; 5. opening the App Home with 200 apps
+   and 50 open incidents: time from the event to views.publish, and Dify requests (none).
+
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
 request counts and their parallelism turn into seconds as they do in
