@@ -31,6 +31,7 @@ from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
 from bot.subscriptions import Subscriptions, parse_subscription_command
 from bot.text import duration, escape
+from storage import subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Searcher:
                 self.runtime.poller.app_name,
                 channel=channel,
                 wanted=query.app,
+                routed=_routed(self.runtime, channel),
             )
             if query.kind == "run":
                 return fmt.run_detail(find_run(query, targets), tz=tz)
@@ -110,6 +112,13 @@ class Searcher:
         except Exception:
             log.exception("search %s failed", query.kind)
             return fmt.error("the search failed on our side; the details are in wflogs' log. Try again.", "")
+
+
+def _routed(runtime: Runtime, channel: str | None) -> set[str]:
+    """The app ids (or ``*``) ``channel`` subscribed to from Slack."""
+    if channel is None:
+        return set()
+    return {row["app_id"] for row in subscriptions.of_channel(runtime.store, channel)}
 
 
 def _respond(respond: Any, text: str, blocks: list[Block], **kwargs: Any) -> None:

@@ -312,3 +312,17 @@ def test_an_app_limited_to_its_channels_is_not_routed_elsewhere(
         b.signed(json.dumps(home_opened("U0ALICE")))
         view = wait_home(b, 1)
         assert "salary table" not in json.dumps(view) and "shown in its channel only" in json.dumps(view)
+
+
+def test_a_search_without_app_in_a_subscribed_channel_searches_the_apps_routed_there(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    other = dify.add_app("Other Bot")
+    toml = f'\n[[apps]]\napi_key = "{other.key}"\nname = "Other Bot"\nchannel = "C0OTHER"\n'
+    with serving(tmp_path, dify, slack, web, clock, toml=toml) as b:
+        b.dify.add_log(b.app, at=int(clock.now) - 30, error="support failure here")
+        b.dify.add_log(other, at=int(clock.now) - 30, error="other failure there")
+        said(b.command("subscribe app:support-bot", channel=TEAM))
+        b.command("failed since:1h", channel=TEAM)
+        answer = json.dumps(b.answers(1)[-1])
+        assert "support failure here" in answer and "other failure there" not in answer
