@@ -16,6 +16,9 @@
    replies (at most one a cycle), parent edits (at most one a cycle), and every
    run in Slack exactly once.
 
+4. The idle cost of quiet cycles with every feature on; 5. opening the App Home with 200 apps
+   and 50 open incidents: time from the event to views.publish, and Dify requests (none).
+
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
 request counts and their parallelism turn into seconds as they do in
@@ -259,6 +262,75 @@ def idle_cost(apps: int, latency: float, connections: int, cycles: int = 10) -> 
     )
 
 
+def home_cost(apps: int, incidents: int, latency: float) -> None:
+    """Opening the App Home with ``apps`` watched and ``incidents`` open: the time from the signed
+    app_home_opened request to views.publish, and the Dify requests it made (none: stored state)."""
+    import json
+
+    from bot.ops_http import EVENTS_PATH, OpsServer
+    from bot.slack_app import build_app, events_handler
+    from tests.fakes.slack import signed_post
+
+    secret = "bench-signing-secret"
+    clock = [float(NOW)]
+    dify = FakeDify(clock=lambda: clock[0])
+    dify.latency = latency
+    keys = []
+    for i in range(apps):
+        app = dify.add_app(f"app {i}")
+        keys.append(app.key)
+        if i < incidents:
+            dify.add_log(app, at=NOW - 120, error=f"app {i}: model overloaded")
+    toml = "".join(f'[[apps]]\napi_key = "{k}"\nname = "app {i}"\n' for i, k in enumerate(keys))
+    with FakeSlack() as slack, tempfile.TemporaryDirectory() as tmp:
+        env = {"SLACK_SIGNING_SECRET": secret}
+        runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0BENCH", toml=toml, pacing=0.0)
+        runtime.cycle()
+        opened = runtime.store.query("select count(*) as n from incidents where state = 'open'")[0]["n"]
+        for day, runs in ((1, 1000), (2, 900)):  # two daily digests per app, for the trend
+            for app_cfg in runtime.settings.apps:
+                runtime.store.db["digests"].insert(  # type: ignore[union-attr]
+                    {
+                        "app_id": app_cfg.id,
+                        "day": f"d{day}",
+                        "kind": "scheduled",
+                        "window_end": NOW - day * 3600,
+                        "runs": runs,
+                        "failed": 10 * day,
+                    }
+                )
+        server = OpsServer(events_handler(build_app(runtime, now=lambda: clock[0])), "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}{EVENTS_PATH}"
+        try:
+            times: list[float] = []
+            made = 0
+            for n in range(5):
+                body = {
+                    "type": "event_callback",
+                    "team_id": "T1",
+                    "api_app_id": "A1",
+                    "event_id": f"Ev{n}",
+                    "event_time": NOW,
+                    "event": {"type": "app_home_opened", "user": f"U{n}", "tab": "home"},
+                }
+                before_dify, before_views = len(dify.requests), len(slack.published)
+                started = time.perf_counter()
+                signed_post(url, json.dumps(body), secret)
+                while len(slack.published) == before_views and time.perf_counter() - started < 30:
+                    time.sleep(0.001)
+                times.append(time.perf_counter() - started)
+                made += len(dify.requests) - before_dify
+            view = slack.published[-1]["view"]
+            print(
+                f"  {apps} apps, {opened} open incidents: views.publish {min(times) * 1000:.0f} ms after "
+                f"the event (median of 5: {sorted(times)[2] * 1000:.0f} ms), {made} Dify requests in all, "
+                f"{len(view['blocks'])} blocks, {len(json.dumps(view)):,} bytes"
+            )
+        finally:
+            server.close()
+            runtime.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -278,7 +350,15 @@ def main() -> None:
         "--idle-cycles", type=int, default=10, help="quiet cycles with every feature on (0: skip them)"
     )
     parser.add_argument("--idle-only", action="store_true", help="only the idle cost")
+    parser.add_argument("--home-apps", type=int, default=200, help="apps in the App Home cost (0: skip it)")
+    parser.add_argument("--home-incidents", type=int, default=50, help="open incidents in the App Home cost")
+    parser.add_argument("--home-only", action="store_true", help="only the App Home cost")
     args = parser.parse_args()
+    if args.home_apps:
+        print(f"App Home: opening the Home tab, Dify latency {args.latency * 1000:.0f} ms")
+        home_cost(args.home_apps, args.home_incidents, args.latency)
+    if args.home_only:
+        return
     latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.idle_cycles and args.apps:
         print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")

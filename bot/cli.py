@@ -28,8 +28,8 @@ from bot.errors import DifyError, QueryError, WflogsError
 from bot.lease import Lease, LeaseFence, lease_timings, view
 from bot.logs import setup_logging
 from bot.runtime import Runtime, database_error
-from bot.text import duration, strip_controls
-from storage import STORAGE_ERRORS
+from bot.text import duration, plural, strip_controls
+from storage import STORAGE_ERRORS, subscriptions
 from storage import journal as effects
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
                 )
                 for channel in channels:
                     failures += _check_channel(runtime, channel, out)
+                failures += _check_subscriptions(runtime, set(channels), out)
                 failures += _check_mentions(runtime, out)
             except SlackApiError as exc:
                 failures += 1
@@ -217,6 +218,17 @@ def _check_channel(runtime: Runtime, channel: str, out: TextIO) -> int:
         return 1
     out.write(f"✓ channel {channel} (#{data.get('name', '?')})\n")
     return 0
+
+
+def _check_subscriptions(runtime: Runtime, checked: set[str], out: TextIO) -> int:
+    """The channels subscribed from Slack (``/wflogs subscribe``): how many, and each one checked."""
+    rows = subscriptions.all_rows(runtime.store)
+    if not rows:
+        return 0
+    channels = sorted({r["channel"] for r in rows})
+    made = plural(len(rows), "subscription")
+    out.write(f"✓ {made} made from Slack with /wflogs subscribe, in {plural(len(channels), 'channel')}\n")
+    return sum(_check_channel(runtime, c, out) for c in channels if c not in checked)
 
 
 def _configured_mentions(settings: Settings) -> list[str]:

@@ -430,12 +430,12 @@ class Deliverer:
                 view, alerts, with_controls=self.controls, now=now, rest_in=rest_in
             )
             listed = alerts[:count]
-            text, blocks = wfmt.with_mentions(text, blocks, self.mentions.get(incident["app_id"], ()))
+            text, blocks = wfmt.with_mentions(text, blocks, self._mentions(incident["app_id"], channel))
         else:
             listed = []
             text, blocks = fmt.summary(alerts)
             apps = dict.fromkeys(r["app_id"] for r in self.store.message_alerts(message["id"]))
-            called = dict.fromkeys(m for app_id in apps for m in self.mentions.get(app_id, ()))
+            called = dict.fromkeys(m for app_id in apps for m in self._mentions(app_id, channel))
             text, blocks = wfmt.with_mentions(text, blocks, list(called))
 
         def record(ts: str | None) -> None:
@@ -466,6 +466,14 @@ class Deliverer:
         result.runs_delivered += len([a for a in listed if a.id not in sent])
         sent.update(a.id for a in listed)
         return ts
+
+    def _mentions(self, app_id: str, channel: str) -> tuple[str, ...]:
+        """Who a new message of ``app_id`` in ``channel`` mentions: only in the app's configured
+        channel; a channel subscribed from Slack gets the incident without paging anyone twice."""
+        configured = self.channels.get(app_id)
+        if configured is not None and configured != channel:
+            return ()
+        return self.mentions.get(app_id, ())
 
     def _with_previous_link(self, incident: dict[str, Any]) -> dict[str, Any]:
         """For an incident that is back: when the previous one resolved, and a link to its thread (best

@@ -72,6 +72,11 @@ class Metrics:
         self.open_incidents = Gauge(
             "wflogs_open_incidents", "Incidents not resolved yet (as of the last cycle)", registry=r
         )
+        self.subscriptions = Gauge(
+            "wflogs_subscriptions",
+            "Channel subscriptions made from Slack with /wflogs subscribe (as of the last cycle)",
+            registry=r,
+        )
         self.role = Enum(
             "wflogs_role",
             "Whether this instance polls (active) or waits (standby)",

@@ -60,7 +60,7 @@ from bot.errors import DifyError, DifyNotFound, WflogsError
 from bot.logs import Reminder
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
-from storage import StorageError, Store
+from storage import StorageError, Store, subscriptions
 
 log = logging.getLogger(__name__)
 REMIND_EVERY = 300  # seconds between log lines about the same lasting failure
@@ -738,6 +738,13 @@ class Poller:
             return 0
         known = self.store.known_statuses(app.id, list(read.found) + list(read.gone))
         channel = alert_channel_for(self.settings, app) or "terminal"
+        # Channels subscribed from Slack get the run too, as their own alert (never instead).
+        # An app searchable only from some channels (``channels``) goes to no other through app:*.
+        subscribed = [
+            s
+            for s in subscriptions.for_app(self.store, app.id)
+            if s["channel"] != channel and (app.channels is None or s["channel"] in app.channels)
+        ]
         now = int(self._now())
         seen: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
@@ -773,6 +780,15 @@ class Poller:
                         "app_name": name,
                         "console_url": app.console_url,
                         "enqueued_at": now,
+                        "subscription": 0,
                     }
                 )
+                routed = {channel}
+                for sub in subscribed:
+                    if sub["channel"] in routed:
+                        continue
+                    if not subscriptions.matches(sub, status=row_status, error=row.error):
+                        continue
+                    routed.add(sub["channel"])
+                    alerts.append({**alerts[-1], "channel": sub["channel"], "subscription": 1})
         return self.store.record_seen(app.id, seen, alerts, changes)

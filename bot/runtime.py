@@ -25,7 +25,7 @@ from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from bot.text import plural
 from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
-from storage import STORAGE_ERRORS, Store, describe
+from storage import STORAGE_ERRORS, Store, describe, subscriptions
 from storage.db import open_incidents_count, pending_by_status
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,7 @@ class Runtime:
         report.outbox_pending = sum(still_waiting.values())
         self._outbox_now(report.outbox_pending)
         self.metrics.open_incidents.set(open_incidents_count(self.store))
+        self.metrics.subscriptions.set(subscriptions.counts(self.store)["subscriptions"])
         self.metrics.observe_cycle(report.seconds, "ok" if report.ok else "problems")
 
     def _outbox_now(self, pending: int) -> None:

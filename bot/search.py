@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -77,11 +77,13 @@ def choose_apps(
     *,
     channel: str | None,
     wanted: str | None,
+    routed: Collection[str] = (),
 ) -> list[AppConfig]:
     """The apps a query runs against.
 
     ``app:NAME`` picks one (exact name, else a unique prefix); without it, the
-    apps whose alert channel is ``channel``, else every app visible there.
+    apps whose alert channel is ``channel`` or that ``channel`` subscribed to (``routed``:
+    app ids, ``*`` for every app), else every app visible there.
     ``names`` maps app ids to the names users know them by.
     """
     apps = visible_apps(settings, channel)
@@ -99,7 +101,12 @@ def choose_apps(
         if prefix:
             raise QueryError(f"app:{wanted} matches several apps; say which: {known}", usage=USAGE)
         raise QueryError(f"no app called {wanted!r}; the apps are: {known}", usage=USAGE)
-    here = [a for a in apps if channel is not None and alert_channel_for(settings, a) == channel]
+    here = [
+        a
+        for a in apps
+        if channel is not None
+        and (alert_channel_for(settings, a) == channel or a.id in routed or "*" in routed)
+    ]
     return here or apps
 
 
@@ -110,11 +117,12 @@ def targets_for(
     *,
     channel: str | None,
     wanted: str | None,
+    routed: Collection[str] = (),
 ) -> list[Target]:
     """The apps to search (see :func:`choose_apps`), with their names and clients."""
     apps = visible_apps(settings, channel)
     names = {a.id: name_of(a) for a in apps}
-    chosen = choose_apps(settings, names, channel=channel, wanted=wanted)
+    chosen = choose_apps(settings, names, channel=channel, wanted=wanted, routed=routed)
     return [Target(app=a, name=names[a.id], client=clients[a.id]) for a in chosen]
 
 

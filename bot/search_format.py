@@ -386,6 +386,12 @@ def help_message() -> tuple[str, list[Block]]:
             "`/wflogs mute app:NAME 2h [reason]` mute a whole app (maintenance), 1m to 30d; "
             "its channel is told when it starts and ends"
         ),
+        section(
+            "*Subscriptions* (typed in a channel; the channel sees them)\n"
+            '`/wflogs subscribe app:NAME [failed|stopped] ["text"]` this channel gets the app\'s alerts too '
+            "(`app:*` every app; a quoted text: only errors containing it)\n"
+            "`/wflogs unsubscribe app:NAME` end it · `/wflogs subscriptions` what this channel receives"
+        ),
         context(escape(usage)),
     ]
     return f"How to use /wflogs: {usage}", blocks

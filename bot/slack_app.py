@@ -15,21 +15,28 @@ from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
+from bot import home_format as hfmt
 from bot import incident_format as ifmt
 from bot import search_format as fmt
 from bot.blocks import Block, section
 from bot.config import Settings, alert_channel_for
 from bot.errors import ConfigError, QueryError, WflogsError
+from bot.home import Home
 from bot.ops_http import EVENTS_PATH
 from bot.query import SIMILAR_DAYS, MuteCommand, Query, check_run_id, parse, parse_mute_command
 from bot.runtime import Runtime
 from bot.search import find_run, search, targets_for, visible_apps
+from bot.subscriptions import Subscriptions, parse_subscription_command
 from bot.text import duration, escape
+from storage import subscriptions
 
 log = logging.getLogger(__name__)
 
 COMMAND = "/wflogs"
+MEMBER_TIMEOUT = 2  # seconds for the one Slack call a subscription makes before answering
 
 
 # -- access control ------------------------------------------------------------------------
@@ -99,6 +106,7 @@ class Searcher:
                 self.runtime.poller.app_name,
                 channel=channel,
                 wanted=query.app,
+                routed=_routed(self.runtime, channel),
             )
             if query.kind == "run":
                 return fmt.run_detail(find_run(query, targets), tz=tz)
@@ -111,6 +119,13 @@ class Searcher:
         except Exception:
             log.exception("search %s failed", query.kind)
             return fmt.error("the search failed on our side; the details are in wflogs' log. Try again.", "")
+
+
+def _routed(runtime: Runtime, channel: str | None) -> set[str]:
+    """The app ids (or ``*``) ``channel`` subscribed to from Slack."""
+    if channel is None:
+        return set()
+    return {row["app_id"] for row in subscriptions.of_channel(runtime.store, channel)}
 
 
 def _respond(respond: Any, text: str, blocks: list[Block], **kwargs: Any) -> None:
@@ -127,7 +142,7 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
 
     @app.command(COMMAND)
     def on_command(ack: Any, body: dict[str, Any], respond: Any) -> None:
-        if mute_command(ack, body, runtime, now=now):
+        if subscription_command(ack, body, runtime, now=now) or mute_command(ack, body, runtime, now=now):
             return
         channel, user = _channel_of(body), _user_of(body)
         refused = refusal_reason(settings, user=user, channel=channel)
@@ -254,15 +269,28 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
     checked against allowed_users / allowed_channels, and recorded in SQLite; the deliverer then
     edits the message from the stored state."""
     settings = runtime.settings
+    home = Home(settings, runtime.store, runtime.web, names=lambda: app_names(runtime))
+
+    def answer_click(body: dict[str, Any], respond: Any, text: str) -> None:
+        """Tell the clicker: in the Home tab by publishing it again, else through response_url."""
+        user = _user_of(body)
+        if _from_home(body):
+            if user:
+                home.publish(user, int(now()), notes=[text])
+        else:
+            _respond(respond, *_note(text), response_type="ephemeral", replace_original=False)
 
     def on_control(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
         # The click is recorded (one quick SQLite write) before Slack is answered, so an answered
         # click is never lost to a crash in between; the deliverer edits the message afterwards.
         channel, user = _channel_of(body), _user_of(body)
+        if _from_home(body):
+            # The Home tab is no conversation: the click acts where the incident lives.
+            channel = _incident_channel(runtime, action)
         refused = control_refusal(settings, user=user, channel=channel)
         if refused:
             ack()
-            _respond(respond, *_note(refused), response_type="ephemeral", replace_original=False)
+            answer_click(body, respond, refused)
             return
         actions, at, who = runtime.actions, int(now()), _name_of(body) or user or "someone"
         kind = action.get("action_id")
@@ -279,7 +307,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
         except WflogsError as exc:
             answer = f"Nothing was changed: {exc}"
         ack()
-        _respond(respond, *_note(answer), response_type="ephemeral", replace_original=False)
+        answer_click(body, respond, answer)
         if kind == ifmt.ACTION_RESOLVE:
             # After the answer: this asks Dify, which may take its time.
             try:
@@ -293,6 +321,112 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
 
     for action_id in (ifmt.ACTION_ACK, ifmt.ACTION_MUTE, ifmt.ACTION_RESOLVE):
         app.action(action_id)(on_control)
+
+    def on_unmute(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        # Unmute in the Home tab: like `/wflogs unmute N`, checked against where the mute acts.
+        ack()
+        user = _user_of(body) or "someone"
+        try:
+            mute_id = int(str(action.get("value")))
+        except ValueError:
+            answer_click(body, respond, "That control's value is damaged; nothing was changed.")
+            return
+        mute = runtime.actions.incidents.mute(mute_id) or {}
+        refused = control_refusal(settings, user=user, channel=mute.get("channel"))
+        if refused:
+            answer_click(body, respond, refused)
+            return
+        answer = runtime.actions.unmute(mute_id, user, int(now()))
+        if runtime.wake is not None:
+            runtime.wake()
+        answer_click(body, respond, answer)
+
+    def on_home_opened(event: dict[str, Any]) -> None:
+        # Bolt has acknowledged the event already; this reads SQLite only, then views.publish.
+        user = event.get("user")
+        if event.get("tab", "home") != "home" or not user:
+            return
+        if settings.allowed_users is not None and user not in settings.allowed_users:
+            home.publish_refusal(user)
+            return
+        home.publish(user, int(now()))
+
+    app.action(hfmt.ACTION_UNMUTE)(on_unmute)
+    app.action(re.compile(rf"^{hfmt.ACTION_THREAD}_"))(lambda ack: ack())
+    app.event("app_home_opened")(on_home_opened)
+
+
+def _from_home(body: dict[str, Any]) -> bool:
+    """Whether a click came from the Home tab (a view, not a message)."""
+    return (body.get("container") or {}).get("type") == "view"
+
+
+def _incident_channel(runtime: Runtime, action: dict[str, Any]) -> str | None:
+    """The channel of the incident a control acts on (None when unknown)."""
+    raw = action.get("value") or (action.get("selected_option") or {}).get("value") or ""
+    try:
+        incident_id = int(str(raw).split(":", 1)[0])
+    except ValueError:
+        return None
+    row = runtime.actions.incidents.get(incident_id)
+    return row["channel"] if row else None
+
+
+def app_names(runtime: Runtime) -> dict[str, str]:
+    """Each watched app's name from the configuration and stored state (no Dify request)."""
+    return {
+        app.id: app.name or (runtime.store.app_state(app.id) or {}).get("name") or app.label
+        for app in runtime.settings.apps
+    }
+
+
+def _is_member(runtime: Runtime, channel: str) -> bool | None:
+    """Whether the bot is in ``channel`` (None: Slack could not say)."""
+    if runtime.web is None:
+        return None
+    # Within Slack's 3 seconds whatever Slack does: a short timeout and no retry; unknown goes on.
+    quick = WebClient(
+        token=runtime.web.token, base_url=runtime.web.base_url, timeout=MEMBER_TIMEOUT, retry_handlers=[]
+    )
+    try:
+        info = quick.conversations_info(channel=channel)
+    except SlackApiError as exc:
+        if exc.response.get("error") == "channel_not_found":
+            return False  # a private channel the bot is not in
+        return None
+    except Exception:
+        return None
+    member = (info.get("channel") or {}).get("is_member")
+    return None if member is None else bool(member)
+
+
+def subscription_command(
+    ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]
+) -> bool:
+    """``/wflogs subscribe|unsubscribe|subscriptions``, answered in the acknowledgement (changes
+    visible to the channel); False when the command is something else."""
+    try:
+        command = parse_subscription_command(str(body.get("text") or ""))
+    except QueryError as exc:
+        text, blocks = fmt.error(str(exc), exc.usage)
+        ack(text=text, blocks=blocks)
+        return True
+    if command is None:
+        return False
+    channel, user = _channel_of(body), _user_of(body) or "someone"
+    refused = control_refusal(runtime.settings, user=user, channel=channel)
+    if refused or not channel:
+        ack(*_note(refused or "Subscriptions are made in a channel."))
+        return True
+    handler = Subscriptions(
+        runtime.settings,
+        runtime.store,
+        names=lambda: app_names(runtime),
+        is_member=lambda c: _is_member(runtime, c),
+    )
+    text, public = handler.run(command, channel=channel, user=user, now=int(now()))
+    ack(text=text, blocks=[section(text)], response_type="in_channel" if public else "ephemeral")
+    return True
 
 
 def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]) -> bool:

@@ -507,8 +507,8 @@ class Escalator:
         due: dict[tuple[str, str, tuple[str, ...]], list[dict[str, Any]]] = {}
         for row in self.db.escalation_candidates():
             app = self.apps.get(row["app_id"])
-            if app is None:
-                continue
+            if app is None or row["channel"] != (alert_channel_for(self.settings, app) or "terminal"):
+                continue  # a channel subscribed from Slack is told, never escalated to (one page)
             after, targets = escalation_for(self.settings, app)
             if not after or now - int(row["opened_at"]) < after:
                 continue

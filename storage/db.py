@@ -576,10 +576,17 @@ class Store:
         with self.transaction():
             for app_id, channel in channels.items():
                 before = self.db.conn.total_changes
+                # A subscribed channel's alerts stay where they are; only the configured route moves.
                 self.db.execute(
-                    "update alerts set channel = ?, message_id = null, incident_id = null "
-                    "where app_id = ? and sent_at is null and channel != ?",
+                    "update or ignore alerts set channel = ?, message_id = null, incident_id = null "
+                    "where app_id = ? and sent_at is null and channel != ? and coalesce(subscription, 0) = 0",
                     [channel, app_id, channel],
+                )
+                # Left behind: runs the new channel already has through its subscription.
+                self.db.execute(
+                    "delete from alerts where app_id = ? and sent_at is null and channel != ? "
+                    "and coalesce(subscription, 0) = 0",
+                    [app_id, channel],
                 )
                 moved += self.db.conn.total_changes - before
             if moved:
@@ -946,3 +953,27 @@ def m015_long_runs(db: sqlite_utils.Database) -> None:
     )
     db["long_runs"].create_index(["app_id", "next_check"])  # type: ignore[union-attr]
     db["app_state"].add_column("long_checked_until", int)  # type: ignore[union-attr]
+
+
+@migrations()
+def m040_subscriptions(db: sqlite_utils.Database) -> None:
+    """Channels subscribed from Slack (``/wflogs subscribe``) to an app (or ``*``), optionally only
+    one status and runs whose error contains a text; a run is then an alert in each channel it goes
+    to (``alerts.subscription``: that alert came from a subscription, not the configuration)."""
+    db["subscriptions"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "channel": str,
+            "app_id": str,  # an app's id, or * for every app
+            "app_name": str,
+            "status": str,  # '' (failed and stopped), failed or stopped
+            "text": str,  # '' or a case-insensitive part of the error
+            "by_user": str,
+            "created_at": int,
+        },
+        pk="id",
+    )
+    db["subscriptions"].create_index(["channel", "app_id", "status", "text"], unique=True)  # type: ignore[union-attr]
+    db["alerts"].add_column("subscription", int)  # type: ignore[union-attr]
+    db.execute("drop index if exists idx_alerts_app_id_log_id")
+    db["alerts"].create_index(["app_id", "log_id", "channel"], unique=True)  # type: ignore[union-attr]

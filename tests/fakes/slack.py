@@ -77,11 +77,11 @@ def _blocks_chars(node: Any) -> int:
     return 0
 
 
-def check_blocks(blocks: list[dict[str, Any]]) -> str | None:
-    """The Slack error a message with these blocks would get, or None."""
-    if len(blocks) > 50:
+def check_blocks(blocks: list[dict[str, Any]], *, most: int = 50, chars: int | None = 13000) -> str | None:
+    """The Slack error a message with these blocks would get, or None (a view: 100 blocks)."""
+    if len(blocks) > most:
         return "invalid_blocks"
-    if _blocks_chars(blocks) > 13000:
+    if chars is not None and _blocks_chars(blocks) > chars:
         return "msg_blocks_too_long"
     for block in blocks:
         kind = block.get("type")
@@ -137,6 +137,9 @@ class FakeSlack:
         self.messages: list[dict[str, Any]] = []
         self.files: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # posts to response_url
+        # views.publish: each person's Home tab as last published, and every publish in order.
+        self.home_views: dict[str, dict[str, Any]] = {}
+        self.published: list[dict[str, Any]] = []
         self.faults: dict[str, list[tuple[str, Any]]] = {}
         # Workspace directory for users.info / usergroups.list, and scopes the token lacks.
         self.users: dict[str, dict[str, Any]] = {}
@@ -415,6 +418,21 @@ class FakeSlack:
                     }
                 )
             return {"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}}
+        if method == "views.publish":
+            view = p.get("view")
+            if isinstance(view, str):
+                view = json.loads(view)
+            if not p.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+                return {"ok": False, "error": "invalid_arguments"}
+            if len(view.get("callback_id") or "") > 255 or len(view.get("private_metadata") or "") > 3000:
+                return {"ok": False, "error": "invalid_arguments"}
+            error = check_blocks(view.get("blocks") or [], most=100, chars=None)
+            if error:
+                return {"ok": False, "error": error}
+            with self.lock:
+                self.home_views[p["user_id"]] = view
+                self.published.append({"user": p["user_id"], "view": view, "at": time.monotonic()})
+            return {"ok": True, "view": {"id": f"V{len(self.published):05d}", **view}}
         if method == "files.getUploadURLExternal":
             file_id = f"F{len(self._uploads) + 1:05d}"
             with self.lock:
