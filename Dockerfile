@@ -13,11 +13,13 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY storage ./storage
 # A regular (not editable) install, then the installers themselves go: the runtime needs neither pip
-# nor setuptools (sqlite-utils lists pip only for its own `sqlite-utils install` command).
+# nor setuptools (sqlite-utils lists pip only for its own `sqlite-utils install` command). matplotlib
+# (the digest's chart) must import on BASE; it keeps its font cache in $HOME/.config, i.e. /data.
 RUN python3 -m venv /opt/wflogs \
  && /opt/wflogs/bin/python -m pip install . \
  && /opt/wflogs/bin/python -m pip uninstall -y -q pip setuptools \
- && /opt/wflogs/bin/wflogs --help >/dev/null
+ && /opt/wflogs/bin/wflogs --help >/dev/null \
+ && /opt/wflogs/bin/python -c "import matplotlib; matplotlib.use('Agg'); import matplotlib.figure"
 
 # -- runtime: the virtualenv, a non-root user and /data -------------------------------------------------
 FROM ${BASE}

@@ -15,6 +15,11 @@
    cycles, then goes quiet until it resolves: channel messages (one), thread
    replies (at most one a cycle), parent edits (at most one a cycle), and every
    run in Slack exactly once.
+4. The digest's chart: 14 days of scheduled digests for 1, 3 and 12 apps in one
+   channel; the last round with the chart on and off: Dify requests (the same),
+   the time to draw it (the first one in a process includes importing
+   matplotlib), its bytes, and its upload into the first digest's thread.
+   ``--chart-example FILE`` writes the 3-app chart (the one in docs/).
 
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
@@ -259,6 +264,70 @@ def idle_cost(apps: int, latency: float, connections: int, cycles: int = 10) -> 
     )
 
 
+CHART_APPS = ("Billing assistant", "Support triage", "Nightly import")
+
+
+def chart_cost(apps: int, example: str | None = None) -> None:
+    """14 days of scheduled digests for ``apps`` apps sharing one channel (seeded), the last one
+    with the chart on and off: what the chart costs."""
+    from bot import digest_chart
+
+    rnd = random.Random(21)
+    day = 86_400
+    first = NOW - 14 * day
+    dify = FakeDify(clock=lambda: NOW)
+    keys = []
+    for i in range(apps):
+        name = CHART_APPS[i] if i < len(CHART_APPS) else f"app {i}"
+        app = dify.add_app(name)
+        keys.append(app.key)
+        for d in range(15):
+            start = first + d * day - day
+            spike = 25 if (i == 0 and d == 14) or (i == 1 and d == 6) else 0
+            for status, n in (("failed", rnd.randint(0, 6) + spike), ("stopped", rnd.randint(0, 3))):
+                for _ in range(n):
+                    dify.add_log(app, status=status, at=start + rnd.randint(0, day - 1))
+            for _ in range(rnd.randint(20, 40)):
+                dify.add_log(app, status="succeeded", at=start + rnd.randint(0, day - 1))
+    toml = "".join(f'[[apps]]\napi_key = "{k}"\n' for k in keys)
+    results = {}
+    for chart in ("false", "true"):
+        clock = [float(first)]
+        with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+            env = {"WFLOGS_DIGEST_CHART": "false", "WFLOGS_DIGEST_TIME": "00:00"}
+            runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0DIGEST", toml=toml, pacing=0.0)
+            for app in runtime.settings.apps:
+                runtime.store.digest_first_seen(app.id, first - day)
+            for d in range(14):  # the history, without charts
+                clock[0] = first + d * day + 60
+                runtime.digester.run_due(clock[0])
+            runtime.close()
+            env["WFLOGS_DIGEST_CHART"] = chart
+            runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0DIGEST", toml=toml, pacing=0.0)
+            clock[0] = NOW + 60
+            before = sum(c.requests for c in runtime.clients.values())
+            started = time.perf_counter()
+            report = runtime.digester.run_due(clock[0])
+            planned = time.perf_counter() - started
+            requests = sum(c.requests for c in runtime.clients.values()) - before
+            runtime.deliverer.deliver_planned()
+            runtime.close()
+            files = list(slack.files)
+        results[chart] = (requests, planned, files, report)
+    (off_requests, off_time, _, _), (on_requests, on_time, files, report) = results["false"], results["true"]
+    png = files[0]["data"] if files else b""
+    print(
+        f"  {apps} app{'s' if apps > 1 else ''} in one channel: {on_requests} Dify requests with the chart, "
+        f"{off_requests} without; planning took {on_time:.2f}s with it, {off_time:.2f}s without "
+        f"(+{on_time - off_time:.2f}s to draw); {len(png):,} bytes PNG; {len(files)} upload in the thread "
+        f"of the first digest"
+    )
+    if example and png:
+        Path(example).write_bytes(png)
+        print(f"  wrote {example}; alt text: {files[0]['alt_txt'][:160]}...")
+    assert digest_chart.DAYS == 14 and report.chart_keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -278,7 +347,14 @@ def main() -> None:
         "--idle-cycles", type=int, default=10, help="quiet cycles with every feature on (0: skip them)"
     )
     parser.add_argument("--idle-only", action="store_true", help="only the idle cost")
+    parser.add_argument("--chart-only", action="store_true", help="only the digest's chart")
+    parser.add_argument("--chart-example", metavar="FILE", help="write the 3-app chart to FILE")
     args = parser.parse_args()
+    print("digest chart (14 days of digests; the chart drawn in the last round):")
+    for apps in (1, 3, 12):
+        chart_cost(apps, args.chart_example if apps == 3 else None)
+    if args.chart_only:
+        return
     latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.idle_cycles and args.apps:
         print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")
