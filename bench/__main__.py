@@ -328,6 +328,34 @@ def chart_cost(apps: int, example: str | None = None) -> None:
     assert digest_chart.DAYS == 14 and report.chart_keys
 
 
+_COLD = """
+import resource, time
+from datetime import date
+from bot import digest_chart as dc
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+png = dc.draw(dc.Chart([dc.Panel("app", [dc.Day(date(2026, 11, d), 100, d % 5, 1) for d in range(4, 18)])]))
+first = time.perf_counter() - started
+started = time.perf_counter()
+dc.draw(dc.Chart([dc.Panel("app", [dc.Day(date(2026, 11, d), 100, d % 5, 1) for d in range(4, 18)])]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(first, time.perf_counter() - started, (peak - before) / 1024)
+"""
+
+
+def chart_cold() -> None:
+    """A fresh process: the first chart (importing matplotlib), the second, and the peak memory added."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, check=True).stdout
+    first, second, rss = (float(x) for x in out.split())
+    print(
+        f"  a fresh process: first chart {first:.2f}s (imports matplotlib), the next {second:.2f}s; "
+        f"peak memory +{rss:.0f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -351,6 +379,7 @@ def main() -> None:
     parser.add_argument("--chart-example", metavar="FILE", help="write the 3-app chart to FILE")
     args = parser.parse_args()
     print("digest chart (14 days of digests; the chart drawn in the last round):")
+    chart_cold()
     for apps in (1, 3, 12):
         chart_cost(apps, args.chart_example if apps == 3 else None)
     if args.chart_only:
