@@ -1,10 +1,11 @@
 """The digest's chart: per app, failed and stopped runs per day over the last 14 days, as a PNG.
 
 The figures are the digests' own counts (``digests.runs``, ``failed``, ``stopped``): the
-chart costs no Dify request. One bar group per day, labelled with the local day its 24-hour
-window mostly covers; the digest's own window is the last one, marked (``yesterday`` for a
-scheduled digest, ``last 24 h`` for ``wflogs digest --now``). A day without a digest (wflogs
-was down, Dify could not be read) is left empty and said so.
+chart costs no Dify request. A day's scheduled digest is its figure; without one, its latest
+``wflogs digest --now`` (an install that runs the digest from cron). One bar group per day,
+labelled with the local day its 24-hour window mostly covers; the digest's own window is the
+last one, marked (``yesterday`` for a scheduled digest, ``last 24 h`` for ``wflogs digest
+--now``). A day without a digest (wflogs was down, Dify could not be read) is hatched and said so.
 
 matplotlib (Agg, no display) is imported only inside :func:`draw`: the poller, the CLI and
 ``wflogs run`` do not load it until a digest with a chart is planned. Everything else here is
@@ -92,8 +93,13 @@ def day_of(window_end: int, tz: ZoneInfo) -> date:
 def panel(app_name: str, last: Day, history: list[dict[str, Any]], tz: ZoneInfo) -> Panel:
     """An app's panel: ``last`` (the digest being planned) and the stored digests before it."""
     by_day: dict[date, Day] = {}
-    for row in history:  # oldest first: a later digest of the same day wins
+    scheduled: set[date] = set()
+    for row in history:  # oldest first: a day's scheduled digest wins, else its latest --now one
         day = day_of(int(row["window_end"]), tz)
+        if day in scheduled:
+            continue
+        if row.get("kind") == "scheduled":
+            scheduled.add(day)
         by_day[day] = Day(day, row.get("runs"), row.get("failed"), row.get("stopped"))
     days = [
         by_day.get(last.day - timedelta(days=n), Day(last.day - timedelta(days=n)))

@@ -549,11 +549,12 @@ class Store:
         return rows
 
     def digest_days(self, app_id: str, since: int, before: int) -> list[dict[str, Any]]:
-        """The app's scheduled digests that read Dify, with a window ending in ``[since, before)``,
-        oldest first: their window and counts (the history the digest's chart draws)."""
+        """The app's digests that read Dify (scheduled, and ``--now`` ones for a cron-driven
+        install), with a window ending in ``[since, before)``, oldest first: their kind, window
+        and counts (the history the digest's chart draws)."""
         return self.query(
-            "select day, window_start, window_end, runs, failed, stopped from digests "
-            "where app_id = ? and kind = 'scheduled' and ok = 1 and window_end >= ? and window_end < ? "
+            "select kind, day, window_start, window_end, runs, failed, stopped from digests "
+            "where app_id = ? and ok = 1 and window_end >= ? and window_end < ? "
             "order by window_end, id",
             [app_id, since, before],
         )

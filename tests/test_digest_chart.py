@@ -277,3 +277,17 @@ def test_the_poller_and_the_cli_do_not_import_matplotlib() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_digests_run_from_cron_make_the_history_too(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient
+) -> None:
+    """`wflogs digest --now` every morning instead of `wflogs run`: its digests are the days."""
+    _b, _s, toml = two_apps(dify)
+    runtime, digester = build(tmp_path, dify, web, slack_env(), toml)
+    for day in (2, 1, 0):
+        digester.post_now(S - day * DAY + 1)
+    runtime.close()
+    alt = slack.files[-1]["alt_txt"]
+    assert "Billing: last 24 h 3 failed, 1 stopped of 5 runs" in alt
+    assert "14 days: 6 failed, 3 stopped" in alt and "no digest on 11 days" in alt
