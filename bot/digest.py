@@ -58,7 +58,7 @@ from bot.dify import MAX_LIMIT, DifyClient
 from bot.errors import DifyError
 from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
 from bot.text import normalize_error, one_line, strip_controls
-from storage import Store
+from storage import STORAGE_ERRORS, Store
 from storage import journal as effects
 from storage.incidents import IncidentStore
 
@@ -429,10 +429,12 @@ class Digester:
         is posted that cannot be remembered)."""
         rendered = [digest_format.render(digest) for _app, digest, _day in planned]
         charted = [(app, digest) for app, digest, _day in planned if digest_chart_for(self.settings, app)]
-        upload = self._chart(charted) if charted else None
+        upload = self._safe_chart(charted) if charted else None
         if draw:
             shown = upload if len(charted) == len(planned) else None
-            report.charts[channel] = (shown or self._chart([(a, d) for a, d, _ in planned]))[0]
+            drawn = shown or self._safe_chart([(a, d) for a, d, _ in planned])
+            if drawn is not None:
+                report.charts[channel] = drawn[0]
         keys: list[str] = []
         chart_key = None
         with self.store.transaction():
@@ -503,6 +505,19 @@ class Digester:
         report.keys.extend(keys)
         if chart_key is not None:
             report.chart_keys.append(chart_key)
+
+    def _safe_chart(
+        self, digests: list[tuple[AppConfig, AppDigest]]
+    ) -> tuple[bytes, digest_chart.Chart] | None:
+        """The chart, or None when it cannot be drawn: the text digests go out without it."""
+        try:
+            return self._chart(digests)
+        except STORAGE_ERRORS:
+            raise
+        except Exception as exc:
+            if self.store.tell_once(f"chart:{type(exc).__name__}", str(exc), int(time.time())):
+                log.exception("the digest's chart cannot be drawn; the digests go out without it")
+            return None
 
     def _chart(self, digests: list[tuple[AppConfig, AppDigest]]) -> tuple[bytes, digest_chart.Chart]:
         """The chart of these digests' apps: each one's counts and its stored digests' before it."""

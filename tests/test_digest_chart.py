@@ -291,3 +291,24 @@ def test_digests_run_from_cron_make_the_history_too(
     alt = slack.files[-1]["alt_txt"]
     assert "Billing: last 24 h 3 failed, 1 stopped of 5 runs" in alt
     assert "14 days: 6 failed, 3 stopped" in alt and "no digest on 11 days" in alt
+
+
+def test_without_matplotlib_the_text_digests_still_go_out(
+    tmp_path: Path,
+    dify: FakeDify,
+    slack: FakeSlack,
+    web: WebClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An install that lost matplotlib (or a chart that cannot be drawn): no chart, said once."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    _b, _s, toml = two_apps(dify)
+    runtime, digester = build(tmp_path, dify, web, slack_env(), toml)
+    for app in digester.settings.apps:
+        digester.store.digest_first_seen(app.id, S - 10 * DAY)
+    with caplog.at_level(logging.ERROR):
+        days_of_digests(digester, first=1)
+    runtime.close()
+    assert len(slack.posts("C0DIGEST")) == 4 and slack.files == []
+    assert len([r for r in caplog.records if "chart cannot be drawn" in r.getMessage()]) == 1
