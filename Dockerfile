@@ -15,11 +15,13 @@ COPY storage ./storage
 # The locked versions (requirements.txt, checked against their hashes), then wflogs itself without
 # dependencies as a regular (not editable: /src is not in the runtime stage) install; then the installers
 # go: the runtime needs neither pip nor setuptools (sqlite-utils lists pip only for `sqlite-utils install`).
+# matplotlib (the digest's chart) must import on BASE; it keeps its font cache in $HOME/.config, i.e. /data.
 RUN python3 -m venv /opt/wflogs \
  && /opt/wflogs/bin/python -m pip install --require-hashes -r requirements.txt \
  && /opt/wflogs/bin/python -m pip install --no-deps . \
  && /opt/wflogs/bin/python -m pip uninstall -y -q pip setuptools \
- && /opt/wflogs/bin/wflogs --help >/dev/null
+ && /opt/wflogs/bin/wflogs --help >/dev/null \
+ && /opt/wflogs/bin/python -c "import matplotlib; matplotlib.use('Agg'); import matplotlib.figure"
 
 # -- runtime: the virtualenv, a non-root user and /data -------------------------------------------------
 FROM ${BASE}

@@ -15,9 +15,17 @@
    cycles, then goes quiet until it resolves: channel messages (one), thread
    replies (at most one a cycle), parent edits (at most one a cycle), and every
    run in Slack exactly once.
+4. The digest's chart: 14 days of scheduled digests for 1, 3 and 12 apps in one
+   channel; the last round with the chart on and off: Dify requests (the same),
+   the time to draw it (the first one in a process includes importing
+   matplotlib), its bytes, and its upload into the first digest's thread.
+   ``--chart-example FILE`` writes the 3-app chart (the one in docs/).
+5. The idle cost of quiet cycles with every feature on.
+6. Opening the App Home with 200 apps and 50 open incidents: time from the
+   event to views.publish, and Dify requests (none).
 
-4. The idle cost of quiet cycles with every feature on; 5. opening the App Home with 200 apps
-   and 50 open incidents: time from the event to views.publish, and Dify requests (none).
+``--home-only``, ``--chart-only``, ``--idle-only`` and ``--incident-only`` run
+only those (several may be given).
 
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
@@ -331,6 +339,98 @@ def home_cost(apps: int, incidents: int, latency: float) -> None:
             runtime.close()
 
 
+CHART_APPS = ("Billing assistant", "Support triage", "Nightly import")
+
+
+def chart_cost(apps: int, example: str | None = None) -> None:
+    """14 days of scheduled digests for ``apps`` apps sharing one channel (seeded), the last one
+    with the chart on and off: what the chart costs."""
+    from bot import digest_chart
+
+    rnd = random.Random(21)
+    day = 86_400
+    first = NOW - 14 * day
+    dify = FakeDify(clock=lambda: NOW)
+    keys = []
+    for i in range(apps):
+        name = CHART_APPS[i] if i < len(CHART_APPS) else f"app {i}"
+        app = dify.add_app(name)
+        keys.append(app.key)
+        for d in range(15):
+            start = first + d * day - day
+            spike = 25 if (i == 0 and d == 14) or (i == 1 and d == 6) else 0
+            for status, n in (("failed", rnd.randint(0, 6) + spike), ("stopped", rnd.randint(0, 3))):
+                for _ in range(n):
+                    dify.add_log(app, status=status, at=start + rnd.randint(0, day - 1))
+            for _ in range(rnd.randint(20, 40)):
+                dify.add_log(app, status="succeeded", at=start + rnd.randint(0, day - 1))
+    toml = "".join(f'[[apps]]\napi_key = "{k}"\n' for k in keys)
+    results = {}
+    for chart in ("false", "true"):
+        clock = [float(first)]
+        with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+            env = {"WFLOGS_DIGEST_CHART": "false", "WFLOGS_DIGEST_TIME": "00:00"}
+            runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0DIGEST", toml=toml, pacing=0.0)
+            for app in runtime.settings.apps:
+                runtime.store.digest_first_seen(app.id, first - day)
+            for d in range(14):  # the history, without charts
+                clock[0] = first + d * day + 60
+                runtime.digester.run_due(clock[0])
+            runtime.close()
+            env["WFLOGS_DIGEST_CHART"] = chart
+            runtime = _slack_runtime(tmp, dify, slack, clock, env, channel="C0DIGEST", toml=toml, pacing=0.0)
+            clock[0] = NOW + 60
+            before = sum(c.requests for c in runtime.clients.values())
+            started = time.perf_counter()
+            report = runtime.digester.run_due(clock[0])
+            planned = time.perf_counter() - started
+            requests = sum(c.requests for c in runtime.clients.values()) - before
+            runtime.deliverer.deliver_planned()
+            runtime.close()
+            files = list(slack.files)
+        results[chart] = (requests, planned, files, report)
+    (off_requests, off_time, _, _), (on_requests, on_time, files, report) = results["false"], results["true"]
+    png = files[0]["data"] if files else b""
+    print(
+        f"  {apps} app{'s' if apps > 1 else ''} in one channel: {on_requests} Dify requests with the chart, "
+        f"{off_requests} without; planning took {on_time:.2f}s with it, {off_time:.2f}s without "
+        f"(+{on_time - off_time:.2f}s to draw); {len(png):,} bytes PNG; {len(files)} upload in the thread "
+        f"of the first digest"
+    )
+    if example and png:
+        Path(example).write_bytes(png)
+        print(f"  wrote {example}; alt text: {files[0]['alt_txt'][:160]}...")
+    assert digest_chart.DAYS == 14 and report.chart_keys
+
+
+_COLD = """
+import resource, time
+from datetime import date
+from bot import digest_chart as dc
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+png = dc.draw(dc.Chart([dc.Panel("app", [dc.Day(date(2026, 11, d), 100, d % 5, 1) for d in range(4, 18)])]))
+first = time.perf_counter() - started
+started = time.perf_counter()
+dc.draw(dc.Chart([dc.Panel("app", [dc.Day(date(2026, 11, d), 100, d % 5, 1) for d in range(4, 18)])]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(first, time.perf_counter() - started, (peak - before) / 1024)
+"""
+
+
+def chart_cold() -> None:
+    """A fresh process: the first chart (importing matplotlib), the second, and the peak memory added."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _COLD], capture_output=True, text=True, check=True).stdout
+    first, second, rss = (float(x) for x in out.split())
+    print(
+        f"  a fresh process: first chart {first:.2f}s (imports matplotlib), the next {second:.2f}s; "
+        f"peak memory +{rss:.0f} MB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--apps", type=int, default=200, help="apps in the many-apps cycle (0: skip it)")
@@ -353,24 +453,31 @@ def main() -> None:
     parser.add_argument("--home-apps", type=int, default=200, help="apps in the App Home cost (0: skip it)")
     parser.add_argument("--home-incidents", type=int, default=50, help="open incidents in the App Home cost")
     parser.add_argument("--home-only", action="store_true", help="only the App Home cost")
+    parser.add_argument("--chart-only", action="store_true", help="only the digest's chart")
+    parser.add_argument("--chart-example", metavar="FILE", help="write the 3-app chart to FILE")
     args = parser.parse_args()
-    if args.home_apps:
+    only = {name for name in ("home", "chart", "idle", "incident") if getattr(args, f"{name}_only")}
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
+
+    if args.home_apps and wanted("home"):
         print(f"App Home: opening the Home tab, Dify latency {args.latency * 1000:.0f} ms")
         home_cost(args.home_apps, args.home_incidents, args.latency)
-    if args.home_only:
-        return
+    if wanted("chart"):
+        print("digest chart (14 days of digests; the chart drawn in the last round):")
+        chart_cold()
+        for apps in (1, 3, 12):
+            chart_cost(apps, args.chart_example if apps == 3 else None)
     latency_ms = f"{args.latency * 1000:.0f} ms"
-    if args.idle_cycles and args.apps:
+    if args.idle_cycles and args.apps and wanted("idle"):
         print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")
         idle_cost(args.apps, args.latency, args.connections, args.idle_cycles)
-    if args.idle_only:
-        return
-    if args.cycles:
+    if args.cycles and wanted("incident"):
         print("incident (Slack pacing off; edits and replies counted, not timed):")
         incident(args.cycles)
-    if args.incident_only:
+    if only:
         return
-    latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.apps:
         print(
             f"many apps: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections, "

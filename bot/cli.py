@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -309,12 +310,28 @@ def cmd_digest(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
     if not any(app.digest for app in settings.apps):
         err.write("wflogs: no app has the digest enabled (digest = false for every app)\n")
         return 1
+    chart_file = getattr(args, "chart", None)
+    if chart_file and settings.slack_enabled:
+        err.write(
+            "wflogs: --chart FILE is for terminal mode (no SLACK_BOT_TOKEN); in Slack the chart "
+            "goes in the digest's thread\n"
+        )
+        return 2
     runtime = Runtime.build(settings, stream=out)
     try:
-        report = runtime.digester.post_now()
+        report = runtime.digester.post_now(chart=bool(chart_file))
         problems = list(report.problems) + _deliver_planned(runtime, report.keys, err)
     finally:
         runtime.close()
+    if chart_file:
+        png = next(iter(report.charts.values()), None)
+        try:
+            if png is not None:
+                Path(chart_file).write_bytes(png)
+        except OSError as exc:
+            problems.append(f"cannot write the chart to {chart_file}: {exc.strerror}")
+        else:
+            out.write(f"chart of the last 14 days written to {chart_file} ({len(png or b''):,} bytes)\n")
     for problem in problems:
         err.write(f"wflogs: {problem}\n")
     return 0 if not problems else 1
@@ -425,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     digest = sub.add_parser("digest", help="post the daily digest of every app")
     digest.add_argument(
         "--now", action="store_true", required=True, help="the last 24 hours, now (the schedule is unchanged)"
+    )
+    digest.add_argument(
+        "--chart", metavar="FILE", help="terminal mode: write the chart of the last 14 days to FILE (PNG)"
     )
     search = sub.add_parser(
         "search",

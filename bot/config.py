@@ -42,6 +42,7 @@ _APP_FIELDS = {
     "console_url",
     "digest_channel",
     "digest",
+    "digest_chart",
     "channels",
     "alert_partial",
     "resolve_after",
@@ -50,7 +51,7 @@ _APP_FIELDS = {
 _WATCH_APP_FIELDS = {"mention", "escalate_after", "escalate_to", "rate_threshold", "stuck_after"}
 _APP_FIELDS |= _WATCH_APP_FIELDS
 _SLACK_FIELDS = {"allowed_users", "allowed_channels"}
-_TOP_FIELDS = {"apps", "slack"}
+_TOP_FIELDS = {"apps", "slack", "digest_chart"}
 _CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -66,6 +67,8 @@ class AppConfig:
     console_url: str | None = None
     digest_channel: str | None = None
     digest: bool = True
+    # The digest's chart of the last 14 days (off when this, the file's or the environment's is false).
+    digest_chart: bool = True
     channels: tuple[str, ...] | None = None
     alert_partial: bool = False
     resolve_after: int | None = None
@@ -113,6 +116,8 @@ class Settings:
     resolve_after: int = DEFAULT_RESOLVE_AFTER
     digest_channel: str | None = None
     digest_time: str = "09:00"
+    # WFLOGS_DIGEST_CHART and a top-level ``digest_chart`` in wflogs.toml (both must allow it).
+    digest_chart: bool = True
     timezone: str = "UTC"
     allowed_users: tuple[str, ...] | None = None
     allowed_channels: tuple[str, ...] | None = None
@@ -283,6 +288,7 @@ def _apps_from_toml(
                 console_url=(raw.get("console_url") or "").strip() or None,
                 digest_channel=_channel(raw.get("digest_channel"), f"{where}: digest_channel"),
                 digest=_bool(raw.get("digest", True), f"{where}: digest"),
+                digest_chart=_bool(raw.get("digest_chart", True), f"{where}: digest_chart"),
                 channels=_str_list(raw["channels"], f"{where}: channels") if "channels" in raw else None,
                 alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
                 resolve_after=_seconds(raw.get("resolve_after"), f"{where}: resolve_after"),
@@ -305,6 +311,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     alert_channel = _channel(env.get("WFLOGS_ALERT_CHANNEL"), "WFLOGS_ALERT_CHANNEL")
     digest_channel = _channel(env.get("WFLOGS_DIGEST_CHANNEL"), "WFLOGS_DIGEST_CHANNEL")
     alert_partial = _bool(env.get("WFLOGS_ALERT_PARTIAL", ""), "WFLOGS_ALERT_PARTIAL")
+    digest_chart = _bool(env.get("WFLOGS_DIGEST_CHART", "").strip() or True, "WFLOGS_DIGEST_CHART")
 
     config_path: Path | None = None
     if env.get("WFLOGS_CONFIG", "").strip():
@@ -319,6 +326,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     if config_path is not None:
         data = _read_toml(config_path)
         apps = _apps_from_toml(data, config_path, env, default_url)
+        if "digest_chart" in data:
+            digest_chart = digest_chart and _bool(data["digest_chart"], f"{config_path}: digest_chart")
         if env.get("DIFY_API_KEY", "").strip():
             warnings.append(f"DIFY_API_KEY is set but ignored: the apps come from {config_path}")
         slack = data.get("slack", {})
@@ -404,6 +413,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         resolve_after=_int_env(env, "WFLOGS_RESOLVE_AFTER", DEFAULT_RESOLVE_AFTER, minimum=1),
         digest_channel=digest_channel,
         digest_time=digest_time,
+        digest_chart=digest_chart,
         timezone=timezone,
         allowed_users=allowed_users,
         allowed_channels=allowed_channels,
@@ -427,6 +437,11 @@ def resolve_after_for(settings: Settings, app: AppConfig) -> int:
 def digest_channel_for(settings: Settings, app: AppConfig) -> str | None:
     """The channel an app's digest goes to."""
     return app.digest_channel or settings.digest_channel or alert_channel_for(settings, app)
+
+
+def digest_chart_for(settings: Settings, app: AppConfig) -> bool:
+    """Whether an app's digest comes with the chart of the last 14 days."""
+    return settings.digest_chart and app.digest_chart
 
 
 def lookback_warning(lookback: int) -> str:

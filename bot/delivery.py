@@ -169,6 +169,19 @@ class Deliverer:
 
     def _run_planned(self, channel: str, result: DeliveryResult) -> None:
         def refused(row: dict[str, Any], exc: SlackError) -> None:
+            if row.get("op") == UPLOAD and (exc.error == "missing_scope" or not _stops_channel(exc)):
+                # A file Slack will not take (no files:write, uploads disabled): the messages it goes
+                # with went out; it is dropped rather than retried, and the operator told once.
+                effects.refuse(self.store, row["key"], str(exc))
+                text = (
+                    f"Slack refused a file for {channel} ({exc.error}): the {row.get('source') or 'file'} "
+                    "is left out and the messages go on without it; for files, add the files:write "
+                    "scope and reinstall the app (manifest.yml)"
+                )
+                if self.store.tell_once(f"upload:{row.get('source')}:{exc.error}", text, int(self._now())):
+                    log.error("%s", text)
+                result.refused[channel] = str(exc)
+                return
             if _stops_channel(exc):
                 raise exc
             if self.store.tell_once(

@@ -52,13 +52,13 @@ from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from typing import Any
 
-from bot import digest_format
-from bot.config import AppConfig, Settings, digest_channel_for
+from bot import digest_chart, digest_format
+from bot.config import AppConfig, Settings, digest_channel_for, digest_chart_for
 from bot.dify import MAX_LIMIT, DifyClient
 from bot.errors import DifyError
 from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
 from bot.text import normalize_error, one_line, strip_controls
-from storage import Store
+from storage import STORAGE_ERRORS, Store
 from storage import journal as effects
 from storage.incidents import IncidentStore
 
@@ -213,6 +213,8 @@ class DigestReport:
     problems: list[str] = field(default_factory=list)
     requests: int = 0
     keys: list[str] = field(default_factory=list)  # the journal's keys of the planned messages
+    charts: dict[str, bytes] = field(default_factory=dict)  # the PNG drawn for each channel
+    chart_keys: list[str] = field(default_factory=list)  # the journal's keys of the planned uploads
 
     @property
     def ok(self) -> bool:
@@ -277,26 +279,38 @@ class Digester:
         now_i = int(time.time() if now is None else now)
         report = DigestReport()
         with self._lock:
-            for item in self.due(now_i):
-                digest = self.compute(item.app, item.scheduled_at, now=now_i, late=item.late)
-                self._post(item.app, digest, item.day, report)
+            for channel, items in self._by_channel(self.due(now_i), lambda item: item.app):
+                planned = [
+                    (item.app, self.compute(item.app, item.scheduled_at, now=now_i, late=item.late), item.day)
+                    for item in items
+                ]
+                self._post(channel, planned, report)
         return report
 
-    def post_now(self, now: float | None = None) -> DigestReport:
+    def post_now(self, now: float | None = None, *, chart: bool = False) -> DigestReport:
         """Plan a digest of the 24 hours ending ``now`` for every app (``wflogs digest --now``).
 
-        It does not count as the day's scheduled digest, which still goes out.
+        It does not count as the day's scheduled digest, which still goes out. ``chart``: draw
+        the chart (``report.charts``) even where the settings do not upload it.
         """
         now_i = int(time.time() if now is None else now)
         report = DigestReport()
         day = datetime.fromtimestamp(now_i, self.settings.tz).date()
+        apps = [app for app in self.settings.apps if app.digest]
         with self._lock:
-            for app in self.settings.apps:
-                if not app.digest:
-                    continue
-                digest = self.compute(app, now_i, now=now_i, kind="manual")
-                self._post(app, digest, day, report)
+            for channel, group in self._by_channel(apps, lambda app: app):
+                planned = [(app, self.compute(app, now_i, now=now_i, kind="manual"), day) for app in group]
+                self._post(channel, planned, report, draw=chart)
         return report
+
+    def _by_channel(
+        self, items: list[Any], app_of: Callable[[Any], AppConfig]
+    ) -> list[tuple[str, list[Any]]]:
+        """Items grouped by their app's digest channel, channels and items in the apps' order."""
+        groups: dict[str, list[Any]] = {}
+        for item in items:
+            groups.setdefault(digest_channel_for(self.settings, app_of(item)) or "terminal", []).append(item)
+        return list(groups.items())
 
     # -- computing ----------------------------------------------------------------
 
@@ -402,49 +416,133 @@ class Digester:
 
     # -- posting --------------------------------------------------------------------
 
-    def _post(self, app: AppConfig, digest: AppDigest, day: date, report: DigestReport) -> None:
-        """Record one app's digest and plan its message in the same transaction: the deliverer
-        posts it (a full disk plans nothing, so nothing is posted that cannot be remembered)."""
-        channel = digest_channel_for(self.settings, app) or "terminal"
-        text, blocks = digest_format.render(digest)
-        current = digest.current
+    def _post(
+        self,
+        channel: str,
+        planned: list[tuple[AppConfig, AppDigest, date]],
+        report: DigestReport,
+        *,
+        draw: bool = False,
+    ) -> None:
+        """Record one channel's digests and plan their messages, and the chart in the first one's
+        thread, in one transaction: the deliverer posts them (a full disk plans nothing, so nothing
+        is posted that cannot be remembered)."""
+        rendered = [digest_format.render(digest) for _app, digest, _day in planned]
+        charted = [(app, digest) for app, digest, _day in planned if digest_chart_for(self.settings, app)]
+        upload = self._safe_chart(charted) if charted else None
+        if draw:
+            shown = upload if len(charted) == len(planned) else None
+            drawn = shown or self._safe_chart([(a, d) for a, d, _ in planned])
+            if drawn is not None:
+                report.charts[channel] = drawn[0]
+        keys: list[str] = []
+        chart_key = None
         with self.store.transaction():
-            digest_id = self.store.record_digest(
-                {
-                    "app_id": app.id,
-                    "day": day.isoformat(),
-                    "kind": digest.kind,
-                    "scheduled_at": digest.scheduled_at,
-                    "window_start": digest.window.start,
-                    "window_end": digest.window.end,
-                    "channel": channel,
-                    "ts": None,
-                    "posted_at": digest.posted_at,
-                    "late": int(digest.late),
-                    "ok": int(digest.error is None),
-                    "runs": current.total if current else None,
-                    "failed": current.failed if current else None,
-                    "shapes": digest.shapes,
-                }
+            for (app, digest, day), (text, blocks) in zip(planned, rendered, strict=True):
+                current = digest.current
+                digest_id = self.store.record_digest(
+                    {
+                        "app_id": app.id,
+                        "day": day.isoformat(),
+                        "kind": digest.kind,
+                        "scheduled_at": digest.scheduled_at,
+                        "window_start": digest.window.start,
+                        "window_end": digest.window.end,
+                        "channel": channel,
+                        "ts": None,
+                        "posted_at": digest.posted_at,
+                        "late": int(digest.late),
+                        "ok": int(digest.error is None),
+                        "runs": current.total if current else None,
+                        "failed": current.failed if current else None,
+                        "stopped": current.stopped if current else None,
+                        "shapes": digest.shapes,
+                    }
+                )
+                if digest_id is None:
+                    continue  # planned already (another instance, an earlier run)
+                effects.plan(
+                    self.store,
+                    f"digest:{digest_id}",
+                    "post",
+                    channel,
+                    digest.posted_at,
+                    payload={"text": text, "blocks": blocks},
+                    handler="digest",
+                    handler_args={"digest_id": digest_id},
+                    source="digest",
+                )
+                keys.append(f"digest:{digest_id}")
+                report.posted.append(digest.app_name)
+                if digest.error:
+                    report.problems.append(f"{digest.app_name}: {digest.error}")
+                log.info(
+                    "digest of %s planned for %s%s",
+                    digest.app_name,
+                    channel,
+                    " (late)" if digest.late else "",
+                )
+            if upload is not None and keys:
+                # In the thread of the channel's first digest message, sent once that one is.
+                png, chart = upload
+                chart_key = f"chart:{keys[0]}"
+                effects.plan(
+                    self.store,
+                    chart_key,
+                    "upload",
+                    channel,
+                    planned[0][1].posted_at,
+                    payload={
+                        "filename": digest_chart.filename(chart, keys[0]),
+                        "title": digest_chart.title(chart),
+                        "alt_text": digest_chart.alt_text(chart),
+                        "comment": digest_chart.COMMENT,
+                    },
+                    thread_key=keys[0],
+                    content=png,
+                    source="chart",
+                )
+        report.keys.extend(keys)
+        if chart_key is not None:
+            report.chart_keys.append(chart_key)
+
+    def _safe_chart(
+        self, digests: list[tuple[AppConfig, AppDigest]]
+    ) -> tuple[bytes, digest_chart.Chart] | None:
+        """The chart, or None when it cannot be drawn: the text digests go out without it."""
+        try:
+            return self._chart(digests)
+        except STORAGE_ERRORS:
+            raise
+        except Exception as exc:
+            if self.store.tell_once(f"chart:{type(exc).__name__}", str(exc), int(time.time())):
+                log.exception("the digest's chart cannot be drawn; the digests go out without it")
+            return None
+
+    def _chart(self, digests: list[tuple[AppConfig, AppDigest]]) -> tuple[bytes, digest_chart.Chart]:
+        """The chart of these digests' apps: each one's counts and its stored digests' before it."""
+        tz = self.settings.tz
+        chart = digest_chart.Chart(manual=any(d.kind == "manual" for _app, d in digests))
+        for app, digest in digests:
+            end = digest.window.end
+            day = digest_chart.day_of(end, tz)
+            current = digest.current if digest.error is None else None
+            last = (
+                digest_chart.Day(day, current.total, current.failed, current.stopped)
+                if current is not None
+                else digest_chart.Day(day)
             )
-            if digest_id is None:
-                return  # planned already (another instance, an earlier run)
-            effects.plan(
-                self.store,
-                f"digest:{digest_id}",
-                "post",
-                channel,
-                digest.posted_at,
-                payload={"text": text, "blocks": blocks},
-                handler="digest",
-                handler_args={"digest_id": digest_id},
-                source="digest",
-            )
-        report.posted.append(digest.app_name)
-        report.keys.append(f"digest:{digest_id}")
-        if digest.error:
-            report.problems.append(f"{digest.app_name}: {digest.error}")
-        log.info("digest of %s planned for %s%s", digest.app_name, channel, " (late)" if digest.late else "")
+            history = self.store.digest_days(app.id, end - (digest_chart.DAYS + 1) * 86400, end)
+            chart.panels.append(digest_chart.panel(digest.app_name, last, history, tz))
+        started = time.perf_counter()
+        png = digest_chart.draw(chart)
+        log.info(
+            "digest chart of %d apps: %d bytes in %.2fs",
+            len(chart.panels),
+            len(png),
+            time.perf_counter() - started,
+        )
+        return png, chart
 
 
 def _weighted_count(total: float) -> int:

@@ -13,7 +13,8 @@ Tables:
 - ``messages``: Slack messages planned from alerts (a single alert, a group, a
   summary) and, once posted, their ``ts`` so that thread replies follow.
 - ``digests``: every daily digest posted, per app: its local day, window, ``ts``,
-  headline figures and the error shapes it saw (for "new" errors next time).
+  headline figures (runs, failed, stopped: the chart's 14 days) and the error shapes it saw
+  (for "new" errors next time).
   At most one ``scheduled`` digest per app and day (a unique index).
 - ``digest_apps``: when the digest scheduler first saw each app, so that a fresh
   install does not post a late digest for a day before it ran.
@@ -547,6 +548,17 @@ class Store:
             row["shapes"] = json.loads(row["shapes"]) if row.get("shapes") else []
         return rows
 
+    def digest_days(self, app_id: str, since: int, before: int) -> list[dict[str, Any]]:
+        """The app's digests that read Dify (scheduled, and ``--now`` ones for a cron-driven
+        install), with a window ending in ``[since, before)``, oldest first: their kind, window
+        and counts (the history the digest's chart draws)."""
+        return self.query(
+            "select kind, day, window_start, window_end, runs, failed, stopped from digests "
+            "where app_id = ? and ok = 1 and window_end >= ? and window_end < ? "
+            "order by window_end, id",
+            [app_id, since, before],
+        )
+
     # -- delivery upkeep ------------------------------------------------------------
 
     def release_unposted(self, channel: str) -> int:
@@ -977,3 +989,10 @@ def m040_subscriptions(db: sqlite_utils.Database) -> None:
     db["alerts"].add_column("subscription", int)  # type: ignore[union-attr]
     db.execute("drop index if exists idx_alerts_app_id_log_id")
     db["alerts"].create_index(["app_id", "log_id", "channel"], unique=True)  # type: ignore[union-attr]
+
+
+@migrations()
+def m050_digest_stopped(db: sqlite_utils.Database) -> None:
+    """Stopped runs of each digest's window, beside its failed runs: the digest's chart draws the
+    last 14 days from the digests' own counts (null for digests recorded before this column)."""
+    db["digests"].add_column("stopped", int)  # type: ignore[union-attr]

@@ -271,6 +271,7 @@ class FakeSlack:
             parts.append(json.dumps(m.get("blocks") or []))
         for f in self.files:
             parts.append(f["content"])
+            parts.append(f.get("alt_txt") or "")
         return "\n".join(parts)
 
     # -- the server ---------------------------------------------------------------
@@ -322,7 +323,9 @@ class FakeSlack:
             return
         if path.startswith("/upload/"):
             with self.lock:
-                self._uploads[path.rsplit("/", 1)[1]]["content"] = raw.decode("utf-8", "replace")
+                upload = self._uploads[path.rsplit("/", 1)[1]]
+                upload["content"] = raw.decode("utf-8", "replace")
+                upload["data"] = raw
             self._reply(handler, 200, raw=b"OK - 200", body=None)
             return
         method = path.rsplit("/", 1)[-1]
@@ -434,9 +437,18 @@ class FakeSlack:
                 self.published.append({"user": p["user_id"], "view": view, "at": time.monotonic()})
             return {"ok": True, "view": {"id": f"V{len(self.published):05d}", **view}}
         if method == "files.getUploadURLExternal":
+            if "files:write" in self.missing_scopes:
+                return {"ok": False, "error": "missing_scope", "needed": "files:write"}
+            if len(p.get("alt_txt") or "") > 1000:
+                return {"ok": False, "error": "alt_txt_too_large"}
             file_id = f"F{len(self._uploads) + 1:05d}"
             with self.lock:
-                self._uploads[file_id] = {"filename": p.get("filename"), "content": None}
+                self._uploads[file_id] = {
+                    "filename": p.get("filename"),
+                    "content": None,
+                    "alt_txt": p.get("alt_txt"),
+                    "length": p.get("length"),
+                }
             return {"ok": True, "upload_url": f"{self.root}/upload/{file_id}", "file_id": file_id}
         if method == "files.completeUploadExternal":
             files = p.get("files") or []
@@ -452,6 +464,9 @@ class FakeSlack:
                             "thread_ts": p.get("thread_ts"),
                             "filename": upload["filename"],
                             "content": upload["content"],
+                            "data": upload.get("data"),  # the bytes, as sent
+                            "alt_txt": upload["alt_txt"],
+                            "title": f.get("title"),
                             "comment": p.get("initial_comment"),
                             "by": p.get("_by"),
                             "at": time.monotonic(),
