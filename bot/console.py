@@ -567,7 +567,10 @@ class ConsoleAppSource:
         self.label = name
         self.requests = 0
         self._lock = threading.Lock()
-        self.last_version: str | None = None
+
+    @property
+    def last_version(self) -> str | None:
+        return self.console.version
 
     def _count(self) -> None:
         with self._lock:

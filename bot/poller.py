@@ -249,6 +249,8 @@ class Poller:
     def poll_all(self) -> list[AppResult]:
         """Poll every app concurrently (bounded); never raises for one app's failure."""
         apps = list(self.settings.apps)
+        if not apps:
+            return []  # a workspace with nothing (yet) to watch
         if len(apps) == 1:
             return [self._poll_guarded(apps[0])]
         workers = min(self.settings.concurrency, len(apps))
