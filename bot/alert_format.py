@@ -77,9 +77,21 @@ def single(alert: Alert) -> tuple[str, list[Block]]:
                 ("Usage", tokens),
                 ("Workflow version", escape(entry.version or "?")),
                 ("Source", _source(entry)),
+                *(
+                    [("Conversation", f"`{escape_cut(entry.conversation_id, 100)}`")]
+                    if entry.conversation_id
+                    else []
+                ),
             ]
         )
     )
+    if entry.node_title:
+        node = (
+            f"Failed node: *{escape_cut(entry.node_title, 100)}* ({escape_cut(entry.node_type or '?', 40)})"
+        )
+        if entry.node_error and entry.node_error != entry.error:
+            node += f": {escape_cut(one_line(entry.node_error), 300)}"
+        blocks.insert(2, context(node))
     steps = _next_steps(entry)
     if steps:
         blocks.append(context(steps))

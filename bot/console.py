@@ -597,6 +597,10 @@ class ConsoleAppSource:
     ) -> LogPage:
         from bot.dify import iso
 
+        if self.mode != "workflow":
+            # A chatflow writes no log rows (its runs are read by the poller from the run list):
+            # digests and searches see none of its runs yet.
+            return LogPage(page=page, limit=limit, total=0, has_more=False, data=[])
         params: dict[str, Any] = {"page": page, "limit": limit}
         if status:
             params["status"] = status
@@ -629,6 +633,13 @@ class ConsoleAppSource:
         if isinstance(body.get("inputs"), dict):
             body = {**body, "inputs": json.dumps(body["inputs"])}
         return body
+
+    def runs(self, *, status: str | None, last_id: str | None = None) -> dict[str, Any]:
+        """A page of the chatflow's production runs (newest first, cursor paging)."""
+        self._count()
+        return self.console.runs(
+            self.app_id, status=status, last_id=last_id, chat=self.mode == "advanced-chat"
+        )
 
     def nodes(self, run_id: str) -> list[dict[str, Any]]:
         self._count()

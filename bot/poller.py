@@ -55,8 +55,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
+from bot.console import ConsoleAppSource
 from bot.dify import MAX_LIMIT, DifyClient, iso
-from bot.errors import DifyError, DifyNotFound, WflogsError
+from bot.errors import DifyBadRequest, DifyError, DifyNotFound, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import StorageError, Store
@@ -285,6 +286,8 @@ class Poller:
     def poll_app(self, app: AppConfig) -> AppResult:
         """One cycle for one app: read its window, enqueue new alerts, move its cursor."""
         client = self.clients[app.id]
+        if app.mode == "advanced-chat":
+            return self._poll_runs(app, client)  # type: ignore[arg-type]
         before_requests = client.requests
         name = self.app_name(app)
         result = AppResult(app=app, name=name)
@@ -351,6 +354,97 @@ class Poller:
                 self.store.prune_seen(app.id, min(edge, int(marked) + 1) if marked is not None else edge)
         result.requests = client.requests - before_requests
         return result
+
+    # -- chatflows: the console's run list ------------------------------------------------------
+
+    def _poll_runs(self, app: AppConfig, source: ConsoleAppSource) -> AppResult:
+        """One cycle for a chatflow: its failed and stopped production runs in the look-back window.
+
+        The run list has no time filter, is newest first by start time and pages with a cursor
+        that skips the runs sharing the cursor's start time: each page after the first starts
+        from the last run of an EARLIER second than the page's oldest, so that second is read
+        again whole (what was already read is recognised by id). A quiet cycle costs one request
+        per status; a new run one more (its detail, for the error and the end user)."""
+        before_requests = source.requests
+        name = self.app_name(app)
+        result = AppResult(app=app, name=name)
+        now = int(self._now())
+        state = self.store.app_state(app.id) or {}
+        if state.get("alert_from") is None:
+            state["alert_from"] = now - self.settings.backfill
+            self.store.update_app_state(app.id, alert_from=state["alert_from"], first_polled=now)
+        alert_from = int(state["alert_from"])
+        start = int(state["checked_until"]) if state.get("checked_until") is not None else alert_from
+        after = start - self.settings.lookback
+        result.window = (after, now)
+        reads: dict[str, _StatusRead] = {}
+        try:
+            for status in ALERT_STATUSES:
+                reads[status] = self._read_runs(source, app, status, after, now)
+        except DifyError as exc:
+            for status, read in reads.items():
+                result.new_alerts += self._record(app, name, status, read, alert_from)
+            result.ok, result.error = False, str(exc)
+            self.store.update_app_state(app.id, last_error=str(exc))
+            log.error("polling %s failed: %s", name, exc)
+            result.requests = source.requests - before_requests
+            return result
+        for status, read in reads.items():
+            result.new_alerts += self._record(app, name, status, read, alert_from)
+        notes = [note for read in reads.values() for note in read.notes]
+        if notes:
+            result.incomplete = "; ".join(notes)
+            self.store.update_app_state(app.id, last_ok=now, last_error=None)
+            log.warning("%s: %s", name, result.incomplete)
+        else:
+            with self.store.transaction():
+                self.store.update_app_state(app.id, checked_until=now, last_ok=now, last_error=None)
+                self.store.prune_seen(app.id, now - self.settings.lookback)
+        result.requests = source.requests - before_requests
+        return result
+
+    def _read_runs(
+        self, source: ConsoleAppSource, app: AppConfig, status: str, after: int, before: int
+    ) -> _StatusRead:
+        read = _StatusRead(status, self._known(app, status, after, before))
+        last_id: str | None = None
+        while True:
+            try:
+                with self._in_flight:
+                    page = source.runs(status=status, last_id=last_id)
+            except DifyBadRequest:
+                if last_id is None:
+                    raise
+                # The cursor's run is gone (Dify's log clean-up): the next cycle reads again.
+                read.notes.append(f"{status} runs: the list changed while it was read")
+                return read
+            rows = [item for item in page.get("data") or [] if item.get("id")]
+            inside = [item for item in rows if int(item.get("created_at") or 0) >= after]
+            for item in inside:
+                run_id = str(item["id"])
+                if run_id in read.found or run_id in read.known:
+                    continue
+                try:
+                    detail = source.run(run_id)
+                except DifyNotFound:
+                    detail = {}
+                read.found[run_id] = LogEntry.from_run(item, detail)
+            if len(inside) < len(rows) or not page.get("has_more") or not rows:
+                return read
+            oldest = int(rows[-1].get("created_at") or 0)
+            # The cursor skips runs sharing its start time: go on from the last run of an earlier
+            # second, so the oldest second is read again whole.
+            earlier = [item for item in rows if int(item.get("created_at") or 0) > oldest]
+            if not earlier:
+                read.notes.append(
+                    f"more than {len(rows)} {status} runs started in one second ({iso(oldest)}); "
+                    "some may be read only next cycle"
+                )
+                last_id = str(rows[-1]["id"])
+            else:
+                last_id = str(earlier[-1]["id"])
+            if last_id in (None, ""):
+                return read
 
     # -- runs that outlive the look-back -------------------------------------------------------
 

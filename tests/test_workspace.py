@@ -137,3 +137,52 @@ def test_an_expired_session_is_renewed_without_a_missed_run(tmp_path, console, c
 
 
 _ = Node
+
+
+def test_every_failed_and_stopped_chatflow_run_is_alerted_once_ties_at_page_ends_included(
+    tmp_path, console, clock, slack
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    runs = []
+    # 250 failures, many sharing a second (the cursor skips ties), plus stopped ones.
+    for n in range(250):
+        runs.append(console.add_chat_run(app, at=now - 600 + n // 7, error=f"boom {n % 3}", session=f"u{n}"))
+    runs += [console.add_chat_run(app, status="stopped", at=now - 100, error="stopped by user")]
+    debug = console.add_chat_run(app, at=now - 50, triggered_from="debugging")
+    ok = console.add_chat_run(app, status="succeeded", at=now - 40)
+    rt = _runtime(tmp_path, console, clock, slack, {"WFLOGS_BACKFILL": "3600"})
+    report = rt.cycle()
+    assert report.ok, report.problems
+    for _ in range(2):
+        clock.advance(60)
+        late = console.add_chat_run(app, at=int(clock.now) - 30, error="late one")
+        runs.append(late)
+        assert rt.cycle().ok
+    counts = {r.run_id: 0 for r in runs}
+    for alert in rt.store.query("select entry from alerts"):
+        for run_id in counts:
+            if run_id in alert["entry"]:
+                counts[run_id] += 1
+    assert set(counts.values()) == {1}
+    texts = str(slack.messages)
+    assert debug.run_id not in texts and ok.run_id not in texts
+
+
+def test_a_chatflow_alert_names_the_error_session_and_conversation(tmp_path, console, clock, slack):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    run = console.add_chat_run(
+        app,
+        at=int(clock.now) - 60,
+        error="[Errno 111] Connection refused",
+        session="user-77",
+        nodes=[
+            Node("start", "start", "Start", "succeeded"),
+            Node("n2", "http-request", "Call billing API", "failed", "[Errno 111] Connection refused"),
+        ],
+    )
+    rt = _runtime(tmp_path, console, clock, slack)
+    assert rt.cycle().ok
+    message = next(m for m in slack.messages if run.run_id in str(m))
+    text = str(message)
+    assert "Connection refused" in text and "user-77" in text and "Conversation" in text
