@@ -186,3 +186,34 @@ def test_a_chatflow_alert_names_the_error_session_and_conversation(tmp_path, con
     message = next(m for m in slack.messages if run.run_id in str(m))
     text = str(message)
     assert "Connection refused" in text and "user-77" in text and "Conversation" in text
+
+
+def test_check_prints_the_version_the_way_in_the_role_and_apps_by_mode(
+    tmp_path, console, clock, slack, monkeypatch
+):
+    import io
+
+    import httpx
+
+    from bot import cli
+
+    console.add_app("support-bot")
+    console.add_app("support-chat", mode="advanced-chat")
+    console.add_app("faq", mode="chat")
+    console.add_app("draft", published=False)
+    settings = make_settings(tmp_path, {**LOGIN})
+    real_build = cli.Runtime.build
+
+    def build(settings, **kw):
+        return real_build(settings, transport=httpx.MockTransport(console.handler), **kw)
+
+    monkeypatch.setattr(cli.Runtime, "build", build)
+    out = io.StringIO()
+    assert cli.cmd_check(settings, None, out, io.StringIO()) == 0  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "Dify 1.13.3" in text and "account bot@example.com, role editor" in text
+    assert "chatflow apps (1):\n  ✓ support-chat" in text
+    assert "faq: not watched, plain chat apps" in text
+    assert "draft: not watched, never published" in text
+    assert "2 of 4 apps watched" in text
+    assert "Secret-pass1" not in text
