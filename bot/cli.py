@@ -384,6 +384,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         return 0
     runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
     try:
+        runtime.discover()  # workspace mode: every app of the workspace is searched
         targets = targets_for(
             runtime.settings, runtime.clients, runtime.poller.app_name, channel=None, wanted=query.app
         )

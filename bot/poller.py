@@ -55,12 +55,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
-from bot.console import ConsoleAppSource
+from bot.console import ConsoleAppSource, failed_node
 from bot.dify import MAX_LIMIT, DifyClient, iso
 from bot.errors import DifyBadRequest, DifyError, DifyNotFound, WflogsError
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import StorageError, Store
+from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -855,4 +856,32 @@ class Poller:
                         "enqueued_at": now,
                     }
                 )
+        self._name_failed_nodes(app, channel, alerts)
         return self.store.record_seen(app.id, seen, alerts, changes)
+
+    def _name_failed_nodes(self, app: AppConfig, channel: str, alerts: list[dict[str, Any]]) -> None:
+        """Workspace mode: the first run of each group that opens a NEW incident gets the node that
+        failed it (one request per new incident, not per run); a group with an open incident, or
+        an app read with an ``app-`` key (the Service API has no node list), gets nothing."""
+        nodes_of = getattr(self.clients.get(app.id), "nodes", None)
+        if nodes_of is None or not alerts:
+            return
+        incidents = IncidentStore(self.store)
+        done: set[tuple[str, str]] = set()
+        for alert in alerts:
+            shape = (alert["status"], alert["group_key"])
+            if shape in done or alert["status"] != "failed":
+                continue
+            done.add(shape)
+            if incidents.find_open(app.id, channel, alert["status"], alert["group_key"]) is not None:
+                continue
+            entry = alert["entry"]
+            try:
+                node = failed_node(nodes_of(entry.get("run_id") or entry["log_id"]))
+            except DifyError as exc:
+                log.info("cannot read the nodes of run %s: %s", entry.get("run_id"), exc)
+                continue
+            if node is not None:
+                entry["node_title"] = node.get("title")
+                entry["node_type"] = node.get("node_type")
+                entry["node_error"] = node.get("error")

@@ -247,6 +247,8 @@ class RunDetail:
     inputs: Any
     outputs: Any
     console_url: str | None = None
+    # Workspace mode: the run's node executions in order (None: not known for this app).
+    nodes: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,12 @@ class Runtime:
         self.last_watch = self._watch(apps)
         return apps
 
+    def discover(self) -> None:
+        """Workspace mode: read the app list now if due (``wflogs search`` before its first poll)."""
+        if self.workspace is not None:
+            for problem in self._discover():
+                log.warning("%s: %s", problem.name, problem.error)
+
     def _discover(self) -> list[AppResult]:
         """Re-read the workspace's apps when due; a result for the workspace itself when it
         cannot be read (so the channel hears of it, once, like an app that cannot be read)."""

@@ -186,6 +186,33 @@ def test_a_chatflow_alert_names_the_error_session_and_conversation(tmp_path, con
     message = next(m for m in slack.messages if run.run_id in str(m))
     text = str(message)
     assert "Connection refused" in text and "user-77" in text and "Conversation" in text
+    assert "Failed node: *Call billing API* (http-request)" in text
+    assert len(console.console_requests("/node-executions")) == 1
+
+
+def test_the_failed_node_costs_one_request_per_new_incident_not_per_run(tmp_path, console, clock, slack):
+    app = console.add_app("support-bot")
+    now = int(clock.now)
+    nodes = [
+        Node("start", "start", "Start", "succeeded"),
+        Node("llm", "llm", "Call LLM", "failed", "Timeout"),
+    ]
+    for n in range(30):
+        run = console.dify.add_log(
+            app, status="failed", at=now - 300 + n, error="Timeout calling LLM provider"
+        )
+        console.set_nodes(run, nodes)
+    rt = _runtime(tmp_path, console, clock, slack)
+    assert rt.cycle().ok
+    assert "Failed node: *Call LLM* (llm): Timeout" in str(slack.messages)
+    assert len(console.console_requests("/node-executions")) == 1
+    run = console.dify.add_log(
+        app, status="failed", at=int(clock.now) + 5, error="Timeout calling LLM provider"
+    )
+    console.set_nodes(run, nodes)
+    clock.advance(60)
+    assert rt.cycle().ok  # the same incident is still open: no node request
+    assert len(console.console_requests("/node-executions")) == 1
 
 
 def test_check_prints_the_version_the_way_in_the_role_and_apps_by_mode(
@@ -217,3 +244,38 @@ def test_check_prints_the_version_the_way_in_the_role_and_apps_by_mode(
     assert "draft: not watched, never published" in text
     assert "2 of 4 apps watched" in text
     assert "Secret-pass1" not in text
+
+
+def test_wflogs_search_run_lists_the_runs_nodes_in_order(tmp_path, console, clock, monkeypatch):
+    import io
+
+    import httpx
+
+    from bot import cli
+
+    app = console.add_app("support-chat", mode="advanced-chat")
+    run = console.add_chat_run(
+        app,
+        at=int(clock.now) - 60,
+        error="[Errno 111] Connection refused",
+        nodes=[
+            Node("start", "start", "Start", "succeeded"),
+            Node("n2", "http-request", "Call billing API", "failed", "[Errno 111] Connection refused"),
+        ],
+    )
+    settings = make_settings(tmp_path, {**ADMIN})
+    real_build = cli.Runtime.build
+    monkeypatch.setattr(
+        cli.Runtime,
+        "build",
+        lambda settings, **kw: real_build(settings, transport=httpx.MockTransport(console.handler), **kw),
+    )
+    out = io.StringIO()
+    import argparse
+
+    err = io.StringIO()
+    args = argparse.Namespace(words=[f"run:{run.run_id}"])
+    assert cli.cmd_search(settings, args, out, err) == 0, err.getvalue()
+    text = out.getvalue()
+    assert "1. Start (start) succeeded" in text
+    assert "2. Call billing API (http-request) failed" in text and "Connection refused" in text
