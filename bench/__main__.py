@@ -278,7 +278,16 @@ def main() -> None:
         "--idle-cycles", type=int, default=10, help="quiet cycles with every feature on (0: skip them)"
     )
     parser.add_argument("--idle-only", action="store_true", help="only the idle cost")
+    parser.add_argument("--workspace-only", action="store_true", help="only the workspace-mode figures")
+    parser.add_argument(
+        "--console-latency", type=float, default=0.3, help="seconds the console takes per request"
+    )
     args = parser.parse_args()
+    if args.workspace_only:
+        from bench import workspace
+
+        workspace.run(args.console_latency, 1000, args.pacing)
+        return
     latency_ms = f"{args.latency * 1000:.0f} ms"
     if args.idle_cycles and args.apps:
         print(f"idle cost: {args.apps} apps, Dify latency {latency_ms}, {args.connections} connections")

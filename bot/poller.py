@@ -421,15 +421,16 @@ class Poller:
                 return read
             rows = [item for item in page.get("data") or [] if item.get("id")]
             inside = [item for item in rows if int(item.get("created_at") or 0) >= after]
-            for item in inside:
-                run_id = str(item["id"])
-                if run_id in read.found or run_id in read.known:
-                    continue
-                try:
-                    detail = source.run(run_id)
-                except DifyNotFound:
-                    detail = {}
-                read.found[run_id] = LogEntry.from_run(item, detail)
+            fresh = [item for item in inside if str(item["id"]) not in read.found]
+            fresh = [item for item in fresh if str(item["id"]) not in read.known]
+            if fresh:
+                # One detail per new run (the list has no error): in parallel, the console client
+                # bounds how many are in flight.
+                workers = min(self._parallel, len(fresh))
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detail") as pool:
+                    details = list(pool.map(lambda item: self._run_detail(source, str(item["id"])), fresh))
+                for item, detail in zip(fresh, details, strict=True):
+                    read.found[str(item["id"])] = LogEntry.from_run(item, detail)
             if len(inside) < len(rows) or not page.get("has_more") or not rows:
                 return read
             oldest = int(rows[-1].get("created_at") or 0)
@@ -446,6 +447,13 @@ class Poller:
                 last_id = str(earlier[-1]["id"])
             if last_id in (None, ""):
                 return read
+
+    @staticmethod
+    def _run_detail(source: ConsoleAppSource, run_id: str) -> dict[str, Any]:
+        try:
+            return source.run(run_id)
+        except DifyNotFound:
+            return {}
 
     # -- runs that outlive the look-back -------------------------------------------------------
 

@@ -15,6 +15,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class FakeConsole:
         self.max_in_flight = 0
         self.faults: list[Callable[[httpx.Request], httpx.Response | None]] = []
         self._issued = 0
+        self.latency = 0.0
         self._expired_up_to = 0
 
     @property
@@ -191,6 +193,8 @@ class FakeConsole:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.latency:
+                time.sleep(self.latency)
             for fault in list(self.faults):
                 response = fault(request)
                 if response is not None:
