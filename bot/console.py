@@ -235,7 +235,7 @@ class ConsoleClient:
             self.version = response.headers.get("x-version") or self.version
             self._caps = capabilities(self.version)
             if self._caps.unsupported:
-                log.error("%s", self._caps.unsupported)
+                pass  # said once, by _stop, when a request needs it
             elif self._admin_key and not self._caps.admin_key:
                 log.error(
                     "Dify %s rejects the admin key on console reads (its CSRF check; fixed in 1.11.0): "
@@ -433,8 +433,10 @@ class ConsoleClient:
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         """A console GET as JSON; a session whose token expired early is renewed once."""
-        if self._caps is None:
-            self.caps()
+        if self._stopped is not None:
+            raise self._stopped
+        if self.caps().unsupported:
+            raise self._stop(ConsoleLoginError(self.caps().unsupported or ""))
         seen = self._session.generation if self._session else None
         response = self._send("GET", path, params=params)
         if response.status_code == 401 and not self._admin_key:
