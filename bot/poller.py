@@ -381,7 +381,7 @@ class Poller:
         reads: dict[str, _StatusRead] = {}
         try:
             for status in ALERT_STATUSES:
-                reads[status] = self._read_runs(source, app, status, after, now)
+                reads[status] = self._read_runs(source, app, status, after, now, alert_from)
         except DifyError as exc:
             for status, read in reads.items():
                 result.new_alerts += self._record(app, name, status, read, alert_from)
@@ -405,7 +405,7 @@ class Poller:
         return result
 
     def _read_runs(
-        self, source: ConsoleAppSource, app: AppConfig, status: str, after: int, before: int
+        self, source: ConsoleAppSource, app: AppConfig, status: str, after: int, before: int, alert_from: int
     ) -> _StatusRead:
         read = _StatusRead(status, self._known(app, status, after, before))
         last_id: str | None = None
@@ -423,6 +423,12 @@ class Poller:
             inside = [item for item in rows if int(item.get("created_at") or 0) >= after]
             fresh = [item for item in inside if str(item["id"]) not in read.found]
             fresh = [item for item in fresh if str(item["id"]) not in read.known]
+            for item in [
+                i for i in fresh if int(i.get("finished_at") or i.get("created_at") or 0) < alert_from
+            ]:
+                # Ended before wflogs alerts from (history): remembered, not alerted, no detail needed.
+                read.found[str(item["id"])] = LogEntry.from_run(item)
+                fresh.remove(item)
             if fresh:
                 # One detail per new run (the list has no error): in parallel, the console client
                 # bounds how many are in flight.

@@ -60,3 +60,18 @@ def test_apps_settings_by_app_id_and_secrets_stay_out_of_logs(tmp_path, dify, cl
     secrets = ["Secret-pass1", *(c.split("=", 1)[1].split(";")[0][:40] for c in cookies)]
     everything = caplog.text + str(slack.messages)
     assert not [s for s in secrets if s and s in everything]
+
+
+def test_a_chatflows_history_costs_no_run_details(tmp_path, dify, clock, slack):
+    console = FakeConsole(dify, clock=clock)
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    old = [console.add_chat_run(app, at=now - 3600 - 600 + n) for n in range(50)]  # before the backfill
+    new = console.add_chat_run(app, at=now - 60)
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "WFLOGS_BACKFILL": "3600"})
+    rt = build_runtime(settings, console, clock)
+    assert rt.cycle().ok
+    assert messages_mentioning(slack, new.run_id) == 1
+    assert not [r for r in old if messages_mentioning(slack, r.run_id)]
+    details = [r for r in console.requests if "/workflow-runs/" in r.url.path and "node" not in r.url.path]
+    assert len(details) == 1
