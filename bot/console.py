@@ -234,13 +234,15 @@ class ConsoleClient:
             response = self._send("GET", "/ping", auth=False)
             self.version = response.headers.get("x-version") or self.version
             self._caps = capabilities(self.version)
-            if self._caps.unsupported:
-                pass  # said once, by _stop, when a request needs it
-            elif self._admin_key and not self._caps.admin_key:
-                log.error(
-                    "Dify %s rejects the admin key on console reads (its CSRF check; fixed in 1.11.0): "
-                    "use DIFY_CONSOLE_EMAIL and DIFY_CONSOLE_PASSWORD instead",
-                    self.version,
+            if self._caps.unsupported is None and self._admin_key and not self._caps.admin_key:
+                self._caps = Capabilities(
+                    **{
+                        **self._caps.__dict__,
+                        "unsupported": (
+                            f"Dify {self.version} rejects the admin key on console reads (its CSRF check; "
+                            "fixed in 1.11.0): use DIFY_CONSOLE_EMAIL and DIFY_CONSOLE_PASSWORD instead"
+                        ),
+                    }
                 )
         return self._caps
 
