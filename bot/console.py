@@ -18,6 +18,7 @@ tokens, cookies) never appear in a message or a log line.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -174,6 +175,26 @@ def _set_cookies(response: httpx.Response) -> dict[str, str]:
     return found
 
 
+class RejectionMemory:
+    """Remembers, across restarts, that Dify rejected one e-mail and password (only a hash of them
+    is kept), so the same password is never tried twice; a new password is tried once."""
+
+    def __init__(self, load: Callable[[str], str | None], save: Callable[[str, str], None]) -> None:
+        self._load = load
+        self._save = save
+
+    @staticmethod
+    def key(email: str, password: str) -> str:
+        digest = hashlib.sha256(f"{email.lower()}\n{password}".encode()).hexdigest()[:24]
+        return f"console-login:{digest}"
+
+    def rejected(self, email: str, password: str) -> str | None:
+        return self._load(self.key(email, password))
+
+    def remember(self, email: str, password: str, message: str) -> None:
+        self._save(self.key(email, password), message)
+
+
 class ConsoleClient:
     """Talks to one workspace through Dify's console API; thread-safe.
 
@@ -193,6 +214,7 @@ class ConsoleClient:
         concurrency: int = DEFAULT_CONCURRENCY,
         now: Callable[[], float] = time.time,
         notify: Callable[[str], None] | None = None,
+        rejections: RejectionMemory | None = None,
     ) -> None:
         if not admin_key and not (email and password):
             raise ValueError("a console client needs the admin key or an e-mail and password")
@@ -204,6 +226,7 @@ class ConsoleClient:
         self._password = password
         self._now = now
         self._notify = notify
+        self._rejections = rejections
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
         self._session: _Session | None = None
         self._session_lock = threading.Lock()  # one login or refresh at a time
@@ -311,6 +334,12 @@ class ConsoleClient:
                     "or per-app API keys"
                 )
             )
+        if self._rejections is not None:
+            known = self._rejections.rejected(self._email or "", self._password or "")
+            if known:
+                # Rejected before (a cron'd `wflogs poll --once`, a restart with the same password):
+                # not tried again until the password changes.
+                raise self._stop(ConsoleLoginError(known))
         password = self._password or ""
         if caps.base64_password:
             password = base64.b64encode(password.encode()).decode()
@@ -338,14 +367,15 @@ class ConsoleClient:
                 ConsoleLoginError("Dify is not set up yet: finish its set-up, then restart wflogs")
             )
         if status == 401:
-            raise self._stop(
-                ConsoleLoginError(
-                    f"Dify rejected the password of {self._email}; wflogs will not try it again (six "
-                    "failures lock the e-mail out for a day): set DIFY_CONSOLE_PASSWORD and restart wflogs",
-                    status=status,
-                    code=code,
-                )
+            error = ConsoleLoginError(
+                f"Dify rejected the password of {self._email}; wflogs will not try it again (six "
+                "failures lock the e-mail out for a day): fix DIFY_CONSOLE_PASSWORD and restart wflogs",
+                status=status,
+                code=code,
             )
+            if self._rejections is not None:
+                self._rejections.remember(self._email or "", self._password or "", str(error))
+            raise self._stop(error)
         if status == 403:
             raise self._stop(
                 ConsoleLoginError(

@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 
 from bot.breaker import HostBreaker
 from bot.config import AppConfig, Settings, alert_channel_for, mentions_for, resolve_after_for
-from bot.console import ConsoleClient, ConsoleLoginError
+from bot.console import ConsoleClient, ConsoleLoginError, RejectionMemory
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
@@ -221,6 +221,10 @@ class Runtime:
                 password=ws.password,
                 concurrency=ws.concurrency,
                 now=now,
+                rejections=RejectionMemory(
+                    lambda key: (store.app_state(key) or {}).get("last_error"),
+                    lambda key, message: store.update_app_state(key, last_error=message),
+                ),
             )
 
             def mark_new(app: AppConfig) -> None:

@@ -75,3 +75,22 @@ def test_a_chatflows_history_costs_no_run_details(tmp_path, dify, clock, slack):
     assert not [r for r in old if messages_mentioning(slack, r.run_id)]
     details = [r for r in console.requests if "/workflow-runs/" in r.url.path and "node" not in r.url.path]
     assert len(details) == 1
+
+
+def test_a_rejected_password_is_not_tried_again_after_a_restart_but_a_new_one_is(
+    tmp_path, dify, clock, slack
+):
+    console = FakeConsole(dify, clock=clock)
+    console.add_account("bot@example.com", "Secret-pass1")
+    console.add_app("support-bot")
+    stale = {**LOGIN, "DIFY_CONSOLE_PASSWORD": "stale-password", **slack_env(slack)}
+    for _ in range(3):  # three restarts (or cron'd `wflogs poll --once`) with the same password
+        rt = build_runtime(make_settings(tmp_path, stale), console, clock)
+        assert not rt.cycle().ok
+        rt.close()
+        clock.advance(60)
+    assert console.login_attempts == 1 and console.failures["bot@example.com"] == 1
+    rt = build_runtime(make_settings(tmp_path, {**LOGIN, **slack_env(slack)}), console, clock)
+    assert rt.cycle().ok
+    assert console.login_attempts == 2
+    assert "stale-password" not in str(rt.store.query("select * from app_state"))
