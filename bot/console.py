@@ -185,7 +185,9 @@ class RejectionMemory:
 
     @staticmethod
     def key(email: str, password: str) -> str:
-        digest = hashlib.sha256(f"{email.lower()}\n{password}".encode()).hexdigest()[:24]
+        # A slow, salted hash: the database never holds anything that gives the password back cheaply.
+        salt = f"wflogs-console-login:{email.lower()}".encode()
+        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 200_000).hex()[:24]
         return f"console-login:{digest}"
 
     def rejected(self, email: str, password: str) -> str | None:
