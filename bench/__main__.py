@@ -23,9 +23,11 @@
 5. The idle cost of quiet cycles with every feature on.
 6. Opening the App Home with 200 apps and 50 open incidents: time from the
    event to views.publish, and Dify requests (none).
+7. Workspace mode (bench/workspace.py): console requests per quiet cycle for
+   workflow apps and chatflows, and a 1,000-failure chatflow storm.
 
-``--home-only``, ``--chart-only``, ``--idle-only`` and ``--incident-only`` run
-only those (several may be given).
+``--home-only``, ``--chart-only``, ``--idle-only``, ``--incident-only`` and
+``--workspace-only`` run only those (several may be given).
 
 Dify answers each request after ``--latency`` seconds and serves at most
 ``--connections`` requests at once (a real server's default is about ten), so
@@ -455,8 +457,14 @@ def main() -> None:
     parser.add_argument("--home-only", action="store_true", help="only the App Home cost")
     parser.add_argument("--chart-only", action="store_true", help="only the digest's chart")
     parser.add_argument("--chart-example", metavar="FILE", help="write the 3-app chart to FILE")
+    parser.add_argument("--workspace-only", action="store_true", help="only the workspace-mode figures")
+    parser.add_argument(
+        "--console-latency", type=float, default=0.3, help="seconds the console takes per request"
+    )
     args = parser.parse_args()
-    only = {name for name in ("home", "chart", "idle", "incident") if getattr(args, f"{name}_only")}
+    only = {
+        name for name in ("home", "chart", "idle", "incident", "workspace") if getattr(args, f"{name}_only")
+    }
 
     def wanted(name: str) -> bool:
         return not only or name in only
@@ -476,6 +484,10 @@ def main() -> None:
     if args.cycles and wanted("incident"):
         print("incident (Slack pacing off; edits and replies counted, not timed):")
         incident(args.cycles)
+    if wanted("workspace"):
+        from bench import workspace
+
+        workspace.run(args.console_latency, 1000, args.pacing)
     if only:
         return
     if args.apps:

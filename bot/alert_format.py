@@ -77,9 +77,17 @@ def single(alert: Alert) -> tuple[str, list[Block]]:
                 ("Usage", tokens),
                 ("Workflow version", escape(entry.version or "?")),
                 ("Source", _source(entry)),
+                *(
+                    [("Conversation", f"`{escape_cut(entry.conversation_id, 100)}`")]
+                    if entry.conversation_id
+                    else []
+                ),
             ]
         )
     )
+    node = node_line(entry)
+    if node:
+        blocks.insert(2, context(node))
     steps = _next_steps(entry)
     if steps:
         blocks.append(context(steps))
@@ -140,6 +148,16 @@ def _count_lines(sections: Sequence[str]) -> int:
     return sum(s.count("\n") + 1 for s in sections)
 
 
+def node_line(entry: LogEntry) -> str | None:
+    """The node that failed the run (workspace mode, for a new incident), or None."""
+    if not entry.node_title:
+        return None
+    node = f"Failed node: *{escape_cut(entry.node_title, 100)}* ({escape_cut(entry.node_type or '?', 40)})"
+    if entry.node_error and entry.node_error != entry.error:
+        node += f": {escape_cut(one_line(entry.node_error), 300)}"
+    return node
+
+
 def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block], int]:
     """Many runs of one app with the same status and error shape, in one message.
 
@@ -168,6 +186,9 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block], i
         ),
         *(section(text) for text in runs),
     ]
+    node = next((line for a in alerts if (line := node_line(a.entry))), None)
+    if node:
+        blocks.insert(2, context(node))
     rest = count - listed
     if rest > 0:
         where = "in a CSV file in the thread" if rest_in == "csv" else "in the thread"
@@ -181,7 +202,8 @@ def group(alerts: Sequence[Alert], *, rest_in: str) -> tuple[str, list[Block], i
         f"{STATUS_WORD.get(first.status, first.status)}: {escape_cut(one_line(error), 300)}"
     )
     kept = fit(blocks)
-    if len(kept) < 4 or kept[3] is not blocks[3]:
+    at = 4 if node else 3
+    if len(kept) < at + 1 or kept[at] is not blocks[at]:
         listed = 0  # the size guard dropped the run list: every run goes to the thread
     return text, kept, listed
 

@@ -42,6 +42,8 @@ def _secrets(settings: Settings) -> list[str | None]:
         settings.slack_app_token,
         settings.slack_signing_secret,
         *(app.api_key for app in settings.apps),
+        settings.workspace.admin_key if settings.workspace else None,
+        settings.workspace.password if settings.workspace else None,
     ]
 
 
@@ -77,13 +79,16 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     """Validate configuration and reach every Dify app and Slack."""
     failures = 0
     source = settings.config_path or "environment variables"
-    out.write(f"config: {source}, {len(settings.apps)} app(s), database {settings.db_path}\n")
+    whole = f", the Dify workspace ({settings.workspace.way_in})" if settings.workspace else ""
+    out.write(f"config: {source}, {len(settings.apps)} app(s){whole}, database {settings.db_path}\n")
     for warning in settings.warnings:
         out.write(f"! {warning}\n")
     runtime = Runtime.build(settings, stream=out, dify_backoff=0.2)
     try:
         _check_instances(runtime, out)
         _check_port(settings, out)
+        if runtime.workspace is not None:
+            failures += _check_workspace(runtime, out)
         for app in settings.apps:
             client = runtime.clients[app.id]
             try:
@@ -133,6 +138,45 @@ def cmd_check(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
     finally:
         runtime.close()
     return 1 if failures else 0
+
+
+def _check_workspace(runtime: Runtime, out: TextIO) -> int:
+    """Workspace mode: Dify's version, the way in, the role, and every app by mode, watched or
+    not and why."""
+    from bot.workspace import MODE_NAMES
+
+    console, workspace = runtime.console, runtime.workspace
+    assert console is not None and workspace is not None
+    try:
+        caps = console.caps()
+    except DifyError as exc:
+        out.write(f"✗ Dify console at {console.base}: {exc}\n")
+        return 1
+    out.write(f"Dify console at {console.base}: Dify {console.version or 'unknown version'}\n")
+    if caps.unsupported:
+        out.write(f"✗ {caps.unsupported}\n")
+        return 1
+    try:
+        role = console.role()
+        found = workspace.discover()
+    except DifyError as exc:
+        out.write(f"✗ {console.way_in}: {exc}\n")
+        return 1
+    out.write(f"✓ signed in with the {console.way_in}, role {role or 'unknown'}\n")
+    by_mode: dict[str, list[str]] = {}
+    for app in found.apps:
+        mode = MODE_NAMES.get(app.mode, app.mode)
+        line = f"  {'✓' if app.watched else '-'} {app.name}" + (
+            "" if app.watched else f": not watched, {app.reason}"
+        )
+        by_mode.setdefault(mode, []).append(line)
+    for mode in sorted(by_mode):
+        out.write(f"{mode} apps ({len(by_mode[mode])}):\n")
+        for line in by_mode[mode]:
+            out.write(line + "\n")
+    watched = len(found.watched)
+    out.write(f"{watched} of {len(found.apps)} apps watched\n")
+    return 0
 
 
 def _ago(seconds: float, since: str = "") -> str:
@@ -402,6 +446,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
         return 0
     runtime = Runtime.build(settings, stream=err, dify_backoff=0.2)
     try:
+        runtime.discover()  # workspace mode: every app of the workspace is searched
         targets = targets_for(
             runtime.settings, runtime.clients, runtime.poller.app_name, channel=None, wanted=query.app
         )

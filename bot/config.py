@@ -7,6 +7,7 @@ is handed a :class:`Settings` and never looks at ``os.environ`` itself.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -46,12 +47,16 @@ _APP_FIELDS = {
     "channels",
     "alert_partial",
     "resolve_after",
+    "app_id",
 }
 # Who is told and when (mentions, escalation, failure rate, stuck runs): see _watch_app_fields.
 _WATCH_APP_FIELDS = {"mention", "escalate_after", "escalate_to", "rate_threshold", "stuck_after"}
 _APP_FIELDS |= _WATCH_APP_FIELDS
 _SLACK_FIELDS = {"allowed_users", "allowed_channels"}
-_TOP_FIELDS = {"apps", "slack", "digest_chart"}
+_TOP_FIELDS = {"apps", "slack", "digest_chart", "workspace"}
+_WORKSPACE_FIELDS = {"console_url", "workspace_id", "email", "admin_api_key_env", "password_env", "apps"}
+DEFAULT_DISCOVER_INTERVAL = 300
+DEFAULT_CONSOLE_CONCURRENCY = 3
 _CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _TIME_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -79,6 +84,14 @@ class AppConfig:
     escalate_to: tuple[str, ...] | None = None
     rate_threshold: float | None = None
     stuck_after: int | None = None
+    # Workspace mode: the Dify app id (a discovered app, or [[apps]] settings for one), its mode.
+    app_id: str | None = None
+    mode: str | None = None
+
+    @property
+    def via_console(self) -> bool:
+        """Read through the console API (discovered), not with an ``app-`` key."""
+        return self.api_key.startswith("console:")
 
     @property
     def id(self) -> str:
@@ -95,6 +108,33 @@ class AppConfig:
     def key_hint(self) -> str:
         """The key's last four characters, enough to tell keys apart in messages."""
         return f"…{self.api_key[-4:]}" if len(self.api_key) >= 8 else "…"
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """One credential for a whole Dify workspace, through its console API (docs/workspace.md)."""
+
+    console_url: str
+    admin_key: str | None = field(default=None, repr=False)
+    workspace_id: str | None = None
+    email: str | None = None
+    password: str | None = field(default=None, repr=False)
+    concurrency: int = DEFAULT_CONSOLE_CONCURRENCY
+    discover_interval: int = DEFAULT_DISCOVER_INTERVAL
+    patterns: tuple[str, ...] = ()
+
+    @property
+    def way_in(self) -> str:
+        return "admin key" if self.admin_key else f"account {self.email}"
+
+    def wants(self, name: str) -> bool:
+        """WFLOGS_APPS: name globs, ``!`` excludes; none given: every app."""
+        include = [p for p in self.patterns if not p.startswith("!")]
+        exclude = [p[1:] for p in self.patterns if p.startswith("!")]
+        low = name.lower()
+        if include and not any(fnmatch.fnmatchcase(low, p.lower()) for p in include):
+            return False
+        return not any(fnmatch.fnmatchcase(low, p.lower()) for p in exclude)
 
 
 @dataclass(frozen=True)
@@ -127,6 +167,9 @@ class Settings:
     http_host: str = "0.0.0.0"  # noqa: S104  (health checks and Slack reach it from outside)
     log_format: str = "text"
     notify_socket: str | None = None  # systemd's NOTIFY_SOCKET (Type=notify, WatchdogSec=)
+    workspace: WorkspaceSettings | None = None
+    # [[apps]] entries that only set options for discovered apps (by app_id or name).
+    overrides: tuple[AppConfig, ...] = ()
 
     @property
     def slack_enabled(self) -> bool:
@@ -245,12 +288,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _apps_from_toml(
-    data: dict[str, Any], path: Path, env: Mapping[str, str], default_url: str
+    data: dict[str, Any], path: Path, env: Mapping[str, str], default_url: str, *, workspace: bool = False
 ) -> list[AppConfig]:
     unknown = set(data) - _TOP_FIELDS
     if unknown:
-        raise ConfigError(f"{path}: unknown section {sorted(unknown)[0]!r}; allowed: [[apps]] and [slack]")
+        raise ConfigError(
+            f"{path}: unknown section {sorted(unknown)[0]!r}; allowed: [[apps]], [slack] and [workspace]"
+        )
     apps_raw = data.get("apps")
+    if workspace and apps_raw is None:
+        return []
     if not isinstance(apps_raw, list) or not apps_raw:
         raise ConfigError(f"{path}: no [[apps]] entries; add one with api_key or api_key_env")
     apps: list[AppConfig] = []
@@ -274,6 +321,9 @@ def _apps_from_toml(
             if not isinstance(raw["api_key"], str):
                 raise ConfigError(f"{where}: api_key must be a string")
             key = _check_key(raw["api_key"], f"{where}: api_key")
+        elif workspace and (raw.get("app_id") or raw.get("name")):
+            # Settings for a discovered app, matched by its id or its name.
+            key = "override:" + str(raw.get("app_id") or raw.get("name"))
         else:
             raise ConfigError(f"{where}: missing api_key (or api_key_env naming a variable)")
         for text_field in ("name", "console_url", "api_url"):
@@ -293,6 +343,7 @@ def _apps_from_toml(
                 alert_partial=_bool(raw.get("alert_partial", False), f"{where}: alert_partial"),
                 resolve_after=_seconds(raw.get("resolve_after"), f"{where}: resolve_after"),
                 source=f"{path} #{number}",
+                app_id=(str(raw["app_id"]).strip() or None) if "app_id" in raw else None,
                 **_watch_app_fields(raw, where),
             )
         )
@@ -323,9 +374,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
 
     allowed_users: tuple[str, ...] | None = None
     allowed_channels: tuple[str, ...] | None = None
+    data = _read_toml(config_path) if config_path is not None else {}
+    workspace = _workspace(env, data, config_path, default_url)
+    overrides: list[AppConfig] = []
     if config_path is not None:
-        data = _read_toml(config_path)
-        apps = _apps_from_toml(data, config_path, env, default_url)
+        apps = _apps_from_toml(data, config_path, env, default_url, workspace=workspace is not None)
+        overrides = [a for a in apps if a.api_key.startswith("override:")]
+        apps = [a for a in apps if not a.api_key.startswith("override:")]
         if "digest_chart" in data:
             digest_chart = digest_chart and _bool(data["digest_chart"], f"{config_path}: digest_chart")
         if env.get("DIFY_API_KEY", "").strip():
@@ -347,6 +402,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
             )
         if alert_partial:
             apps = [replace(a, alert_partial=True) for a in apps]
+    elif workspace is not None and not env.get("DIFY_API_KEY", "").strip():
+        apps = []
     else:
         key = env.get("DIFY_API_KEY", "")
         if not key.strip():
@@ -368,6 +425,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
     app_token = env.get("SLACK_APP_TOKEN", "").strip() or None
     if app_token and not app_token.startswith("xapp-"):
         raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+    if token and workspace is not None and not alert_channel:
+        raise ConfigError(
+            "watching a workspace needs WFLOGS_ALERT_CHANNEL: discovered apps alert there unless "
+            "[[apps]] gives them a channel"
+        )
     if token:
         for app in apps:
             if not (app.channel or alert_channel):
@@ -420,7 +482,73 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         config_path=str(config_path) if config_path else None,
         warnings=tuple(warnings),
         watch=watch,
+        workspace=workspace,
+        overrides=tuple(overrides),
         **operations,
+    )
+
+
+def _workspace(
+    env: Mapping[str, str], data: dict[str, Any], path: Path | None, default_url: str
+) -> WorkspaceSettings | None:
+    """DIFY_ADMIN_API_KEY + DIFY_WORKSPACE_ID, or DIFY_CONSOLE_EMAIL + DIFY_CONSOLE_PASSWORD
+    (or the same in a [workspace] table, secrets from *_env variables); None when neither."""
+    table = data.get("workspace") or {}
+    where = f"{path}: [workspace]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - _WORKSPACE_FIELDS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_WORKSPACE_FIELDS))}"
+        )
+
+    def secret(env_name: str, key_field: str) -> str | None:
+        if key_field in table:
+            var = table[key_field]
+            if not isinstance(var, str) or not env.get(var, "").strip():
+                raise ConfigError(f"{where}: {key_field} names {var!r}, which is not set; export it")
+            return env[var].strip()
+        return env.get(env_name, "").strip() or None
+
+    admin_key = secret("DIFY_ADMIN_API_KEY", "admin_api_key_env")
+    password = secret("DIFY_CONSOLE_PASSWORD", "password_env")
+    workspace_id = (
+        env.get("DIFY_WORKSPACE_ID", "").strip() or str(table.get("workspace_id") or "").strip() or None
+    )
+    email = env.get("DIFY_CONSOLE_EMAIL", "").strip() or str(table.get("email") or "").strip() or None
+    if not (admin_key or email or password or table):
+        return None
+    if admin_key and not workspace_id:
+        raise ConfigError(
+            "DIFY_ADMIN_API_KEY needs DIFY_WORKSPACE_ID (the workspace's id: Dify's tenants table, "
+            "or the id in GET /console/api/workspaces)"
+        )
+    if not admin_key and not (email and password):
+        raise ConfigError(
+            "watching a workspace needs DIFY_ADMIN_API_KEY and DIFY_WORKSPACE_ID, or "
+            "DIFY_CONSOLE_EMAIL and DIFY_CONSOLE_PASSWORD"
+        )
+    url = (
+        env.get("DIFY_CONSOLE_URL", "").strip() or str(table.get("console_url") or "").strip() or default_url
+    )
+    url = _url(url, "DIFY_CONSOLE_URL")
+    raw_patterns = env.get("WFLOGS_APPS", "").strip()
+    if raw_patterns:
+        patterns = tuple(p.strip() for p in raw_patterns.split(",") if p.strip())
+    else:
+        patterns = _str_list(table["apps"], f"{where}: apps") if "apps" in table else ()
+    return WorkspaceSettings(
+        console_url=url,
+        admin_key=admin_key,
+        workspace_id=workspace_id,
+        email=email if not admin_key else None,
+        password=password if not admin_key else None,
+        concurrency=_int_env(
+            env, "WFLOGS_CONSOLE_CONCURRENCY", DEFAULT_CONSOLE_CONCURRENCY, minimum=1, maximum=10
+        ),
+        discover_interval=_int_env(env, "WFLOGS_DISCOVER_INTERVAL", DEFAULT_DISCOVER_INTERVAL, minimum=30),
+        patterns=patterns,
     )
 
 

@@ -110,7 +110,8 @@ def check_health(
         since = int(since) if since is not None else now
         if since == now:
             store.update_app_state(app.id, failing_since=now)
-        rejected = "rejected the API key" in (result.error or "") or "refused access" in (result.error or "")
+        error = result.error or ""
+        rejected = "rejected the API key" in error or "refused access" in error or "will not try" in error
         if noticed or (now - since < grace and not rejected):
             continue
         if mutes.mute_for(app.id, None, now) is not None:
@@ -124,13 +125,15 @@ def check_health(
                 now,
                 notice(result.name, result.error or "unknown error", since, now, rejected=rejected),
             )
-    _close_retired(settings, store, recovered, now)
+    _close_retired(settings, store, recovered, now, {r.app.id for r in results})
 
 
-def _close_retired(settings: Settings, store: Store, recovered: dict[str, AppResult], now: int) -> None:
+def _close_retired(
+    settings: Settings, store: Store, recovered: dict[str, AppResult], now: int, polled: set[str]
+) -> None:
     """Notices about app identities no longer configured (a replaced key, a removed app) are closed:
     'can read X again' when a configured app of that name reads fine, else 'the warning is over'."""
-    configured = {a.id for a in settings.apps}
+    configured = {a.id for a in settings.apps} | polled  # polled: the workspace itself too
     for row in store.query("select * from app_state where health_notice = 1"):
         if row["app_id"] in configured:
             continue

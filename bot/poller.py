@@ -55,12 +55,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
+from bot.console import ConsoleAppSource, failed_node
 from bot.dify import MAX_LIMIT, DifyClient, iso
-from bot.errors import DifyError, DifyNotFound, WflogsError
+from bot.errors import DifyBadRequest, DifyError, DifyNotFound, WflogsError
 from bot.logs import Reminder
 from bot.records import LogEntry, LogPage
 from bot.text import normalize_error
 from storage import StorageError, Store, subscriptions
+from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 REMIND_EVERY = 300  # seconds between log lines about the same lasting failure
@@ -254,6 +256,8 @@ class Poller:
     def poll_all(self) -> list[AppResult]:
         """Poll every app concurrently (bounded); never raises for one app's failure."""
         apps = list(self.settings.apps)
+        if not apps:
+            return []  # a workspace with nothing (yet) to watch
         if len(apps) == 1:
             return [self._poll_guarded(apps[0])]
         workers = min(self.settings.concurrency, len(apps))
@@ -288,6 +292,8 @@ class Poller:
     def poll_app(self, app: AppConfig) -> AppResult:
         """One cycle for one app: read its window, enqueue new alerts, move its cursor."""
         client = self.clients[app.id]
+        if app.mode == "advanced-chat":
+            return self._poll_runs(app, client)  # type: ignore[arg-type]
         before_requests = client.requests
         name = self.app_name(app)
         result = AppResult(app=app, name=name)
@@ -365,6 +371,111 @@ class Poller:
             )
         else:
             log.debug("polling %s failed: %s", name, error)
+
+    # -- chatflows: the console's run list ------------------------------------------------------
+
+    def _poll_runs(self, app: AppConfig, source: ConsoleAppSource) -> AppResult:
+        """One cycle for a chatflow: its failed and stopped production runs in the look-back window.
+
+        The run list has no time filter, is newest first by start time and pages with a cursor
+        that skips the runs sharing the cursor's start time: each page after the first starts
+        from the last run of an EARLIER second than the page's oldest, so that second is read
+        again whole (what was already read is recognised by id). A quiet cycle costs one request
+        per status; a new run one more (its detail, for the error and the end user)."""
+        before_requests = source.requests
+        name = self.app_name(app)
+        result = AppResult(app=app, name=name)
+        now = int(self._now())
+        state = self.store.app_state(app.id) or {}
+        if state.get("alert_from") is None:
+            state["alert_from"] = now - self.settings.backfill
+            self.store.update_app_state(app.id, alert_from=state["alert_from"], first_polled=now)
+        alert_from = int(state["alert_from"])
+        start = int(state["checked_until"]) if state.get("checked_until") is not None else alert_from
+        after = start - self.settings.lookback
+        result.window = (after, now)
+        reads: dict[str, _StatusRead] = {}
+        try:
+            for status in ALERT_STATUSES:
+                reads[status] = self._read_runs(source, app, status, after, now, alert_from)
+        except DifyError as exc:
+            for status, read in reads.items():
+                result.new_alerts += self._record(app, name, status, read, alert_from)
+            result.ok, result.error = False, str(exc)
+            self.store.update_app_state(app.id, last_error=str(exc))
+            self._failed(app, name, exc)
+            result.requests = source.requests - before_requests
+            return result
+        for status, read in reads.items():
+            result.new_alerts += self._record(app, name, status, read, alert_from)
+        notes = [note for read in reads.values() for note in read.notes]
+        if notes:
+            result.incomplete = "; ".join(notes)
+            self.store.update_app_state(app.id, last_ok=now, last_error=None)
+            log.warning("%s: %s", name, result.incomplete)
+        else:
+            with self.store.transaction():
+                self.store.update_app_state(app.id, checked_until=now, last_ok=now, last_error=None)
+                self.store.prune_seen(app.id, now - self.settings.lookback)
+        result.requests = source.requests - before_requests
+        return result
+
+    def _read_runs(
+        self, source: ConsoleAppSource, app: AppConfig, status: str, after: int, before: int, alert_from: int
+    ) -> _StatusRead:
+        read = _StatusRead(status, self._known(app, status, after, before))
+        last_id: str | None = None
+        while True:
+            try:
+                with self._in_flight:
+                    page = source.runs(status=status, last_id=last_id)
+            except DifyBadRequest:
+                if last_id is None:
+                    raise
+                # The cursor's run is gone (Dify's log clean-up): the next cycle reads again.
+                read.notes.append(f"{status} runs: the list changed while it was read")
+                return read
+            rows = [item for item in page.get("data") or [] if item.get("id")]
+            inside = [item for item in rows if int(item.get("created_at") or 0) >= after]
+            fresh = [item for item in inside if str(item["id"]) not in read.found]
+            fresh = [item for item in fresh if str(item["id"]) not in read.known]
+            for item in [
+                i for i in fresh if int(i.get("finished_at") or i.get("created_at") or 0) < alert_from
+            ]:
+                # Ended before wflogs alerts from (history): remembered, not alerted, no detail needed.
+                read.found[str(item["id"])] = LogEntry.from_run(item)
+                fresh.remove(item)
+            if fresh:
+                # One detail per new run (the list has no error): in parallel, the console client
+                # bounds how many are in flight.
+                workers = min(self._parallel, len(fresh))
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detail") as pool:
+                    details = list(pool.map(lambda item: self._run_detail(source, str(item["id"])), fresh))
+                for item, detail in zip(fresh, details, strict=True):
+                    read.found[str(item["id"])] = LogEntry.from_run(item, detail)
+            if len(inside) < len(rows) or not page.get("has_more") or not rows:
+                return read
+            oldest = int(rows[-1].get("created_at") or 0)
+            # The cursor skips runs sharing its start time: go on from the last run of an earlier
+            # second, so the oldest second is read again whole.
+            earlier = [item for item in rows if int(item.get("created_at") or 0) > oldest]
+            if not earlier:
+                read.notes.append(
+                    f"more than {len(rows)} {status} runs started in one second ({iso(oldest)}); "
+                    "some may be read only next cycle"
+                )
+                last_id = str(rows[-1]["id"])
+            else:
+                last_id = str(earlier[-1]["id"])
+            if last_id in (None, ""):
+                return read
+
+    @staticmethod
+    def _run_detail(source: ConsoleAppSource, run_id: str) -> dict[str, Any]:
+        try:
+            return source.run(run_id)
+        except DifyNotFound:
+            return {}
 
     # -- runs that outlive the look-back -------------------------------------------------------
 
@@ -791,4 +902,32 @@ class Poller:
                         continue
                     routed.add(sub["channel"])
                     alerts.append({**alerts[-1], "channel": sub["channel"], "subscription": 1})
+        self._name_failed_nodes(app, channel, alerts)
         return self.store.record_seen(app.id, seen, alerts, changes)
+
+    def _name_failed_nodes(self, app: AppConfig, channel: str, alerts: list[dict[str, Any]]) -> None:
+        """Workspace mode: the first run of each group that opens a NEW incident gets the node that
+        failed it (one request per new incident, not per run); a group with an open incident, or
+        an app read with an ``app-`` key (the Service API has no node list), gets nothing."""
+        nodes_of = getattr(self.clients.get(app.id), "nodes", None)
+        if nodes_of is None or not alerts:
+            return
+        incidents = IncidentStore(self.store)
+        done: set[tuple[str, str]] = set()
+        for alert in alerts:
+            shape = (alert["status"], alert["group_key"])
+            if shape in done or alert["status"] != "failed":
+                continue
+            done.add(shape)
+            if incidents.find_open(app.id, channel, alert["status"], alert["group_key"]) is not None:
+                continue
+            entry = alert["entry"]
+            try:
+                node = failed_node(nodes_of(entry.get("run_id") or entry["log_id"]))
+            except DifyError as exc:
+                log.info("cannot read the nodes of run %s: %s", entry.get("run_id"), exc)
+                continue
+            if node is not None:
+                entry["node_title"] = node.get("title")
+                entry["node_type"] = node.get("node_type")
+                entry["node_error"] = node.get("error")

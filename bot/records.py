@@ -68,6 +68,39 @@ class LogEntry:
     account_name: str | None = None
     session_id: str | None = None
     end_user_type: str | None = None
+    # Chatflow runs (workspace mode): the conversation; and for a new incident, the failed node.
+    conversation_id: str | None = None
+    node_title: str | None = None
+    node_type: str | None = None
+    node_error: str | None = None
+
+    @classmethod
+    def from_run(cls, item: dict[str, Any], detail: dict[str, Any] | None = None) -> LogEntry:
+        """A chatflow run from the console's run list (and its detail, for the error and user)."""
+        detail = detail or {}
+        end_user = detail.get("created_by_end_user") or {}
+        account = detail.get("created_by_account") or item.get("created_by_account") or {}
+        return cls(
+            log_id=str(item["id"]),
+            created_at=int(item.get("created_at") or 0),
+            run_id=str(item["id"]),
+            status=_opt_str(item.get("status")),
+            error=_opt_str(detail.get("error")),
+            elapsed_time=_opt_float(item.get("elapsed_time")),
+            total_tokens=_opt_int(item.get("total_tokens")),
+            total_steps=_opt_int(item.get("total_steps")),
+            exceptions_count=_opt_int(item.get("exceptions_count")),
+            run_created_at=_opt_int(item.get("created_at")),
+            finished_at=_opt_int(item.get("finished_at")),
+            version=_opt_str(item.get("version")),
+            triggered_from="app-run",
+            created_by_role=_opt_str(detail.get("created_by_role")),
+            account_email=_opt_str(account.get("email")),
+            account_name=_opt_str(account.get("name")),
+            session_id=_opt_str(end_user.get("session_id")),
+            end_user_type=_opt_str(end_user.get("type")),
+            conversation_id=_opt_str(item.get("conversation_id")),
+        )
 
     @classmethod
     def from_api(cls, item: dict[str, Any]) -> LogEntry:
@@ -214,6 +247,8 @@ class RunDetail:
     inputs: Any
     outputs: Any
     console_url: str | None = None
+    # Workspace mode: the run's node executions in order (None: not known for this app).
+    nodes: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 import httpx
 from slack_sdk import WebClient
 
 from bot.breaker import HostBreaker
-from bot.config import Settings, alert_channel_for, mentions_for, resolve_after_for
+from bot.config import AppConfig, Settings, alert_channel_for, mentions_for, resolve_after_for
+from bot.console import ConsoleClient, ConsoleLoginError, RejectionMemory
 from bot.delivery import Deliverer, DeliveryResult
 from bot.dify import DifyClient
 from bot.digest import Digester
-from bot.errors import DatabaseError
+from bot.errors import DatabaseError, DifyError
 from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
 from bot.journal import Fence, Journal
@@ -25,6 +26,7 @@ from bot.notifier import Sink, SlackSink, TerminalSink
 from bot.poller import AppResult, Poller
 from bot.text import plural
 from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
+from bot.workspace import Workspace
 from storage import STORAGE_ERRORS, Store, describe, subscriptions
 from storage.db import open_incidents_count, pending_by_status
 
@@ -144,6 +146,13 @@ class Runtime:
     deliver_in_cycle: bool = True
     # Dify hosts that stopped answering are not asked again until the next cycle.
     breaker: HostBreaker | None = None
+    # Workspace mode: the console client, the discovered apps, and the per-app maps to keep in step.
+    console: ConsoleClient | None = None
+    workspace: Workspace | None = None
+    _resolve_after: dict[str, int] = field(default_factory=dict)
+    _discovered_at: float | None = None
+    _console_error: str | None = None
+    _login_stopped: bool = False
 
     @classmethod
     def build(
@@ -204,6 +213,30 @@ class Runtime:
             settings, store, http, clients, sink, web, poller, deliverer, digester, actions, now, metrics
         )
         runtime.breaker = breaker
+        runtime._resolve_after = resolve_after
+        if settings.workspace is not None:
+            ws = settings.workspace
+            runtime.console = ConsoleClient(
+                http=http,
+                url=ws.console_url,
+                admin_key=ws.admin_key,
+                workspace_id=ws.workspace_id,
+                email=ws.email,
+                password=ws.password,
+                concurrency=ws.concurrency,
+                now=now,
+                rejections=RejectionMemory(
+                    lambda key: (store.app_state(key) or {}).get("last_error"),
+                    lambda key, message: store.update_app_state(key, last_error=message),
+                ),
+            )
+
+            def mark_new(app: AppConfig) -> None:
+                at = int(now())
+                if not store.app_state(app.id):
+                    store.update_app_state(app.id, alert_from=at, first_polled=at, name=app.name)
+
+            runtime.workspace = Workspace(settings=settings, console=runtime.console, mark_new=mark_new)
         runtime.watcher = Watcher(
             settings=settings, store=store, clients=clients, name_of=poller.app_name, now=now
         )
@@ -221,11 +254,74 @@ class Runtime:
         before the failures that delivery then posts."""
         if self.breaker is not None:
             self.breaker.reset()
-        apps = self.poller.poll_all()
+        extra = self._discover() if self.workspace is not None else []
+        apps = self.poller.poll_all() + extra
         self.metrics.observe_apps(apps, self._now())
         check_health(settings=self.settings, store=self.store, results=apps, now=int(self._now()))
         self.last_watch = self._watch(apps)
         return apps
+
+    def discover(self) -> None:
+        """Workspace mode: read the app list now if due (``wflogs search`` before its first poll)."""
+        if self.workspace is not None:
+            for problem in self._discover():
+                log.warning("%s: %s", problem.name, problem.error)
+
+    def _discover(self) -> list[AppResult]:
+        """Re-read the workspace's apps when due; a result for the workspace itself when it
+        cannot be read (so the channel hears of it, once, like an app that cannot be read)."""
+        assert self.workspace is not None
+        now = self._now()
+        interval = self.settings.workspace.discover_interval if self.settings.workspace else 300
+        due = self._discovered_at is None or now - self._discovered_at >= interval
+        if (due and self._console_error is None) or (due and self.workspace.discoveries == 0):
+            try:
+                found = self.workspace.discover()
+            except ConsoleLoginError as exc:
+                # Said once (by the client); wflogs waits for a restart with new settings.
+                self._console_error = str(exc)
+                self._login_stopped = True
+                self._apply([])
+            except DifyError as exc:
+                log.warning("cannot read the Dify workspace's apps: %s", exc)
+                if self.workspace.discoveries == 0:
+                    return [self._workspace_result(str(exc))]
+            else:
+                self._discovered_at = now
+                self._console_error = None
+                self._apply(found.watched)
+        if self._console_error is not None:
+            return [self._workspace_result(self._console_error)]
+        return []
+
+    def _workspace_result(self, error: str) -> AppResult:
+        ws = self.settings.workspace
+        url = ws.console_url if ws else ""
+        app = AppConfig(api_key="console:workspace", api_url=url, name="the Dify workspace")
+        return AppResult(app=app, name="the Dify workspace", ok=False, error=error)
+
+    def _apply(self, discovered: list[AppConfig]) -> None:
+        """Watch exactly the keyed apps plus ``discovered`` from now on."""
+        assert self.workspace is not None
+        keyed = [a for a in self.settings.apps if not a.via_console]
+        settings = replace(self.settings, apps=tuple(keyed + discovered))
+        wanted = {a.id for a in settings.apps}
+        for app_id in [k for k in self.clients if k not in wanted]:
+            del self.clients[app_id]
+        for app in discovered:
+            self.clients[app.id] = self.workspace.sources[app.id]  # type: ignore[assignment]
+            self.deliverer.channels[app.id] = alert_channel_for(settings, app) or "terminal"
+            self.deliverer.mentions[app.id] = mentions_for(settings, app)
+            self._resolve_after[app.id] = resolve_after_for(settings, app)
+        self.settings = settings
+        self.poller.settings = settings
+        self.digester.settings = settings
+        if self.watcher is not None:
+            self.watcher.settings = settings
+        escalator = self.deliverer.escalator
+        if escalator is not None:
+            escalator.settings = settings
+            escalator.apps = {a.id: a for a in settings.apps}
 
     def deliver(self) -> DeliveryResult:
         """Evaluate incidents and deliver everything pending (safe from another thread than

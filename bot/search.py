@@ -501,12 +501,20 @@ def find_run(query: Query, targets: Sequence[Target]) -> RunDetail:
             problems.append(f"{target.name}: {exc}")
             failed.add(target.name)
             continue
+        nodes = None
+        nodes_of = getattr(target.client, "nodes", None)
+        if nodes_of is not None:
+            try:
+                nodes = nodes_of(run_id)
+            except DifyError:
+                nodes = None  # the run is shown without them
         return RunDetail(
             app_name=target.name,
             run=body,
             inputs=_decode(body.get("inputs")),
             outputs=_decode(body.get("outputs")),
             console_url=target.app.console_url,
+            nodes=nodes,
         )
     asked = ", ".join(t.name for t in targets if t.name not in failed)
     if problems:

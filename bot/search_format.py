@@ -314,6 +314,8 @@ def run_detail(detail: RunDetail, *, tz: ZoneInfo | None = None) -> tuple[str, l
     error = mask_text(str(run.get("error") or ""))
     if error:
         blocks.append(section("*Error*\n" + code_block(error, 1500)))
+    if detail.nodes:
+        blocks.append(section("*Nodes*\n" + "\n".join(node_lines(detail.nodes, markup=True))[:2900]))
     blocks.append(section("*Inputs*\n" + code_block(_pretty(mask_secrets(detail.inputs)), INPUTS_LIMIT)))
     blocks.append(section("*Outputs*\n" + code_block(_pretty(mask_secrets(detail.outputs)), OUTPUTS_LIMIT)))
     buttons = []
@@ -540,6 +542,32 @@ def table(result: SearchResult, *, tz: ZoneInfo | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+NODE_EMOJI = {"succeeded": "✅", "failed": "🔴", "exception": "🟠", "stopped": "⏹", "running": "⏳"}
+
+
+def node_lines(nodes: list[dict[str, Any]], *, markup: bool) -> list[str]:
+    """The run's nodes in order: title, type, status, time, and the error of a failed one."""
+    lines = []
+    for number, node in enumerate(nodes[:40], start=1):
+        status = str(node.get("status") or "?")
+        title, kind = str(node.get("title") or node.get("node_id") or "?"), str(node.get("node_type") or "?")
+        took = duration(_float(node.get("elapsed_time")))
+        error = mask_text(str(node.get("error") or "")) if status in ("failed", "exception") else ""
+        if markup:
+            emoji = NODE_EMOJI.get(status, "⚪")
+            line = f"{emoji} {number}. *{escape_cut(title, 80)}* ({escape_cut(kind, 30)}) "
+            line += f"{escape(status)} · {took}" + (
+                f": `{escape_cut(one_line(error), 200)}`" if error else ""
+            )
+        else:
+            line = f"  {number}. {_plain(title, 80)} ({_plain(kind, 30)}) {_plain(status, 20)}, {took}"
+            line += f": {_plain(one_line(error), 300)}" if error else ""
+        lines.append(line)
+    if len(nodes) > 40:
+        lines.append(f"… and {len(nodes) - 40} more")
+    return lines
+
+
 def run_text(detail: RunDetail, *, tz: ZoneInfo | None = None) -> str:
     """One run for the terminal: fields, error, inputs and outputs (secrets masked)."""
     run = detail.run
@@ -554,6 +582,9 @@ def run_text(detail: RunDetail, *, tz: ZoneInfo | None = None) -> str:
     ]
     if run.get("error"):
         lines.append(f"error:     {_plain(one_line(mask_text(str(run['error']))), 2000)}")
+    if detail.nodes:
+        lines.append("nodes:")
+        lines.extend(node_lines(detail.nodes, markup=False))
     for label, value in (("inputs", detail.inputs), ("outputs", detail.outputs)):
         pretty = _pretty(mask_secrets(value))
         lines.append(f"{label}:")

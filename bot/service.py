@@ -302,8 +302,8 @@ def add_digest_jobs(
     check at start-up and every few minutes that posts a digest missed while wflogs was down or
     Slack refused it (marked late). Both run the same idempotent :meth:`Digester.run_due`."""
     settings = runtime.settings
-    if not any(app.digest for app in settings.apps):
-        return
+    if settings.workspace is None and not any(app.digest for app in settings.apps):
+        return  # (a workspace's apps are found once running)
 
     def job() -> None:
         if active is not None and not active():

@@ -63,13 +63,17 @@ def describe(path: str, exc: BaseException) -> StorageError:
             "is locked by another program",
             "stop whatever holds it (an sqlite3 shell, a backup, a second copy of wflogs on another host)",
         )
-    if path != ":memory:" and _read_only(where) and (
-        "readonly" in text
-        or "read-only" in text
-        or "permission" in text
-        or "unable to open" in text
-        or name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
-        or getattr(exc, "errno", None) == errno.EROFS
+    if (
+        path != ":memory:"
+        and _read_only(where)
+        and (
+            "readonly" in text
+            or "read-only" in text
+            or "permission" in text
+            or "unable to open" in text
+            or name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN"))
+            or getattr(exc, "errno", None) == errno.EROFS
+        )
     ):
         # Not a matter of permissions: no user may write there.
         return StorageError(

@@ -52,9 +52,7 @@ def of_channel(store: Store, channel: str) -> list[dict[str, Any]]:
 
 def for_app(store: Store, app_id: str) -> list[dict[str, Any]]:
     """Subscriptions that take ``app_id``'s runs (its own and every-app ones)."""
-    return store.query(
-        "select * from subscriptions where app_id in (?, ?) order by id", [app_id, EVERY_APP]
-    )
+    return store.query("select * from subscriptions where app_id in (?, ?) order by id", [app_id, EVERY_APP])
 
 
 def counts(store: Store) -> dict[str, int]:
