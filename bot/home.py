@@ -33,17 +33,21 @@ class Home:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Callable[[], Settings],
         store: Store,
         web: WebClient | None,
         *,
         names: Callable[[], dict[str, str]],
     ) -> None:
-        self.settings = settings
+        self._settings = settings  # read on each use: workspace discovery replaces the settings
         self.store = store
         self.web = web
         self.names = names
         self._workspace: str | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings()
 
     def workspace(self) -> str:
         """The workspace's address for thread links (asked once per process; a fallback that

@@ -269,7 +269,7 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
     checked against allowed_users / allowed_channels, and recorded in SQLite; the deliverer then
     edits the message from the stored state."""
     settings = runtime.settings
-    home = Home(settings, runtime.store, runtime.web, names=lambda: app_names(runtime))
+    home = Home(lambda: runtime.settings, runtime.store, runtime.web, names=lambda: app_names(runtime))
 
     def answer_click(body: dict[str, Any], respond: Any, text: str) -> None:
         """Tell the clicker: in the Home tab by publishing it again, else through response_url."""
