@@ -287,6 +287,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}")
 
 
+def _check_table(raw: object, where: str, allowed: set[str]) -> None:
+    """A TOML table with only the fields wflogs knows (a typo is named, with what is allowed)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
 def _apps_from_toml(
     data: dict[str, Any], path: Path, env: Mapping[str, str], default_url: str, *, workspace: bool = False
 ) -> list[AppConfig]:
@@ -303,13 +314,7 @@ def _apps_from_toml(
     apps: list[AppConfig] = []
     for number, raw in enumerate(apps_raw, start=1):
         where = f"{path}: [[apps]] #{number}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where} must be a table")
-        unknown = set(raw) - _APP_FIELDS
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_APP_FIELDS))}"
-            )
+        _check_table(raw, where, _APP_FIELDS)
         if "api_key" in raw and "api_key_env" in raw:
             raise ConfigError(f"{where}: give api_key or api_key_env, not both")
         if "api_key_env" in raw:
@@ -495,13 +500,7 @@ def _workspace(
     (or the same in a [workspace] table, secrets from *_env variables); None when neither."""
     table = data.get("workspace") or {}
     where = f"{path}: [workspace]"
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table")
-    unknown = set(table) - _WORKSPACE_FIELDS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_WORKSPACE_FIELDS))}"
-        )
+    _check_table(table, where, _WORKSPACE_FIELDS)
 
     def secret(env_name: str, key_field: str) -> str | None:
         if key_field in table:

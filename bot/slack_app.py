@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -33,6 +33,7 @@ from bot.subscriptions import Subscriptions, parse_subscription_command
 from bot.text import duration, escape
 from storage import subscriptions
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 COMMAND = "/wflogs"
@@ -400,19 +401,26 @@ def _is_member(runtime: Runtime, channel: str) -> bool | None:
     return None if member is None else bool(member)
 
 
+def _parsed(ack: Any, body: dict[str, Any], parse: Callable[[str], T | None]) -> tuple[bool, T | None]:
+    """Parse the command's text with ``parse``: (False, None) when it is another command; a
+    malformed one is answered here with what is wrong and the usage: (True, None)."""
+    try:
+        command = parse(str(body.get("text") or ""))
+    except QueryError as exc:
+        text, blocks = fmt.error(str(exc), exc.usage)
+        ack(text=text, blocks=blocks)
+        return True, None
+    return command is not None, command
+
+
 def subscription_command(
     ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]
 ) -> bool:
     """``/wflogs subscribe|unsubscribe|subscriptions``, answered in the acknowledgement (changes
     visible to the channel); False when the command is something else."""
-    try:
-        command = parse_subscription_command(str(body.get("text") or ""))
-    except QueryError as exc:
-        text, blocks = fmt.error(str(exc), exc.usage)
-        ack(text=text, blocks=blocks)
-        return True
-    if command is None:
-        return False
+    parsed, command = _parsed(ack, body, parse_subscription_command)
+    if not parsed or command is None:
+        return parsed
     channel, user = _channel_of(body), _user_of(body) or "someone"
     refused = control_refusal(runtime.settings, user=user, channel=channel)
     if refused or not channel:
@@ -433,14 +441,9 @@ def subscription_command(
 def mute_command(ack: Any, body: dict[str, Any], runtime: Runtime, *, now: Callable[[], float]) -> bool:
     """``/wflogs mutes``, ``/wflogs unmute N``, ``/wflogs mute app:NAME 2h [reason]``, answered in the
     acknowledgement; False when the command is a search."""
-    try:
-        command = parse_mute_command(str(body.get("text") or ""))
-    except QueryError as exc:
-        text, blocks = fmt.error(str(exc), exc.usage)
-        ack(text=text, blocks=blocks)
-        return True
-    if command is None:
-        return False
+    parsed, command = _parsed(ack, body, parse_mute_command)
+    if not parsed or command is None:
+        return parsed
     settings = runtime.settings
     channel, user = _channel_of(body), _user_of(body) or "someone"
     refused = control_refusal(settings, user=user, channel=channel)

@@ -4,32 +4,10 @@ runs' own times, and "back again" even without a permalink. Slack is the fake at
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 from bot.text import clock as clock_text
-from tests.conftest import Clock, build_runtime, make_settings, slack_env
-from tests.fakes.dify import FakeDify
-from tests.fakes.slack import FakeSlack
-
-
-def _runtime(tmp_path: Path, dify: FakeDify, clock: Clock, slack: FakeSlack, key: str, **env: str):
-    return build_runtime(
-        make_settings(tmp_path, {"DIFY_API_KEY": key, **slack_env(slack), **env}), dify, clock
-    )
-
-
-def top(slack: FakeSlack) -> list[dict]:
-    return [m for m in slack.posts() if not m["thread_ts"]]
-
-
-def replies(slack: FakeSlack, ts: str) -> list[dict]:
-    return [m for m in slack.posts() if m["thread_ts"] == ts]
-
-
-def shown(message: dict) -> str:
-    return (message.get("text") or "") + json.dumps(message.get("blocks") or [], ensure_ascii=False)
+from tests.test_incidents import _runtime, replies, shown, top
 
 
 def test_every_figure_of_an_edited_parent_is_current(tmp_path, dify, clock, slack):

@@ -506,6 +506,11 @@ def _subscribe(rt, channel: str, app_id: str, *, status: str = "", text: str = "
     )
 
 
+def _resolve_by_hand(rt, kind: str, channel: str, who: str, clock: Clock) -> None:
+    (row,) = rt.store.query("select id from incidents where kind = ? and channel = ?", [kind, channel])
+    rt.actions.resolve(int(row["id"]), who, int(clock.now))
+
+
 def _in(slack: FakeSlack, channel: str, needle: str) -> list[dict]:
     return [m for m in slack.posts(channel) if not m["thread_ts"] and needle in json.dumps(m["blocks"][:1])]
 
@@ -558,8 +563,7 @@ def test_a_subscribed_channel_resolving_its_copy_leaves_the_configured_incident_
     )
     _subscribe(rt, "C0TEAM", "*")
     rt.cycle()
-    (copy,) = rt.store.query("select id from incidents where kind = 'failure_rate' and channel = 'C0TEAM'")
-    rt.actions.resolve(int(copy["id"]), "bob", int(clock.now))
+    _resolve_by_hand(rt, "failure_rate", "C0TEAM", "bob", clock)
     for _ in range(3):  # still above: the team's copy stays resolved, nothing new there
         clock.advance(60)
         rt.cycle()
@@ -606,8 +610,7 @@ def test_stuck_runs_resolved_by_hand_in_the_configured_channel_end_the_copies_to
     )
     _subscribe(rt, "C0TEAM", "*")
     rt.cycle()
-    (primary,) = rt.store.query("select id from incidents where kind = 'stuck_runs' and channel = 'C0ALERTS'")
-    rt.actions.resolve(int(primary["id"]), "alice", int(clock.now))
+    _resolve_by_hand(rt, "stuck_runs", "C0ALERTS", "alice", clock)
     clock.advance(60)
     rt.cycle()
     (team,) = _in(slack, "C0TEAM", "stuck")
