@@ -229,7 +229,8 @@ class ConsoleClient:
         self._now = now
         self._notify = notify
         self._rejections = rejections
-        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        self.concurrency = max(1, concurrency)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
         self._session: _Session | None = None
         self._session_lock = threading.Lock()  # one login or refresh at a time
         self._generation = 0
@@ -634,8 +635,8 @@ class ConsoleAppSource:
         from bot.dify import iso
 
         if self.mode != "workflow":
-            # A chatflow writes no log rows (its runs are read by the poller from the run list):
-            # digests and searches see none of its runs yet.
+            # A chatflow writes no log rows: its runs are read from the run list (the poller,
+            # bot/run_walk.py for searches and digests).
             return LogPage(page=page, limit=limit, total=0, has_more=False, data=[])
         params: dict[str, Any] = {"page": page, "limit": limit}
         if status:

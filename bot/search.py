@@ -32,6 +32,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot import run_walk
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient
 from bot.errors import DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
@@ -46,6 +47,7 @@ PAGE_SIZE = 10  # runs per page with one app
 MULTI_APP_PAGE_SIZE = 5  # runs per app per page with several (a Slack message has room for ~10k chars)
 SCAN_PAGES = 10  # pages of 100 read per app when filtering on our side
 DETAIL_CAP = 30  # a session with at most this many runs has its keyword checked against run details
+CHAT_DETAIL_CAP = 200  # chatflow run details read per app and search (session, text and error filters)
 
 
 class RunNotFound(QueryError):
@@ -343,6 +345,12 @@ def _error_search(
     query: Query, target: Target, page_size: int, keep: Callable[[str | None], bool]
 ) -> tuple[AppHits, list[LogEntry]]:
     """error:TEXT and similar:RUN_ID: runs whose error ``keep`` accepts (and every match, for counts)."""
+    if _is_chatflow(target):
+        found_runs, where, _ = _chatflow_found(query, target, keep)
+        hits = _chatflow_hits(query, target, page_size, found_runs, where, True)
+        if not query.similar:
+            hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
+        return hits, found_runs.entries
     hits = AppHits(name=target.name, console_url=target.app.console_url)
     found = _error_scan(query, target.client, keep) if error_statuses(query) else _Found([])
     _fill(hits, found, (query.page - 1) * page_size, page_size)
@@ -351,7 +359,151 @@ def _error_search(
     return hits, found.entries
 
 
+# -- chatflows: the console's run list ---------------------------------------------------
+
+
+def _is_chatflow(target: Target) -> bool:
+    return target.app.mode == "advanced-chat" and hasattr(target.client, "runs")
+
+
+def _chat_statuses(query: Query) -> list[str | None]:
+    """The run list walks a chatflow search needs: one per status (Dify filters each), else one."""
+    if query.error or query.similar:
+        return list(error_statuses(query))
+    return list(query.statuses) if query.statuses else [None]
+
+
+def _inputs_text(value: Any) -> str:
+    value = _decode(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _chat_keyword_where(run_id: str, detail: dict[str, Any], session: str | None, keyword: str) -> list[str]:
+    """Where a chatflow run holds the search text: Dify's keyword rule (the first 30 characters in
+    inputs, which hold the user's message as ``sys.query``, outputs or the session; or the run id),
+    and the whole text in the error."""
+    places = []
+    if _contains(keyword)(_opt_text(detail.get("error"))):
+        places.append("error")
+    word = keyword[:KEYWORD_CHARS].casefold()
+    if session and word in session.casefold():
+        places.append("session")
+    elif run_id == keyword:
+        places.append("run id")
+    elif any(word in _inputs_text(detail.get(key)).casefold() for key in ("inputs", "outputs")):
+        places.append("inputs/outputs")
+    return places
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _chat_note(found: _Found, detailed: bool) -> str:
+    if detailed:
+        return (
+            f"this filter needs each chatflow run's details, so only the newest {found.scanned:,} "
+            f"runs were searched (at most {CHAT_DETAIL_CAP} per search); narrow with since: "
+            "to search the rest."
+        )
+    return (
+        f"a chatflow's runs are read newest first, and the newest {found.scanned:,} were searched; "
+        "narrow with since: to search the rest."
+    )
+
+
+def _chatflow_found(
+    query: Query, target: Target, keep_error: Callable[[str | None], bool] | None = None
+) -> tuple[_Found, dict[str, str], bool]:
+    """The chatflow runs matching ``query`` (or, with ``keep_error``, whose error it accepts):
+    the run list walked down to ``since`` (status filters sent to Dify), details fetched only for
+    the filters that need them (session, text, error), at most CHAT_DETAIL_CAP per search.
+
+    Returns (matches, run id -> where the text was found, whether details were read)."""
+    source: Any = target.client
+    workers = getattr(getattr(source, "console", None), "concurrency", 3)
+    detailed = bool(query.session or query.keyword or query.error or query.similar or keep_error)
+    enough = CHAT_DETAIL_CAP + 1 if detailed else None
+    walked = run_walk.merge(
+        run_walk.walk(source, status=status, since=query.since, until=query.until, enough=enough)
+        for status in _chat_statuses(query)
+    )
+    items = walked.items
+    if query.account:
+        account = query.account.casefold()
+        items = [
+            i
+            for i in items
+            if account
+            in {str(v).casefold() for v in (i.get("created_by_account") or {}).values() if v is not None}
+        ]
+    found = _Found([], complete=walked.complete, scanned=len(walked.items))
+    where: dict[str, str] = {}
+    if not detailed:
+        found.entries = [LogEntry.from_run(item) for item in items]
+        return found, where, False
+    if len(items) > CHAT_DETAIL_CAP:
+        items, found.complete = items[:CHAT_DETAIL_CAP], False
+    found.scanned = len(items)
+    read = run_walk.details(source, [str(i["id"]) for i in items], workers)
+    for item in items:
+        detail = read.get(str(item["id"])) or {}
+        entry = LogEntry.from_run(item, detail)
+        if query.session and entry.session_id != query.session:
+            continue
+        if keep_error is not None:
+            if not keep_error(entry.error):
+                continue
+        elif query.error:
+            if not _contains(query.error)(entry.error):
+                continue
+            where[entry.log_id] = "error"
+        elif query.keyword:
+            places = _chat_keyword_where(entry.log_id, detail, entry.session_id, query.keyword)
+            if not places:
+                continue
+            where[entry.log_id] = ", ".join(places)
+        found.entries.append(entry)
+    return found, where, True
+
+
+def _chatflow_hits(
+    query: Query, target: Target, page_size: int, found: _Found, where: dict[str, str], detailed: bool
+) -> AppHits:
+    hits = AppHits(name=target.name, console_url=target.app.console_url)
+    _fill(hits, found, (query.page - 1) * page_size, page_size)
+    hits.dify_total = None
+    if not found.complete:
+        hits.note = _chat_note(found, detailed)
+    if not detailed and hits.entries:
+        # The list has no error and no end user: the runs shown are completed from their details.
+        source: Any = target.client
+        workers = getattr(getattr(source, "console", None), "concurrency", 3)
+        read = run_walk.details(source, [e.log_id for e in hits.entries], workers)
+        hits.entries = [
+            replace(
+                e,
+                error=_opt_text(read[e.log_id].get("error")),
+                session_id=_opt_text((read[e.log_id].get("created_by_end_user") or {}).get("session_id")),
+                end_user_type=_opt_text((read[e.log_id].get("created_by_end_user") or {}).get("type")),
+                created_by_role=_opt_text(read[e.log_id].get("created_by_role")),
+            )
+            if read.get(e.log_id)
+            else e
+            for e in hits.entries
+        ]
+    hits.found = {k: v for k, v in where.items() if any(e.log_id == k for e in hits.entries)}
+    return hits
+
+
+def _chatflow_search(query: Query, target: Target, page_size: int) -> AppHits:
+    found, where, detailed = _chatflow_found(query, target)
+    return _chatflow_hits(query, target, page_size, found, where, detailed)
+
+
 def _search_app(query: Query, target: Target, page_size: int) -> AppHits:
+    if _is_chatflow(target):
+        return _chatflow_search(query, target, page_size)
     if query.keyword:
         return _text_search(query, target, page_size)
     if query.error:

@@ -1,0 +1,208 @@
+"""Searching chatflows (workspace mode): /wflogs over real signed requests, the console faked at the
+wire. A chatflow writes no log rows: its runs come from the console's run list, newest first with a
+cursor, and their errors and end users from run details, read only where needed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from bot.ops_http import EVENTS_PATH, OpsServer
+from bot.runtime import Runtime
+from bot.slack_app import build_app, events_handler
+from tests.conftest import Clock, build_runtime, make_settings
+from tests.fakes.console import FakeConsole
+from tests.fakes.slack import BOT_TOKEN, FakeSlack, signed_post
+
+SECRET = "8f14e45fceea167a5a36dedd4bea2543"
+CHANNEL = "C0ALERTS"
+ADMIN = {
+    "DIFY_ADMIN_API_KEY": "wflogs-admin-key",
+    "DIFY_WORKSPACE_ID": "7d1ec3b5-5b5b-4c8a-9b1c-2f0b0c0e0a11",
+}
+
+
+@dataclass
+class Bench:
+    rt: Runtime
+    console: FakeConsole
+    slack: FakeSlack
+    url: str
+    names: int = 0
+
+    def ask(self, text: str) -> dict[str, Any]:
+        """``/wflogs text`` as Slack sends it (signed), and the answer posted to its response_url."""
+        self.names += 1
+        name = f"r{self.names}"
+        form = {
+            "command": "/wflogs",
+            "text": text,
+            "user_id": "U0ALICE",
+            "user_name": "alice",
+            "channel_id": CHANNEL,
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "response_url": self.slack.response_url(name),
+            "trigger_id": "1.2.3",
+        }
+        assert signed_post(self.url, urlencode(form), SECRET).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self.slack.lock:
+                answers = [r for r in self.slack.responses if r["name"] == name]
+            if answers:
+                return answers[-1]
+            time.sleep(0.01)
+        raise AssertionError(f"no answer to {text!r}")
+
+    def runs_requests(self) -> list[httpx.Request]:
+        return [r for r in self.console.console_requests("/advanced-chat/workflow-runs")]
+
+    def detail_requests(self) -> list[httpx.Request]:
+        return [
+            r
+            for r in self.console.console_requests("/workflow-runs/")
+            if "advanced-chat" not in r.url.path and not r.url.path.endswith(("node-executions", "count"))
+        ]
+
+
+def shown(answer: dict[str, Any]) -> str:
+    return json.dumps(answer, ensure_ascii=False)
+
+
+@pytest.fixture
+def console(dify, clock) -> FakeConsole:
+    return FakeConsole(dify, clock=clock)
+
+
+@contextmanager
+def serving(tmp_path: Path, console: FakeConsole, slack: FakeSlack, web, clock: Clock) -> Iterator[Bench]:
+    env = {
+        **ADMIN,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": slack.base_url,
+        "WFLOGS_ALERT_CHANNEL": CHANNEL,
+        "WFLOGS_CONSOLE_CONCURRENCY": "2",
+    }
+    rt = build_runtime(make_settings(tmp_path, env), console, clock, web=web)  # type: ignore[arg-type]
+    rt.discover()
+    server = OpsServer(events_handler(build_app(rt, now=clock)), "127.0.0.1", 0)
+    try:
+        yield Bench(rt, console, slack, f"http://127.0.0.1:{server.port}{EVENTS_PATH}")
+    finally:
+        server.close()
+        rt.close()
+
+
+def test_failed_since_lists_chatflow_runs_with_error_and_session_reading_details_only_for_shown_rows(
+    tmp_path, console, slack, web, clock
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    failed = [
+        console.add_chat_run(app, at=now - 600 + n, error=f"[Errno 111] refused <{n}>", session=f"user-{n}")
+        for n in range(15)
+    ]
+    old = console.add_chat_run(app, at=now - 7200, error="too old")
+    ok = console.add_chat_run(app, status="succeeded", at=now - 100)
+    debug = console.add_chat_run(app, at=now - 50, triggered_from="debugging")
+    with serving(tmp_path, console, slack, web, clock) as b:
+        console.requests.clear()
+        answer = b.ask("failed since:1h")
+        text = shown(answer)
+        assert "15 runs" in answer["text"]
+        newest = failed[-1]
+        assert newest.run_id in text and "user-14" in text and "refused &lt;14&gt;" in text
+        for run in (old, ok, debug):
+            assert run.run_id not in text
+        # The status filter goes to Dify; one page of the list; a detail per row shown (10), no more.
+        assert {r.url.params.get("status") for r in b.runs_requests()} == {"failed"}
+        assert len(b.runs_requests()) == 1
+        assert len(b.detail_requests()) == 10
+        assert console.max_in_flight <= 2
+        # Page 2 holds the five oldest.
+        page2 = shown(b.ask("failed since:1h page:2"))
+        assert failed[0].run_id in page2 and failed[5].run_id not in page2
+
+
+def test_search_text_finds_chatflow_runs_by_error_and_by_the_users_message(
+    tmp_path, console, slack, web, clock
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    by_error = console.add_chat_run(app, at=now - 300, error="Billing API timed out")
+    by_message = console.add_chat_run(
+        app, status="succeeded", at=now - 200, inputs={"sys.query": "Why was my BILLING doubled?"}
+    )
+    neither = console.add_chat_run(app, at=now - 100, error="model overloaded", inputs={"sys.query": "hi"})
+    with serving(tmp_path, console, slack, web, clock) as b:
+        answer = b.ask('"billing" since:1d')
+        text = shown(answer)
+        assert "2 runs" in answer["text"]
+        assert by_error.run_id in text and by_message.run_id in text and neither.run_id not in text
+        assert "error" in text and "inputs/outputs" in text
+        assert "note" not in answer["text"]
+
+
+def test_session_filter_on_a_chatflow(tmp_path, console, slack, web, clock):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    mine = [console.add_chat_run(app, at=now - 500 + n, session="alice-42") for n in range(3)]
+    other = console.add_chat_run(app, at=now - 100, session="bob")
+    with serving(tmp_path, console, slack, web, clock) as b:
+        answer = b.ask("failed session:alice-42 since:1d")
+        text = shown(answer)
+        assert "3 runs" in answer["text"]
+        assert all(r.run_id in text for r in mine) and other.run_id not in text
+
+
+def test_a_text_search_over_many_chatflow_runs_reads_at_most_200_details_and_says_so(
+    tmp_path, console, slack, web, clock
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    for n in range(260):
+        console.add_chat_run(app, at=now - 3000 + n * 10, error="boom" if n % 2 else "quota exceeded")
+    with serving(tmp_path, console, slack, web, clock) as b:
+        console.requests.clear()
+        answer = b.ask('"quota" since:1d')
+        assert len(b.detail_requests()) == 200
+        assert "at least 100 runs" in answer["text"]
+        assert "only the newest 200 runs were searched" in shown(answer)
+
+
+def test_every_chatflow_run_sharing_a_second_across_page_ends_is_counted(
+    tmp_path, console, slack, web, clock
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    runs = [console.add_chat_run(app, at=now - 900 + n // 9, session=f"u{n}") for n in range(330)]
+    runs.append(console.add_chat_run(app, at=now - 9000))  # before the window: not counted
+    with serving(tmp_path, console, slack, web, clock) as b:
+        answer = b.ask("failed since:1h")
+        assert "330 runs" in answer["text"] and "at least" not in answer["text"]
+
+
+def test_similar_and_error_search_cover_chatflows(tmp_path, console, slack, web, clock):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    same = [
+        console.add_chat_run(app, at=now - 500 + n, error=f"Timeout after {n}s calling billing")
+        for n in range(4)
+    ]
+    console.add_chat_run(app, at=now - 100, error="model overloaded")
+    with serving(tmp_path, console, slack, web, clock) as b:
+        answer = b.ask(f"similar:{same[0].run_id}")
+        assert "4 runs" in answer["text"]
+        answer = b.ask("error:overloaded since:1d")
+        assert "1 run" in answer["text"]
