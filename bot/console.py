@@ -566,6 +566,25 @@ class ConsoleClient:
         body = self.get(path, params)
         return body if isinstance(body, dict) else {"data": [], "has_more": False}
 
+    def run_counts(self, app_id: str, *, seconds: int | None, chat: bool = True) -> dict[str, int]:
+        """Production runs by status started within the last ``seconds`` of the server's clock
+        (None: ever), one request: ``{"total", "running", "succeeded", "failed", "stopped",
+        "partial_succeeded"}``."""
+        params: dict[str, Any] = {"triggered_from": "app-run"}
+        if seconds is not None:
+            params["time_range"] = f"{max(int(seconds), 0)}s"
+        prefix = f"/apps/{app_id}/advanced-chat" if chat else f"/apps/{app_id}"
+        body = self.get(f"{prefix}/workflow-runs/count", params)
+        if not isinstance(body, dict):
+            raise DifyUnavailable("the Dify console answered workflow-runs/count with an unexpected body")
+        out: dict[str, int] = {}
+        for key, value in body.items():
+            try:
+                out[str(key).replace("-", "_")] = int(value or 0)
+            except (TypeError, ValueError):
+                continue
+        return out
+
     def run_detail(self, app_id: str, run_id: str) -> dict[str, Any]:
         body = self.get(f"/apps/{app_id}/workflow-runs/{run_id}")
         if not isinstance(body, dict) or body.get("id") is None:
@@ -677,6 +696,11 @@ class ConsoleAppSource:
         return self.console.runs(
             self.app_id, status=status, last_id=last_id, chat=self.mode == "advanced-chat"
         )
+
+    def counts(self, seconds: int | None) -> dict[str, int]:
+        """Runs by status started within the last ``seconds`` (relative to Dify's clock)."""
+        self._count()
+        return self.console.run_counts(self.app_id, seconds=seconds, chat=self.mode == "advanced-chat")
 
     def nodes(self, run_id: str) -> list[dict[str, Any]]:
         self._count()
