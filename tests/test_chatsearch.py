@@ -206,3 +206,46 @@ def test_similar_and_error_search_cover_chatflows(tmp_path, console, slack, web,
         assert "4 runs" in answer["text"]
         answer = b.ask("error:overloaded since:1d")
         assert "1 run" in answer["text"]
+
+
+def test_discovered_apps_link_to_their_logs_page_in_dify(tmp_path, console, slack, web, clock):
+    chat = console.add_app("support-chat", mode="advanced-chat")
+    flow = console.add_app("billing")
+    now = int(clock.now)
+    run = console.add_chat_run(chat, at=now - 60, error="[Errno 111] Connection refused")
+    console.dify.add_log(flow, status="failed", at=now - 50, error="boom")
+    with serving(tmp_path, console, slack, web, clock) as b:
+        assert b.rt.cycle().ok
+        links = {
+            el["url"]
+            for m in slack.messages
+            for block in m.get("blocks") or []
+            for el in block.get("elements") or []
+            if el.get("type") == "button" and el.get("url")
+        }
+        assert links == {
+            f"http://dify.test/app/{chat.app_id}/logs",  # type: ignore[attr-defined]
+            f"http://dify.test/app/{flow.app_id}/logs",  # type: ignore[attr-defined]
+        }
+        detail = shown(b.ask(f"run {run.run_id}"))
+        assert f"http://dify.test/app/{chat.app_id}/logs" in detail  # type: ignore[attr-defined]
+
+
+def test_an_apps_setting_keeps_its_own_console_url(tmp_path, console, clock):
+    from bot.workspace import app_logs_url
+
+    console.add_app("support-chat", mode="advanced-chat")
+    other = console.add_app("billing")
+    toml = '[[apps]]\nname = "support-chat"\nconsole_url = "https://dify.example.com/custom"\n'
+    rt = build_runtime(make_settings(tmp_path, ADMIN, toml), console, clock)  # type: ignore[arg-type]
+    rt.discover()
+    urls = {a.name: a.console_url for a in rt.settings.apps}
+    assert urls == {
+        "support-chat": "https://dify.example.com/custom",
+        "billing": f"http://dify.test/app/{other.app_id}/logs",  # type: ignore[attr-defined]
+    }
+    rt.close()
+    assert (
+        app_logs_url("https://dify.example.com/console/api", "abc") == "https://dify.example.com/app/abc/logs"
+    )
+    assert app_logs_url("http://10.0.0.5:5001/console/api/", "abc") == "http://10.0.0.5:5001/app/abc/logs"
