@@ -478,7 +478,7 @@ class Digester:
         fail_items: list[tuple[dict[str, Any], float]] = []
         if current.total <= self.run_cap:
             items, complete = read(None, self.run_cap)
-            everything.complete = complete
+            everything.complete = fail_complete = complete
             for item in items:
                 everything.add(LogEntry.from_run(item))
             fail_items = [(i, 1.0) for i in items if i.get("status") in FAILURES]
@@ -487,10 +487,13 @@ class Digester:
             everything.complete = False
             for item in items:
                 everything.add(LogEntry.from_run(item), current.total / len(items) if items else 0.0)
+            fail_complete = True
             for status, count in (("failed", current.failed), ("stopped", current.stopped)):
                 if count:
-                    part, _ = read(status, self.failure_cap)
-                    fail_items += [(i, count / len(part)) for i in part] if part else []
+                    part, complete = read(status, self.failure_cap)
+                    fail_complete = fail_complete and complete and len(part) >= count
+                    weight = 1.0 if len(part) >= count else count / max(len(part), 1)
+                    fail_items += [(i, weight) for i in part]
         known = self.store.alerted_entries(app.id, [str(i["id"]) for i, _ in fail_items])
         missing = [str(i["id"]) for i, _ in fail_items if str(i["id"]) not in known][:CHAT_DETAILS]
         details = run_walk.details(source, missing, source.console.concurrency)
@@ -511,14 +514,14 @@ class Digester:
             failures.add(entry, weight * scale if scale != 1.0 else weight)
             if entry.log_id in everything.rows:
                 everything.rows[entry.log_id] = entry
-        failures.complete = everything.complete and len(described) == len(fail_items)
+        failures.complete = fail_complete and len(described) == len(fail_items)
         self._name_slowest(source, everything)
 
         digest.runs_read = len(everything.rows)
         digest.runs_sampled = not everything.complete
         digest.failures_read = len(failures.rows)
         digest.failures_sampled = not failures.complete
-        digest.hourly_exact = everything.complete or all(w == 1.0 for _, w in fail_items)
+        digest.hourly_exact = fail_complete
         hourly = [0.0] * 24
         for item, weight in fail_items:
             at = int(item.get("created_at") or 0)

@@ -133,3 +133,19 @@ def test_a_posted_chatflow_digest_shows_the_counts_escaped(tmp_path, console, cl
     digest = next(m for m in slack.posts() if "support-chat" in json.dumps(m))
     text = json.dumps(digest)
     assert "quota exceeded" in text and "<!channel>" not in text
+
+
+def test_a_busy_chatflow_is_sampled_within_its_caps_and_says_so(tmp_path, console, clock, slack):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    for n in range(8):
+        console.add_chat_run(app, status="succeeded", at=now - 1000 - n)
+    for n in range(4):
+        console.add_chat_run(app, at=now - 5000 - n, error="quota exceeded")
+    rt = _runtime(tmp_path, console, clock, slack)
+    rt.discover()
+    rt.digester.run_cap, rt.digester.failure_cap = 5, 3
+    d = rt.digester.compute(_chat_app(rt), now, now=now)
+    assert (d.current.total, d.current.failed) == (12, 4)  # the counts stay exact
+    assert d.runs_sampled and d.failures_sampled and not d.hourly_exact
+    assert d.errors[0].count == 4 and d.errors[0].approx
