@@ -424,7 +424,8 @@ def subscription_command(
         names=lambda: app_names(runtime),
         is_member=lambda c: _is_member(runtime, c),
     )
-    text, public = handler.run(command, channel=channel, user=user, now=int(now()))
+    # Shown to the channel as a name that pings nobody (as for clicks); the member ID without one.
+    text, public = handler.run(command, channel=channel, user=_name_of(body) or user, now=int(now()))
     ack(text=text, blocks=[section(text)], response_type="in_channel" if public else "ephemeral")
     return True
 

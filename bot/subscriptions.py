@@ -138,7 +138,7 @@ class Subscriptions:
             if not ended:
                 extra = " It comes here from wflogs.toml: change it there." if configured else ""
                 return f"This channel has no subscription to {escape(name)}.{extra}", False
-            return f"<@{user}> unsubscribed this channel from {escape(name)}.", True
+            return f"{escape(user)} unsubscribed this channel from {escape(name)}.", True
         row = {"app_id": app_id, "app_name": name, "status": command.status, "text": command.text}
         added = subs.subscribe(
             self.store,
@@ -153,7 +153,7 @@ class Subscriptions:
         if not added:
             return f"This channel is already subscribed to {describe(row)}.", False
         return (
-            f"<@{user}> subscribed this channel to {describe(row)}: its failures come here from the "
+            f"{escape(user)} subscribed this channel to {describe(row)}: its failures come here from the "
             f"next poll on. End it with `/wflogs unsubscribe app:{escape(command.app or '')}`.",
             True,
         )
@@ -166,7 +166,7 @@ class Subscriptions:
             if alert_channel_for(self.settings, a) == channel
         ]
         rows = subs.of_channel(self.store, channel)
-        lines += [f"• {describe(row)}: subscribed by <@{row['by_user']}>" for row in rows]
+        lines += [f"• {describe(row)}: subscribed by {escape(row['by_user'])}" for row in rows]
         if not lines:
             return "This channel receives no alerts. `/wflogs subscribe app:NAME` changes that."
         shown = lines[:40]

@@ -167,7 +167,7 @@ def home_click(action: dict[str, Any], user: str) -> dict[str, Any]:
     return {
         "type": "block_actions",
         "team": {"id": "T1", "domain": "test"},
-        "user": {"id": user, "username": "alice", "team_id": "T1"},
+        "user": {"id": user, "username": user.removeprefix("U0").lower(), "team_id": "T1"},
         "api_app_id": "A1",
         "token": "legacy",
         "container": {"type": "view", "view_id": "V00001"},
@@ -210,9 +210,8 @@ def test_opening_the_home_tab_publishes_apps_incidents_and_mutes_without_asking_
             }
         )
     before = len(b.dify.requests)
-    started = time.monotonic()
     answer = b.signed(json.dumps(home_opened("U0ALICE")))
-    assert answer.status_code == 200 and time.monotonic() - started < 3
+    assert answer.status_code == 200  # acknowledged; the view is published after (bench: its time)
     view = wait_home(b, 1)
     assert b.slack.published[-1]["user"] == "U0ALICE"
     text = hfmt.home_text(view)
@@ -232,11 +231,11 @@ def test_home_buttons_act_like_the_channel_message_and_publish_again(b: Bench):
     answer = b.signed("payload=" + json.dumps(home_click(pressed(element(view, "incident_ack")), "U0ALICE")))
     assert answer.status_code == 200
     view = wait_home(b, 2)
-    assert b.incident()["ack_by"] == "U0ALICE"
+    assert b.incident()["ack_by"] == "alice"  # the clicker's name: shown, it pings nobody
     assert "Acknowledged. The message shows it in a moment." in hfmt.home_text(view)
-    assert "acknowledged by <@U0ALICE>" in hfmt.home_text(view)
+    assert "acknowledged by alice" in hfmt.home_text(view) and "<@" not in hfmt.home_text(view)
     b.rt.deliver()  # the channel's parent is edited through the journal, as for a click there
-    assert "Acknowledged by <@U0ALICE>" in json.dumps(b.parent()["blocks"])
+    assert "Acknowledged by alice" in json.dumps(b.parent()["blocks"])
     # Resolve from the Home tab.
     b.signed("payload=" + json.dumps(home_click(pressed(element(view, "incident_resolve")), "U0ALICE")))
     view = wait_home(b, 3)
@@ -259,7 +258,7 @@ def test_mute_and_unmute_from_the_home_tab(b: Bench):
     assert "Mutes in force* (0)" in hfmt.home_text(view) and "ended" in hfmt.home_text(view)
     b.rt.deliver()
     thread = [m for m in b.slack.posts() if m["thread_ts"] == b.parent()["ts"]]
-    assert any("Muted by <@U0ALICE>" in m["text"] for m in thread)
+    assert any("Muted by alice" in m["text"] for m in thread)
 
 
 def test_home_refuses_people_not_on_allowed_users(
@@ -302,11 +301,11 @@ def test_socket_mode_home_opened_and_home_click(b: Bench):
         while time.monotonic() < deadline and len(sent) < 2:
             time.sleep(0.01)
         assert {json.loads(s)["envelope_id"] for s in sent} >= {"env-1", "env-2"}
-        assert b.incident()["ack_by"] == "U0CAROL"
+        assert b.incident()["ack_by"] == "carol"
     finally:
         handler.close()
     b.rt.deliver()
-    assert "Acknowledged by <@U0CAROL>" in json.dumps(b.parent()["blocks"])
+    assert "Acknowledged by carol" in json.dumps(b.parent()["blocks"])
 
 
 def test_the_manifest_enables_the_home_tab_and_its_event():

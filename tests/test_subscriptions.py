@@ -48,11 +48,9 @@ def fail(b: Bench, error: str, *, status: str = "failed") -> str:
 
 
 def test_a_subscribed_channel_gets_its_own_incident_and_the_configured_one_keeps_its_own(b: Bench):
-    started = time.monotonic()
     answer = said(b.command("subscribe app:support-bot", user="U0BOB", channel=TEAM))
-    assert time.monotonic() - started < 3
     assert answer["response_type"] == "in_channel"  # the channel sees who routed what
-    assert "<@U0BOB> subscribed this channel to Support Bot" in answer["text"]
+    assert "bob subscribed this channel to Support Bot" in answer["text"]
     run = fail(b, "model overloaded after 3s")
     assert len(parents(b.slack, TEAM)) == 1 and len(parents(b.slack, CHANNEL)) == 1
     assert messages_mentioning(b.slack, run) == 2  # one in each channel
@@ -70,7 +68,7 @@ def test_a_subscribed_channel_gets_its_own_incident_and_the_configured_one_keeps
     b.click(pressed(ack), user="U0BOB", channel=TEAM)
     b.answers(1)
     b.rt.deliver()
-    assert "Acknowledged by <@U0BOB>" in json.dumps(parents(b.slack, TEAM)[0]["blocks"])
+    assert "Acknowledged by bob" in json.dumps(parents(b.slack, TEAM)[0]["blocks"])
     assert "Acknowledged by" not in json.dumps(parents(b.slack, CHANNEL)[0]["blocks"])
     # A second failure goes to both threads.
     again = fail(b, "model overloaded after 9s")
@@ -128,7 +126,7 @@ def test_unsubscribing_stops_it(b: Bench):
     fail(b, "model overloaded")
     before = len(b.slack.posts(TEAM))
     answer = said(b.command("unsubscribe app:support-bot", user="U0BOB", channel=TEAM))
-    assert answer["response_type"] == "in_channel" and "<@U0BOB> unsubscribed" in answer["text"]
+    assert answer["response_type"] == "in_channel" and "bob unsubscribed" in answer["text"]
     run = fail(b, "tool search failed: 500")
     assert len(b.slack.posts(TEAM)) == before
     assert messages_mentioning(b.slack, run) == 1
