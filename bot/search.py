@@ -366,11 +366,18 @@ def _is_chatflow(target: Target) -> bool:
     return target.app.mode == "advanced-chat" and hasattr(target.client, "runs")
 
 
-def _chat_statuses(query: Query) -> list[str | None]:
-    """The run list walks a chatflow search needs: one per status (Dify filters each), else one."""
-    if query.error or query.similar:
-        return list(error_statuses(query))
-    return list(query.statuses) if query.statuses else [None]
+RUN_LIST_STATUSES = ("running", "succeeded", "failed", "stopped", "partial-succeeded")  # no paused
+
+
+def _chat_statuses(query: Query) -> tuple[list[str | None], set[str] | None]:
+    """The run list walks a chatflow search needs: one per status when Dify filters each, else
+    one of every run; and the statuses then kept on our side (None: all)."""
+    wanted = error_statuses(query) if query.error or query.similar else query.statuses
+    if not wanted:
+        return [None], None
+    if all(status in RUN_LIST_STATUSES for status in wanted):
+        return list(wanted), None
+    return [None], set(wanted)
 
 
 def _inputs_text(value: Any) -> str:
@@ -424,11 +431,14 @@ def _chatflow_found(
     workers = getattr(getattr(source, "console", None), "concurrency", 3)
     detailed = bool(query.session or query.keyword or query.error or query.similar or keep_error)
     enough = CHAT_DETAIL_CAP + 1 if detailed else None
+    statuses, keep_statuses = _chat_statuses(query)
     walked = run_walk.merge(
         run_walk.walk(source, status=status, since=query.since, until=query.until, enough=enough)
-        for status in _chat_statuses(query)
+        for status in statuses
     )
     items = walked.items
+    if keep_statuses is not None:
+        items = [i for i in items if i.get("status") in keep_statuses]
     if query.account:
         account = query.account.casefold()
         items = [

@@ -249,3 +249,45 @@ def test_an_apps_setting_keeps_its_own_console_url(tmp_path, console, clock):
         app_logs_url("https://dify.example.com/console/api", "abc") == "https://dify.example.com/app/abc/logs"
     )
     assert app_logs_url("http://10.0.0.5:5001/console/api/", "abc") == "http://10.0.0.5:5001/app/abc/logs"
+
+
+def test_paused_runs_which_the_run_list_cannot_filter_are_filtered_here(tmp_path, console, slack, web, clock):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    paused = console.add_chat_run(app, status="paused", at=now - 300)
+    failed = console.add_chat_run(app, at=now - 200)
+    with serving(tmp_path, console, slack, web, clock) as b:
+        answer = b.ask("paused since:1h")
+        assert (
+            "1 run" in answer["text"]
+            and paused.run_id in shown(answer)
+            and failed.run_id not in shown(answer)
+        )
+        answer = b.ask("paused failed since:1h")
+        assert "2 runs" in answer["text"]
+
+
+def test_wflogs_search_prints_chatflow_runs_with_their_errors(tmp_path, console, clock, monkeypatch):
+    import argparse
+    import io
+
+    from bot import cli
+
+    app = console.add_app("support-chat", mode="advanced-chat")
+    run = console.add_chat_run(
+        app, at=int(clock.now) - 60, error="[Errno 111] Connection refused", session="ann"
+    )
+    settings = make_settings(tmp_path, ADMIN)
+    real_build = cli.Runtime.build
+    monkeypatch.setattr(
+        cli.Runtime,
+        "build",
+        lambda settings, **kw: real_build(settings, transport=httpx.MockTransport(console.handler), **kw),
+    )
+    monkeypatch.setattr(cli.time, "time", clock)
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.cmd_search(settings, argparse.Namespace(words=["failed", "since:1h"]), out, err) == 0, (
+        err.getvalue()
+    )
+    text = out.getvalue()
+    assert run.run_id in text and "Connection refused" in text and "ann" in text and "1 run" in text
