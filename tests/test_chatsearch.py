@@ -118,7 +118,9 @@ def test_failed_since_lists_chatflow_runs_with_error_and_session_reading_details
     debug = console.add_chat_run(app, at=now - 50, triggered_from="debugging")
     with serving(tmp_path, console, slack, web, clock) as b:
         console.requests.clear()
+        console.latency = 0.02  # so that details overlap, and the bound shows
         answer = b.ask("failed since:1h")
+        console.latency = 0.0
         text = shown(answer)
         assert "15 runs" in answer["text"]
         newest = failed[-1]
@@ -129,7 +131,7 @@ def test_failed_since_lists_chatflow_runs_with_error_and_session_reading_details
         assert {r.url.params.get("status") for r in b.runs_requests()} == {"failed"}
         assert len(b.runs_requests()) == 1
         assert len(b.detail_requests()) == 10
-        assert console.max_in_flight <= 2
+        assert console.max_in_flight <= 2  # WFLOGS_CONSOLE_CONCURRENCY
         # Page 2 holds the five oldest.
         page2 = shown(b.ask("failed since:1h page:2"))
         assert failed[0].run_id in page2 and failed[5].run_id not in page2
