@@ -1,4 +1,5 @@
-"""The daily digest: how each workflow app did over the last 24 hours, every morning.
+"""The daily digest: how each workflow app and chatflow did over the last 24 hours, every morning
+(a chatflow's figures come from the console's run counts and run list: ``_fill_chatflow``).
 
 Windows. A digest is scheduled at a local time (``WFLOGS_DIGEST_TIME``) in
 ``WFLOGS_TIMEZONE``. Its window is the 24 real hours that end at that instant,

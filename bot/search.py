@@ -17,7 +17,11 @@ What Dify cannot do is done here, and said in the result:
   Dify (failed and stopped through its status filter) and compared here, then
   merged with Dify's keyword matches (each run once, newest first, each saying
   where the text was found); ``error:`` reads only errors, and ``similar:``
-  compares each error's shape with one run's and counts the matches per day.
+  compares each error's shape with one run's and counts the matches per day;
+- a chatflow writes no log rows: its run list is walked newest first down to
+  ``since`` and filtered here, run details read only for the rows shown, or for
+  session, text and error filters for the newest CHAT_DETAIL_CAP runs at most
+  (the answer then says how many were searched).
 """
 
 from __future__ import annotations

@@ -229,6 +229,8 @@ def test_discovered_apps_link_to_their_logs_page_in_dify(tmp_path, console, slac
             f"http://dify.test/app/{chat.app_id}/logs",  # type: ignore[attr-defined]
             f"http://dify.test/app/{flow.app_id}/logs",  # type: ignore[attr-defined]
         }
+        both = b.ask("failed since:1h")  # a workflow app and a chatflow in one answer
+        assert "2 runs" in both["text"] and run.run_id in shown(both)
         detail = shown(b.ask(f"run {run.run_id}"))
         assert f"http://dify.test/app/{chat.app_id}/logs" in detail  # type: ignore[attr-defined]
 
