@@ -350,8 +350,8 @@ def _error_search(
 ) -> tuple[AppHits, list[LogEntry]]:
     """error:TEXT and similar:RUN_ID: runs whose error ``keep`` accepts (and every match, for counts)."""
     if _is_chatflow(target):
-        found_runs, where, _ = _chatflow_found(query, target, keep)
-        hits = _chatflow_hits(query, target, page_size, found_runs, where, True)
+        found_runs, where, detailed, note = _chatflow_found(query, target, keep)
+        hits = _chatflow_hits(query, target, page_size, found_runs, where, detailed, note)
         if not query.similar:
             hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
         return hits, found_runs.entries
@@ -410,27 +410,30 @@ def _opt_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _chat_note(found: _Found, detailed: bool) -> str:
-    if detailed:
+def _chat_note(walked: run_walk.Walk, details: int | None) -> str:
+    """Why a chatflow search is not exact: the detail cap (``details``: how many were read), or
+    the walk's page cap."""
+    if details is not None:
         return (
-            f"this filter needs each chatflow run's details, so only the newest {found.scanned:,} "
+            f"this filter needs each chatflow run's details, so only the newest {details:,} "
             f"runs were searched (at most {CHAT_DETAIL_CAP} per search); narrow with since: "
             "to search the rest."
         )
     return (
-        f"a chatflow's runs are read newest first, and the newest {found.scanned:,} were searched; "
-        "narrow with since: to search the rest."
+        "a chatflow's runs can only be read newest first (Dify's run list has no time filter): "
+        f"the newest {walked.read:,} were read and older ones not searched."
     )
 
 
 def _chatflow_found(
     query: Query, target: Target, keep_error: Callable[[str | None], bool] | None = None
-) -> tuple[_Found, dict[str, str], bool]:
+) -> tuple[_Found, dict[str, str], bool, str | None]:
     """The chatflow runs matching ``query`` (or, with ``keep_error``, whose error it accepts):
     the run list walked down to ``since`` (status filters sent to Dify), details fetched only for
     the filters that need them (session, text, error), at most CHAT_DETAIL_CAP per search.
 
-    Returns (matches, run id -> where the text was found, whether details were read)."""
+    Returns (matches, run id -> where the text was found, whether details were read, why the
+    matches may be incomplete)."""
     source: Any = target.client
     workers = getattr(getattr(source, "console", None), "concurrency", 3)
     detailed = bool(query.session or query.keyword or query.error or query.similar or keep_error)
@@ -451,13 +454,15 @@ def _chatflow_found(
             if account
             in {str(v).casefold() for v in (i.get("created_by_account") or {}).values() if v is not None}
         ]
-    found = _Found([], complete=walked.complete, scanned=len(walked.items))
+    found = _Found([], complete=walked.complete, scanned=walked.read)
+    note = None if walked.complete else _chat_note(walked, None)
     where: dict[str, str] = {}
     if not detailed:
         found.entries = [LogEntry.from_run(item) for item in items]
-        return found, where, False
-    if len(items) > CHAT_DETAIL_CAP:
+        return found, where, False, note
+    if len(items) > CHAT_DETAIL_CAP or (enough is not None and len(walked.items) >= enough):
         items, found.complete = items[:CHAT_DETAIL_CAP], False
+        note = _chat_note(walked, len(items))
     found.scanned = len(items)
     read = run_walk.details(source, [str(i["id"]) for i in items], workers)
     for item in items:
@@ -478,17 +483,23 @@ def _chatflow_found(
                 continue
             where[entry.log_id] = ", ".join(places)
         found.entries.append(entry)
-    return found, where, True
+    return found, where, True, note
 
 
 def _chatflow_hits(
-    query: Query, target: Target, page_size: int, found: _Found, where: dict[str, str], detailed: bool
+    query: Query,
+    target: Target,
+    page_size: int,
+    found: _Found,
+    where: dict[str, str],
+    detailed: bool,
+    note: str | None,
 ) -> AppHits:
     hits = AppHits(name=target.name, console_url=target.app.console_url)
     _fill(hits, found, (query.page - 1) * page_size, page_size)
     hits.dify_total = None
     if not found.complete:
-        hits.note = _chat_note(found, detailed)
+        hits.note = note or _chat_note(run_walk.Walk(read=found.scanned), None)
     if not detailed and hits.entries:
         # The list has no error and no end user: the runs shown are completed from their details.
         source: Any = target.client
@@ -511,8 +522,7 @@ def _chatflow_hits(
 
 
 def _chatflow_search(query: Query, target: Target, page_size: int) -> AppHits:
-    found, where, detailed = _chatflow_found(query, target)
-    return _chatflow_hits(query, target, page_size, found, where, detailed)
+    return _chatflow_hits(query, target, page_size, *_chatflow_found(query, target))
 
 
 def _search_app(query: Query, target: Target, page_size: int) -> AppHits:

@@ -295,3 +295,18 @@ def test_wflogs_search_prints_chatflow_runs_with_their_errors(tmp_path, console,
     )
     text = out.getvalue()
     assert run.run_id in text and "Connection refused" in text and "ann" in text and "1 run" in text
+
+
+def test_a_window_with_more_chatflow_runs_than_ten_pages_says_how_many_were_read(
+    tmp_path, console, slack, web, clock
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    for n in range(1050):
+        console.add_chat_run(app, at=now - 3000 + n)
+    with serving(tmp_path, console, slack, web, clock) as b:
+        console.requests.clear()
+        answer = b.ask("failed since:1h")
+        assert len(b.runs_requests()) == 10
+        assert answer["text"].startswith("at least 9")
+        assert "the newest 1,000 were read and older ones not searched" in shown(answer)
