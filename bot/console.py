@@ -585,6 +585,15 @@ class ConsoleClient:
                 continue
         return out
 
+    def conversations(self, app_id: str, *, keyword: str | None, page: int = 1) -> dict[str, Any]:
+        """A page of a chat app's conversations, newest updated first (editor role and up; 403
+        below). ``keyword`` matches messages, answers, names and the end user's session."""
+        params: dict[str, Any] = {"page": page, "limit": MAX_LIMIT}
+        if keyword:
+            params["keyword"] = keyword
+        body = self.get(f"/apps/{app_id}/chat-conversations", params)
+        return body if isinstance(body, dict) else {"data": [], "has_more": False}
+
     def run_detail(self, app_id: str, run_id: str) -> dict[str, Any]:
         body = self.get(f"/apps/{app_id}/workflow-runs/{run_id}")
         if not isinstance(body, dict) or body.get("id") is None:
@@ -701,6 +710,11 @@ class ConsoleAppSource:
         """Runs by status started within the last ``seconds`` (relative to Dify's clock)."""
         self._count()
         return self.console.run_counts(self.app_id, seconds=seconds, chat=self.mode == "advanced-chat")
+
+    def conversations(self, *, keyword: str | None, page: int = 1) -> dict[str, Any]:
+        """A page of the chatflow's conversations (see :meth:`ConsoleClient.conversations`)."""
+        self._count()
+        return self.console.conversations(self.app_id, keyword=keyword, page=page)
 
     def nodes(self, run_id: str) -> list[dict[str, Any]]:
         self._count()

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 from bot import run_walk
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient
-from bot.errors import DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
+from bot.errors import DifyAuthError, DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
 from bot.query import KEYWORD_CHARS, USAGE, Query, check_run_id
 from bot.records import AppHits, LogEntry, RunDetail, SearchResult, SimilarSource
 from bot.text import normalize_error, one_line
@@ -52,6 +52,7 @@ MULTI_APP_PAGE_SIZE = 5  # runs per app per page with several (a Slack message h
 SCAN_PAGES = 10  # pages of 100 read per app when filtering on our side
 DETAIL_CAP = 30  # a session with at most this many runs has its keyword checked against run details
 CHAT_DETAIL_CAP = 200  # chatflow run details read per app and search (session, text and error filters)
+CONVERSATION_PAGES = 10  # pages of a session's conversations read (more: its runs' details are read)
 
 
 class RunNotFound(QueryError):
@@ -425,6 +426,27 @@ def _chat_note(walked: run_walk.Walk, details: int | None) -> str:
     )
 
 
+def _session_conversations(source: Any, session: str) -> set[str] | None:
+    """The conversations of end user ``session`` (exactly), found with the conversation list's
+    keyword (it matches end users' sessions): one request for most users. None when they cannot be
+    listed this way: the bot's role is below editor (403), or more than CONVERSATION_PAGES pages."""
+    if not hasattr(source, "conversations"):
+        return None
+    found: set[str] = set()
+    for page in range(1, CONVERSATION_PAGES + 1):
+        try:
+            body = source.conversations(keyword=session, page=page)
+        except (DifyAuthError, DifyBadRequest, DifyNotFound) as exc:
+            log.info("conversations of a session not listed (%s): reading run details instead", exc)
+            return None
+        for item in body.get("data") or []:
+            if item.get("id") and item.get("from_end_user_session_id") == session:
+                found.add(str(item["id"]))
+        if not body.get("has_more") or not body.get("data"):
+            return found
+    return None
+
+
 def _chatflow_found(
     query: Query, target: Target, keep_error: Callable[[str | None], bool] | None = None
 ) -> tuple[_Found, dict[str, str], bool, str | None]:
@@ -436,7 +458,13 @@ def _chatflow_found(
     matches may be incomplete)."""
     source: Any = target.client
     workers = getattr(getattr(source, "console", None), "concurrency", 3)
-    detailed = bool(query.session or query.keyword or query.error or query.similar or keep_error)
+    # A session's runs are those of its conversations (the list item has the conversation): no
+    # detail per run when its conversations can be listed.
+    conversations = _session_conversations(source, query.session) if query.session else None
+    if conversations is not None and not conversations:
+        return _Found([]), {}, False, None  # the session has no conversation: no run
+    needs_detail = bool(query.keyword or query.error or query.similar or keep_error)
+    detailed = needs_detail or bool(query.session and conversations is None)
     enough = CHAT_DETAIL_CAP + 1 if detailed else None
     statuses, keep_statuses = _chat_statuses(query)
     walked = run_walk.merge(
@@ -444,6 +472,12 @@ def _chatflow_found(
         for status in statuses
     )
     items = walked.items
+    if conversations is not None:
+        items = [
+            i for i in items if not i.get("conversation_id") or str(i["conversation_id"]) in conversations
+        ]
+        # A run without a conversation (no message row) is checked against its detail.
+        detailed = detailed or any(not i.get("conversation_id") for i in items)
     if keep_statuses is not None:
         items = [i for i in items if i.get("status") in keep_statuses]
     if query.account:

@@ -85,9 +85,16 @@ def console(dify, clock) -> FakeConsole:
 
 
 @contextmanager
-def serving(tmp_path: Path, console: FakeConsole, slack: FakeSlack, web, clock: Clock) -> Iterator[Bench]:
+def serving(
+    tmp_path: Path,
+    console: FakeConsole,
+    slack: FakeSlack,
+    web,
+    clock: Clock,
+    way_in: dict[str, str] | None = None,
+) -> Iterator[Bench]:
     env = {
-        **ADMIN,
+        **(way_in or ADMIN),
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SECRET,
         "SLACK_API_URL": slack.base_url,
@@ -156,16 +163,43 @@ def test_search_text_finds_chatflow_runs_by_error_and_by_the_users_message(
         assert "note" not in answer["text"]
 
 
-def test_session_filter_on_a_chatflow(tmp_path, console, slack, web, clock):
+def test_session_filter_on_a_chatflow_reads_the_sessions_conversations_not_every_runs_detail(
+    tmp_path, console, slack, web, clock
+):
     app = console.add_app("support-chat", mode="advanced-chat")
     now = int(clock.now)
     mine = [console.add_chat_run(app, at=now - 500 + n, session="alice-42") for n in range(3)]
-    other = console.add_chat_run(app, at=now - 100, session="bob")
+    other = console.add_chat_run(
+        app, at=now - 100, session="alice-4"
+    )  # contains the keyword, not the session
+    for n in range(40):
+        console.add_chat_run(app, at=now - 1000 + n, session=f"bob-{n}")
     with serving(tmp_path, console, slack, web, clock) as b:
+        console.requests.clear()
         answer = b.ask("failed session:alice-42 since:1d")
         text = shown(answer)
-        assert "3 runs" in answer["text"]
+        assert "3 runs" in answer["text"] and "note" not in text.lower()
         assert all(r.run_id in text for r in mine) and other.run_id not in text
+        assert len(console.console_requests("/chat-conversations")) == 1
+        assert len(b.detail_requests()) == 3  # the rows shown only
+        # With search text as well: details only for the session's runs.
+        console.requests.clear()
+        answer = b.ask('"refused" session:alice-42 since:1d')
+        assert "3 runs" in answer["text"] and len(b.detail_requests()) == 3
+
+
+def test_session_filter_below_the_editor_role_reads_run_details(tmp_path, console, slack, web, clock):
+    console.add_account("bot@example.com", "Secret-pass1", role="normal")
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    mine = [console.add_chat_run(app, at=now - 500 + n, session="alice-42") for n in range(3)]
+    console.add_chat_run(app, at=now - 100, session="bob")
+    login = {"DIFY_CONSOLE_EMAIL": "bot@example.com", "DIFY_CONSOLE_PASSWORD": "Secret-pass1"}
+    with serving(tmp_path, console, slack, web, clock, way_in=login) as b:
+        console.requests.clear()
+        answer = b.ask("failed session:alice-42 since:1d")
+        assert "3 runs" in answer["text"] and all(r.run_id in shown(answer) for r in mine)
+        assert len(b.detail_requests()) == 4  # every run of the window (403 on the conversations)
 
 
 def test_a_text_search_over_many_chatflow_runs_reads_at_most_200_details_and_says_so(

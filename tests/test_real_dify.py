@@ -126,8 +126,13 @@ def test_chatflow_search_digest_and_links(tmp_path):
             print(f"{app.name}: text search {words}, {text.total} runs, {cost} requests")
             session = shown[0].session_id
             if session:
-                found = search(parse(f"session:{session}", now=now), targets, now=now).apps[0]
-                assert found.total >= 1 and all(e.session_id == session for e in found.entries)
+                before = console.requests
+                found = search(parse(f"failed session:{session}", now=now), targets, now=now).apps[0]
+                cost = console.requests - before
+                same_session = [e for e in shown if e.session_id == session]
+                assert found.exact and found.total >= len(same_session)
+                assert all(e.session_id == session for e in found.entries)
+                print(f"{app.name}: failed session:{session}, {found.total} runs, {cost} requests")
             before = console.requests
             digest = runtime.digester.compute(app, int(now), now=int(now))
             cost = console.requests - before

@@ -351,6 +351,10 @@ class FakeConsole:
             return self._nodes(app, parts[3])
         if rest in ("chat-conversations",) and role in ("normal", "dataset_operator"):
             return self._error(403, "forbidden", FORBIDDEN)
+        if rest == "chat-conversations":
+            if app.mode not in ("chat", "agent-chat", "advanced-chat"):
+                return self._error(404, "app_not_found", "App mode is not in the supported list.")
+            return self._conversations(app, request)
         return self._error(404, "not_found", "The requested URL was not found on the server.")
 
     def _login(self, request: httpx.Request) -> httpx.Response:
@@ -469,7 +473,7 @@ class FakeConsole:
         for r in page[:limit]:
             item: dict[str, Any] = {"id": r.run_id}
             if chat:
-                item["conversation_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "conv" + r.run_id))
+                item["conversation_id"] = self.conversation_id(r)
                 item["message_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "msg" + r.run_id))
             item.update(
                 {
@@ -523,6 +527,51 @@ class FakeConsole:
                 if key in counts:
                     counts[key] += 1
         return self._json(200, counts)
+
+    @staticmethod
+    def conversation_id(run: FakeRun) -> str:
+        """Each production chatflow run is one message of its own conversation here."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "conv" + run.run_id))
+
+    def _conversations(self, app: FakeApp, request: httpx.Request) -> httpx.Response:
+        """``chat-conversations``: ``keyword`` matches the message (``sys.query``), the answer or the
+        end user's session (case-insensitive substring), newest updated first, offset paging."""
+        q = request.url.params
+        page, limit = int(q.get("page", "1")), int(q.get("limit", "20"))
+        if not 1 <= limit <= 100 or page < 1:
+            return self._error(400, "invalid_param", "limit")
+        keyword = (q.get("keyword") or "").lower()
+        with self.dify.lock:
+            runs = [r for r in app.runs if r.triggered_from == "app-run"]
+        rows = []
+        for r in sorted(runs, key=lambda r: (-r.created_at, r.run_id)):
+            message = str(r.inputs.get("sys.query") or "")
+            answer = json.dumps(r.outputs)
+            if keyword and not any(keyword in text.lower() for text in (message, answer, r.session_id or "")):
+                continue
+            rows.append(
+                {
+                    "id": self.conversation_id(r),
+                    "status": "normal",
+                    "from_source": "api",
+                    "from_end_user_session_id": r.session_id,
+                    "name": message[:20] or "New conversation",
+                    "created_at": r.created_at,
+                    "updated_at": r.finished_at or r.created_at,
+                    "message_count": 1,
+                }
+            )
+        chunk = rows[(page - 1) * limit : page * limit]
+        return self._json(
+            200,
+            {
+                "page": page,
+                "limit": limit,
+                "total": len(rows),
+                "has_more": len(rows) > page * limit,
+                "data": chunk,
+            },
+        )
 
     def _find_run(self, app: FakeApp, run_id: str) -> FakeRun | None:
         return next((r for r in app.runs if r.run_id == run_id), None)
