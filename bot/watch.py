@@ -59,7 +59,7 @@ from bot.incident_format import Incident
 from bot.incident_format import controls as incident_controls
 from bot.poller import AppResult
 from bot.records import LogEntry
-from storage import Store, WatchStore
+from storage import Store, WatchStore, subscriptions
 from storage.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,7 @@ class Watcher:
                 continue  # no longer configured: its incident stays as it is
             try:
                 self._sync(app, signal, now)
+                self._sync_copies(app, signal, now)
             except Exception:
                 log.exception("cannot update the incident of %s's %s", app.label, signal["kind"])
 
@@ -336,27 +337,12 @@ class Watcher:
                 return
             if self.incidents.mute_for(app.id, None, now) is not None:
                 return  # the whole app is muted: open it when the mute ends, if still true
-            name = self.name_of(app)
             with self.store.transaction():
-                incident_id = self.incidents.create(
-                    {
-                        "app_id": app.id,
-                        "app_name": name,
-                        "channel": alert_channel_for(self.settings, app) or "terminal",
-                        "status": kind,
-                        "group_key": kind,
-                        "kind": kind,
-                        "detail": json.dumps(detail),
-                        "opened_at": now,
-                        "first_seen": int(signal["opened_at"]),
-                        "last_seen": now,
-                        "runs": count,
-                        "error": TITLES[kind],
-                        "console_url": app.console_url,
-                    }
-                )
+                incident_id = self.incidents.create(self._fields(app, signal, now, count))
                 self.db.link_incident(int(signal["id"]), incident_id)
             return
+        if signal["resolved_at"] is not None and signal.get("incident_state") != "open":
+            return  # resolved by hand before the signal ended: only its copies may be left open
         incident_id = int(signal["incident_id"])
         if signal["resolved_at"] is None and signal.get("incident_state") != "open":
             # Someone resolved it while it still holds. Stuck runs they resolved are not looked
@@ -364,20 +350,93 @@ class Watcher:
             if kind == STUCK_RUNS:
                 self.db.dismiss_stuck(int(signal["id"]), now)
                 self.db.update_signal(int(signal["id"]), {**detail, "running": 0}, now, resolve=True)
+                channel = signal.get("incident_channel") or "terminal"
+                where = f"<#{channel}>" if channel != "terminal" else "the alert channel"
+                for row in self.db.copies(int(signal["id"])).values():
+                    if row["state"] == "open":
+                        self._resolve(
+                            int(row["id"]),
+                            f"Resolved by hand in {where}: wflogs no longer looks at these runs.",
+                            now,
+                        )
             return
         self.db.show_figures(incident_id, detail, count, now)
         if signal["resolved_at"] is None:
             return
         # The signal ended while its incident is open: resolve it and say so in its thread, at once.
-        lasted = now - int(signal["opened_at"])
-        if kind == FAILURE_RATE:
-            text = fmt.rate_resolved_text(detail, lasted)
-        else:
-            text = fmt.stuck_resolved_text(runs, now)
+        self._resolve(incident_id, self._resolved_text(signal, runs, now), now)
+
+    def _fields(self, app: AppConfig, signal: dict[str, Any], now: int, count: int) -> dict[str, Any]:
+        kind = signal["kind"]
+        return {
+            "app_id": app.id,
+            "app_name": self.name_of(app),
+            "channel": alert_channel_for(self.settings, app) or "terminal",
+            "status": kind,
+            "group_key": kind,
+            "kind": kind,
+            "detail": json.dumps(signal["detail"]),
+            "opened_at": now,
+            "first_seen": int(signal["opened_at"]),
+            "last_seen": now,
+            "runs": count,
+            "error": TITLES[kind],
+            "console_url": app.console_url,
+        }
+
+    @staticmethod
+    def _resolved_text(signal: dict[str, Any], runs: list[dict[str, Any]], now: int) -> str:
+        if signal["kind"] == FAILURE_RATE:
+            return fmt.rate_resolved_text(signal["detail"], now - int(signal["opened_at"]))
+        return fmt.stuck_resolved_text(runs, now)
+
+    def _resolve(self, incident_id: int, text: str, now: int) -> None:
         with self.store.transaction():
             if self.incidents.resolve(incident_id, now, by=None, successes=None):
                 row = self.incidents.get(incident_id) or {}
                 self.incidents.add_event(incident_id, row.get("channel") or "terminal", text, now)
+
+    # -- channels subscribed to the app ----------------------------------------------
+
+    def _subscribed(self, app: AppConfig, kind: str) -> list[str]:
+        """Channels subscribed to ``app`` that take this signal: subscriptions without a text
+        filter (a rate or a stuck run has no one error to match), and for a failure rate those
+        not limited to stopped runs; never the configured channel itself."""
+        configured = alert_channel_for(self.settings, app) or "terminal"
+        channels: list[str] = []
+        for sub in subscriptions.for_app(self.store, app.id):
+            if sub.get("text") or sub["channel"] in channels or sub["channel"] == configured:
+                continue
+            if (sub.get("status") or "") not in (("", "failed") if kind == FAILURE_RATE else ("",)):
+                continue
+            channels.append(sub["channel"])
+        return channels
+
+    def _sync_copies(self, app: AppConfig, signal: dict[str, Any], now: int) -> None:
+        """The signal in each subscribed channel: that channel's own incident (parent, edits,
+        buttons; no mention list, no escalation), opened while the signal holds and resolved with
+        it. One resolved there by hand is not opened again for the same signal."""
+        signal_id = int(signal["id"])
+        copies = self.db.copies(signal_id)
+        runs = self._runs_of(signal)
+        count = len(runs) if signal["kind"] == STUCK_RUNS else int(signal["detail"].get("failures") or 0)
+        resolved, shown = self.db.signal_state(signal_id)
+        if not resolved:
+            if shown:
+                # Opened alongside the configured channel's incident (not while the app is muted).
+                for channel in self._subscribed(app, signal["kind"]):
+                    if channel in copies:
+                        continue
+                    fields = {**self._fields(app, signal, now, count), "channel": channel}
+                    self.incidents.create({**fields, "copy_of_signal": signal_id})
+            for row in copies.values():
+                if row["state"] == "open":
+                    self.db.show_figures(int(row["id"]), signal["detail"], count, now)
+            return
+        text = self._resolved_text(signal, runs, now)
+        for row in copies.values():
+            if row["state"] == "open":
+                self._resolve(int(row["id"]), text, now)
 
     def _runs_of(self, signal: dict[str, Any]) -> list[dict[str, Any]]:
         if signal["kind"] != STUCK_RUNS:
@@ -436,7 +495,8 @@ class SignalMessages:
             text, blocks = fmt.stuck_incident(
                 view, detail, self._runs(int(incident["id"])), controls=elements, now=now
             )
-        if first and not view.resolved:
+        if first and not view.resolved and not incident.get("copy_of_signal"):
+            # A subscribed channel's copy calls nobody: the configured channel's incident does.
             text, blocks = fmt.with_mentions(text, blocks, self.mentions(incident["app_id"]))
         return text, blocks
 
@@ -453,7 +513,7 @@ class SignalMessages:
         out = []
         for incident in self.store.query(
             "select * from incidents where channel = ? and kind = ? and thread_ts is not null "
-            "and state = 'open' order by id",
+            "and state = 'open' and copy_of_signal is null order by id",  # copies: their parent shows them
             [channel, STUCK_RUNS],
         ):
             fresh = [r for r in self._runs(int(incident["id"])) if not r["reported"]]
@@ -475,7 +535,11 @@ class SignalMessages:
             )
 
     def _runs(self, incident_id: int) -> list[dict[str, Any]]:
-        rows = self.store.query("select id, app_id from signals where incident_id = ?", [incident_id])
+        rows = self.store.query(
+            "select id, app_id from signals where incident_id = ? union "
+            "select s.id, s.app_id from signals s join incidents i on i.copy_of_signal = s.id where i.id = ?",
+            [incident_id, incident_id],
+        )
         if not rows:
             return []
         return self.db.stuck_runs(rows[0]["app_id"], signal_id=int(rows[0]["id"]))

@@ -1007,6 +1007,15 @@ def m040_subscriptions(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m041_signal_copies(db: sqlite_utils.Database) -> None:
+    """A failure rate or stuck runs shown in a channel subscribed to the app (``/wflogs subscribe``):
+    that channel's own incident, a copy kept by the signal it shows (the configured channel's
+    incident stays ``signals.incident_id``)."""
+    db["incidents"].add_column("copy_of_signal", int)  # type: ignore[union-attr]
+    db["incidents"].create_index(["copy_of_signal"])  # type: ignore[union-attr]
+
+
+@migrations()
 def m050_digest_stopped(db: sqlite_utils.Database) -> None:
     """Stopped runs of each digest's window, beside its failed runs: the digest's chart draws the
     last 14 days from the digests' own counts (null for digests recorded before this column)."""

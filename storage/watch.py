@@ -92,12 +92,26 @@ class WatchStore:
         # Joined by id AND kind: a signal is only ever shown by an incident of its own kind.
         rows = self.store.query(
             "select s.id, s.app_id, s.kind, s.opened_at, s.updated_at, s.resolved_at, s.detail, "
-            "i.id as incident_id, i.state as incident_state from signals s "
+            "i.id as incident_id, i.state as incident_state, i.channel as incident_channel from signals s "
             "left join incidents i on i.id = s.incident_id and i.kind = s.kind and i.app_id = s.app_id "
             "where s.resolved_at is null or i.state = 'open' "
+            "or exists (select 1 from incidents c where c.copy_of_signal = s.id and c.state = 'open') "
             "order by s.id"
         )
         return [_signal(r) for r in rows]
+
+    def copies(self, signal_id: int) -> dict[str, dict[str, Any]]:
+        """The incidents showing the signal in subscribed channels, by channel (the newest)."""
+        rows = self.store.query("select * from incidents where copy_of_signal = ? order by id", [signal_id])
+        return {r["channel"]: r for r in rows}
+
+    def signal_state(self, signal_id: int) -> tuple[bool, bool]:
+        """Whether the signal ended, and whether the configured channel's incident shows it (as
+        stored now: a sync may have just changed either)."""
+        rows = self.store.query("select resolved_at, incident_id from signals where id = ?", [signal_id])
+        if not rows:
+            return True, False
+        return rows[0]["resolved_at"] is not None, rows[0]["incident_id"] is not None
 
     def link_incident(self, signal_id: int, incident_id: int) -> None:
         """The signal is shown as this incident."""

@@ -486,3 +486,133 @@ def test_many_stuck_runs_with_long_sessions_fit_slack(tmp_path, dify, clock, sla
     listed = sum(1 for r in runs if r.run_id in body)
     assert 1 <= listed < 30 and f"… and {30 - listed} more" in body
     assert "<s>" not in body and "&lt;s&gt;&amp;" in body
+
+
+# -- channels subscribed to the app -----------------------------------------------------------
+
+
+def _subscribe(rt, channel: str, app_id: str, *, status: str = "", text: str = "") -> None:
+    from storage import subscriptions
+
+    subscriptions.subscribe(
+        rt.store,
+        channel=channel,
+        app_id=app_id,
+        app_name="Support Bot",
+        status=status,
+        text=text,
+        user="bob",
+        now=0,
+    )
+
+
+def _in(slack: FakeSlack, channel: str, needle: str) -> list[dict]:
+    return [m for m in slack.posts(channel) if not m["thread_ts"] and needle in json.dumps(m["blocks"][:1])]
+
+
+def test_a_failure_rate_reaches_subscribed_channels_without_paging_twice(tmp_path, dify, clock, slack):
+    app = _rate_app(dify, clock, ok=14, failed=6)
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", WFLOGS_MENTION=MENTIONS)
+    app_id = rt.settings.apps[0].id
+    _subscribe(rt, "C0TEAM", "*")
+    _subscribe(rt, "C0FAILED", app_id, status="failed")
+    _subscribe(rt, "C0STOPPED", app_id, status="stopped")  # a rate is of failures: not this one
+    _subscribe(rt, "C0QUOTA", app_id, text="quota")  # a rate has no one error to match: not this
+    rt.cycle()
+    (configured,) = _in(slack, "C0ALERTS", "failure rate")
+    (team,) = _in(slack, "C0TEAM", "failure rate")
+    assert len(_in(slack, "C0FAILED", "failure rate")) == 1
+    assert not _in(slack, "C0STOPPED", "failure rate") and not _in(slack, "C0QUOTA", "failure rate")
+    assert calls_anyone(configured) and not calls_anyone(team)  # the mention list is called once
+    assert "6 of 20 runs" in team["text"]
+    assert_valid_blocks(team["blocks"])
+    for _ in range(3):  # still above, and across a restart: nothing new in any channel
+        clock.advance(60)
+        rt.cycle()
+    rt.close()
+    rt = _runtime(tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", WFLOGS_MENTION=MENTIONS)
+    clock.advance(60)
+    rt.cycle()
+    assert len(_in(slack, "C0TEAM", "failure rate")) == 1 and len(_in(slack, "C0ALERTS", "failure rate")) == 1
+    for i in range(40):  # it falls: resolved in each channel, told in each thread once
+        dify.add_log(app, status="succeeded", at=int(clock.now) - 30 + i % 30, error="")
+    clock.advance(60)
+    rt.cycle()
+    clock.advance(60)
+    rt.cycle()
+    for channel in ("C0ALERTS", "C0TEAM", "C0FAILED"):
+        (parent,) = _in(slack, channel, "failure rate")
+        assert "Resolved" in json.dumps(parent["blocks"][0]), channel
+        replies = [m for m in thread(slack, parent["ts"]) if "Failure rate back to" in m["text"]]
+        assert len(replies) == 1, channel
+    assert len(posted_mentions(slack)) == 2  # the rate and the error shape, both in C0ALERTS only
+    assert all(c["channel"] == "C0ALERTS" for c in posted_mentions(slack))
+
+
+def test_a_subscribed_channel_resolving_its_copy_leaves_the_configured_incident_open(
+    tmp_path, dify, clock, slack
+):
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    rt = _runtime(
+        tmp_path, dify, clock, slack, app.key, WFLOGS_RATE_THRESHOLD="0.2", SLACK_SIGNING_SECRET="s" * 32
+    )
+    _subscribe(rt, "C0TEAM", "*")
+    rt.cycle()
+    (copy,) = rt.store.query("select id from incidents where kind = 'failure_rate' and channel = 'C0TEAM'")
+    rt.actions.resolve(int(copy["id"]), "bob", int(clock.now))
+    for _ in range(3):  # still above: the team's copy stays resolved, nothing new there
+        clock.advance(60)
+        rt.cycle()
+    assert len(_in(slack, "C0TEAM", "failure rate")) == 1
+    assert "Resolved" in json.dumps(_in(slack, "C0TEAM", "failure rate")[0]["blocks"][0])
+    assert "Resolved" not in json.dumps(_in(slack, "C0ALERTS", "failure rate")[0]["blocks"][0])
+
+
+def test_stuck_runs_reach_a_subscribed_channel_and_resolve_there(tmp_path, dify, clock, slack):
+    app = dify.add_app("Support Bot")
+    now = int(clock.now)
+    stuck = dify.start_run(app, at=now - 1500, session="user_stuck")
+    later = dify.start_run(app, at=now - 100)
+    rt = _runtime(
+        tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200", WFLOGS_MENTION="U0ONCALL1"
+    )
+    _subscribe(rt, "C0TEAM", "*")
+    _subscribe(rt, "C0FAILED", rt.settings.apps[0].id, status="failed")  # stuck runs have not failed
+    rt.cycle()
+    (team,) = _in(slack, "C0TEAM", "stuck")
+    assert stuck.run_id in texts(team) and not calls_anyone(team)
+    assert not _in(slack, "C0FAILED", "stuck")
+    clock.advance(1200)  # the other run hangs too: the configured thread is told, the copy edited
+    rt.cycle()
+    (configured,) = _in(slack, "C0ALERTS", "stuck")
+    assert [m for m in thread(slack, configured["ts"]) if later.run_id in texts(m)]
+    assert later.run_id in texts(_in(slack, "C0TEAM", "stuck")[0])
+    dify.finish_run(stuck, status="failed", at=int(clock.now) - 10, error="worker died")
+    dify.finish_run(later, status="succeeded", at=int(clock.now) - 5)
+    clock.advance(60)
+    rt.cycle()
+    (team,) = _in(slack, "C0TEAM", "stuck")
+    assert "Resolved" in json.dumps(team["blocks"][0])
+    assert [m for m in thread(slack, team["ts"]) if "No stuck runs any more" in m["text"]]
+
+
+def test_stuck_runs_resolved_by_hand_in_the_configured_channel_end_the_copies_too(
+    tmp_path, dify, clock, slack
+):
+    app = dify.add_app("Support Bot")
+    dify.start_run(app, at=int(clock.now) - 1500)
+    rt = _runtime(
+        tmp_path, dify, clock, slack, app.key, WFLOGS_STUCK_AFTER="1200", SLACK_SIGNING_SECRET="s" * 32
+    )
+    _subscribe(rt, "C0TEAM", "*")
+    rt.cycle()
+    (primary,) = rt.store.query("select id from incidents where kind = 'stuck_runs' and channel = 'C0ALERTS'")
+    rt.actions.resolve(int(primary["id"]), "alice", int(clock.now))
+    clock.advance(60)
+    rt.cycle()
+    (team,) = _in(slack, "C0TEAM", "stuck")
+    assert "Resolved" in json.dumps(team["blocks"][0])
+    assert [m for m in thread(slack, team["ts"]) if "Resolved by hand in <#C0ALERTS>" in m["text"]]
+    clock.advance(60)
+    rt.cycle()
+    assert len([m for m in thread(slack, team["ts"]) if "Resolved by hand" in m["text"]]) == 1
