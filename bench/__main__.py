@@ -24,7 +24,7 @@
 6. Opening the App Home with 200 apps and 50 open incidents: time from the
    event to views.publish, and Dify requests (none).
 7. Workspace mode (bench/workspace.py): console requests per quiet cycle for
-   workflow apps and chatflows, and a 1,000-failure chatflow storm.
+   workflow apps and chatflows, a 1,000-failure chatflow storm, and chatflow searches and digests.
 
 ``--home-only``, ``--chart-only``, ``--idle-only``, ``--incident-only`` and
 ``--workspace-only`` run only those (several may be given).

@@ -7,6 +7,9 @@
    page) with one detail per run (the list has no error), at WFLOGS_CONSOLE_CONCURRENCY
    requests at once, each answered after ``latency`` seconds: requests, and the wall time
    until every run is in Slack (one incident: one parent, the runs listed in its thread).
+3. A chatflow of 1,000 runs a day: console requests and wall time of `failed since:1d`, a text
+   search and a session search (run details for 200 runs at most), and of its digest before and
+   after the poller stored its failures' errors.
 """
 
 from __future__ import annotations
@@ -108,7 +111,64 @@ def chatflow_storm(failures: int, latency: float, pacing: float) -> None:
     )
 
 
+def chatflow_search_and_digest(runs: int, latency: float) -> None:
+    """Console requests and wall time of chatflow searches and of its digest, ``runs`` runs a day."""
+    from bot.query import parse
+    from bot.search import search, targets_for
+
+    clock = [float(NOW)]
+    console = FakeConsole(clock=lambda: clock[0])
+    chat = console.add_app("support-chat", mode="advanced-chat")
+    for n in range(runs):
+        status = "failed" if n % 10 == 0 else "succeeded"
+        at = NOW - 86000 + n * 86000 // runs
+        console.add_chat_run(
+            chat, status=status, at=at, error=f"quota exceeded after {n % 7}s", session=f"u{n % 50}"
+        )
+    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as slack:
+        runtime = _runtime(tmp, console, slack, clock, 0.0)
+        runtime.discover()
+        console.latency = latency
+        app = next(a for a in runtime.settings.apps if a.mode == "advanced-chat")
+        targets = targets_for(
+            runtime.settings, runtime.clients, runtime.poller.app_name, channel=None, wanted=None
+        )
+        lines = []
+        for words in ("failed since:1d", '"quota" since:1d', "session:u7 since:1d"):
+            before = len(console.requests)
+            started = time.perf_counter()
+            result = search(parse(words, now=clock[0]), targets, now=clock[0])
+            wall = time.perf_counter() - started
+            hits = result.apps[0]
+            lines.append(
+                f"{words!r}: {len(console.requests) - before} requests, {wall:.1f}s, "
+                f"{'at least ' if not hits.exact else ''}{hits.total} runs"
+            )
+        for label in ("nothing alerted", "after the poller alerted the failures"):
+            if label != "nothing alerted":
+                console.latency = 0.0
+                runtime.store.update_app_state(app.id, alert_from=NOW - 90000)
+                runtime.poller.poll_app(app)
+                console.latency = latency
+            before = len(console.requests)
+            started = time.perf_counter()
+            digest = runtime.digester.compute(app, NOW, now=NOW)
+            wall = time.perf_counter() - started
+            lines.append(
+                f"digest, {label}: {len(console.requests) - before} requests, {wall:.1f}s "
+                f"({digest.current.total if digest.current else 0} runs, "
+                f"{digest.failures_read} failures read)"
+            )
+        runtime.close()
+    print(
+        f"  chatflow of {runs:,} runs a day (1 in 10 failed), {latency * 1000:.0f} ms a request, 3 at once:"
+    )
+    for line in lines:
+        print(f"    {line}")
+
+
 def run(latency: float = 0.3, failures: int = 1000, pacing: float = 1.0) -> None:
     print("workspace mode:")
     quiet_cost()
     chatflow_storm(failures, latency, pacing)
+    chatflow_search_and_digest(1000, latency)

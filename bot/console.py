@@ -229,7 +229,8 @@ class ConsoleClient:
         self._now = now
         self._notify = notify
         self._rejections = rejections
-        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        self.concurrency = max(1, concurrency)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
         self._session: _Session | None = None
         self._session_lock = threading.Lock()  # one login or refresh at a time
         self._generation = 0
@@ -565,6 +566,34 @@ class ConsoleClient:
         body = self.get(path, params)
         return body if isinstance(body, dict) else {"data": [], "has_more": False}
 
+    def run_counts(self, app_id: str, *, seconds: int | None, chat: bool = True) -> dict[str, int]:
+        """Production runs by status started within the last ``seconds`` of the server's clock
+        (None: ever), one request: ``{"total", "running", "succeeded", "failed", "stopped",
+        "partial_succeeded"}``."""
+        params: dict[str, Any] = {"triggered_from": "app-run"}
+        if seconds is not None:
+            params["time_range"] = f"{max(int(seconds), 0)}s"
+        prefix = f"/apps/{app_id}/advanced-chat" if chat else f"/apps/{app_id}"
+        body = self.get(f"{prefix}/workflow-runs/count", params)
+        if not isinstance(body, dict):
+            raise DifyUnavailable("the Dify console answered workflow-runs/count with an unexpected body")
+        out: dict[str, int] = {}
+        for key, value in body.items():
+            try:
+                out[str(key).replace("-", "_")] = int(value or 0)
+            except (TypeError, ValueError):
+                continue
+        return out
+
+    def conversations(self, app_id: str, *, keyword: str | None, page: int = 1) -> dict[str, Any]:
+        """A page of a chat app's conversations, newest updated first (editor role and up; 403
+        below). ``keyword`` matches messages, answers, names and the end user's session."""
+        params: dict[str, Any] = {"page": page, "limit": MAX_LIMIT}
+        if keyword:
+            params["keyword"] = keyword
+        body = self.get(f"/apps/{app_id}/chat-conversations", params)
+        return body if isinstance(body, dict) else {"data": [], "has_more": False}
+
     def run_detail(self, app_id: str, run_id: str) -> dict[str, Any]:
         body = self.get(f"/apps/{app_id}/workflow-runs/{run_id}")
         if not isinstance(body, dict) or body.get("id") is None:
@@ -634,8 +663,8 @@ class ConsoleAppSource:
         from bot.dify import iso
 
         if self.mode != "workflow":
-            # A chatflow writes no log rows (its runs are read by the poller from the run list):
-            # digests and searches see none of its runs yet.
+            # A chatflow writes no log rows: its runs are read from the run list (the poller,
+            # bot/run_walk.py for searches and digests).
             return LogPage(page=page, limit=limit, total=0, has_more=False, data=[])
         params: dict[str, Any] = {"page": page, "limit": limit}
         if status:
@@ -676,6 +705,16 @@ class ConsoleAppSource:
         return self.console.runs(
             self.app_id, status=status, last_id=last_id, chat=self.mode == "advanced-chat"
         )
+
+    def counts(self, seconds: int | None) -> dict[str, int]:
+        """Runs by status started within the last ``seconds`` (relative to Dify's clock)."""
+        self._count()
+        return self.console.run_counts(self.app_id, seconds=seconds, chat=self.mode == "advanced-chat")
+
+    def conversations(self, *, keyword: str | None, page: int = 1) -> dict[str, Any]:
+        """A page of the chatflow's conversations (see :meth:`ConsoleClient.conversations`)."""
+        self._count()
+        return self.console.conversations(self.app_id, keyword=keyword, page=page)
 
     def nodes(self, run_id: str) -> list[dict[str, Any]]:
         self._count()

@@ -1,4 +1,5 @@
-"""The daily digest: how each workflow app did over the last 24 hours, every morning.
+"""The daily digest: how each workflow app and chatflow did over the last 24 hours, every morning
+(a chatflow's figures come from the console's run counts and run list: ``_fill_chatflow``).
 
 Windows. A digest is scheduled at a local time (``WFLOGS_DIGEST_TIME``) in
 ``WFLOGS_TIMEZONE``. Its window is the 24 real hours that end at that instant,
@@ -47,13 +48,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from typing import Any
 
-from bot import digest_chart, digest_format
+from bot import digest_chart, digest_format, run_walk
 from bot.config import AppConfig, Settings, digest_channel_for, digest_chart_for
+from bot.console import ConsoleAppSource
 from bot.dify import MAX_LIMIT, DifyClient
 from bot.errors import DifyError
 from bot.records import AppDigest, Counts, ErrorLine, LogEntry, RunLine, Window
@@ -76,6 +78,9 @@ TOP_SESSIONS = 3
 TOP_SLOWEST = 3
 HISTORY = 7
 FAILURES = ("failed", "stopped")
+# Run details a chatflow's digest reads at most: for failures wflogs did not alert (it keeps the
+# alerted ones' error and session a week), and the slowest runs' end users.
+CHAT_DETAILS = 100
 
 
 # -- windows ------------------------------------------------------------------
@@ -340,7 +345,10 @@ class Digester:
             app.id, digest.window.start, digest.window.end + 1
         )
         try:
-            self._fill(client, digest, history)
+            if isinstance(client, ConsoleAppSource) and client.mode == "advanced-chat":
+                self._fill_chatflow(app, client, digest, history, now)
+            else:
+                self._fill(client, digest, history)
         except DifyError as exc:
             digest.error = str(exc)
             log.error("digest of %s: cannot read Dify: %s", digest.app_name, exc)
@@ -413,6 +421,127 @@ class Digester:
                     digest.hourly[(row.created_at - window.start) // HOUR] += 1
         _rank_failures(digest, failures, previous_shapes)
         _describe_runs(digest, everything)
+
+    def _fill_chatflow(
+        self,
+        app: AppConfig,
+        source: ConsoleAppSource,
+        digest: AppDigest,
+        history: list[dict[str, Any]],
+        now: int,
+    ) -> None:
+        """A chatflow's digest: it writes no log rows, so counts come from the run count endpoint and
+        rows from the run list (docs/workspace.md).
+
+        Counts: ``time_range`` is relative to Dify's now, so the runs started in [a, b) are
+        count(now - a) - count(now - b): three requests give both windows, every status at once.
+        Rows: the run list walked down to the window's start (every run up to ``run_cap``, else the
+        failed and stopped runs up to ``failure_cap`` each, and the newest ``run_cap`` runs as a
+        sample). The list has elapsed time, tokens and status, not the error or the end user: those
+        come from the alerts wflogs stored for the app (free, kept a week), else from run details,
+        at most CHAT_DETAILS per digest (the rest is estimated and said to be)."""
+        window = digest.window
+        zero = {"total": 0, "succeeded": 0, "failed": 0, "stopped": 0}
+        cache: dict[int, dict[str, int]] = {}
+
+        def started_since(instant: int) -> dict[str, int]:
+            if instant not in cache:
+                cache[instant] = source.counts(now - instant) if now > instant else zero
+            return cache[instant]
+
+        def between(a: int, b: int) -> Counts:
+            older, newer = started_since(a), started_since(b)
+            return Counts(
+                *(
+                    max(int(older.get(k, 0)) - int(newer.get(k, 0)), 0)
+                    for k in ("total", "succeeded", "failed", "stopped")
+                )
+            )
+
+        current = digest.current = between(window.start, window.end + 1)
+        digest.before = between(digest.previous.start, digest.previous.end + 1)
+        runs = [int(h["runs"]) for h in history if h.get("runs") is not None]
+        digest.usual_runs = int(statistics.median([digest.before.total, *runs]))
+        digest.first_digest = not history
+        previous_shapes: set[str] = set(history[0]["shapes"]) if history else set()
+        if current.total == 0:
+            digest.hourly = [0] * 24
+            return
+
+        def read(status: str | None, cap: int) -> tuple[list[dict[str, Any]], bool]:
+            pages = math.ceil(cap / MAX_LIMIT) + 5  # runs started after the window are walked past
+            walked = run_walk.walk(
+                source, status=status, since=window.start, until=window.end, max_pages=pages, enough=cap + 1
+            )
+            return walked.items[:cap], walked.complete
+
+        everything = _Rows()
+        fail_items: list[tuple[dict[str, Any], float]] = []
+        if current.total <= self.run_cap:
+            items, complete = read(None, self.run_cap)
+            everything.complete = fail_complete = complete
+            for item in items:
+                everything.add(LogEntry.from_run(item))
+            fail_items = [(i, 1.0) for i in items if i.get("status") in FAILURES]
+        else:
+            items, _ = read(None, self.run_cap)
+            everything.complete = False
+            for item in items:
+                everything.add(LogEntry.from_run(item), current.total / len(items) if items else 0.0)
+            fail_complete = True
+            for status, count in (("failed", current.failed), ("stopped", current.stopped)):
+                if count:
+                    part, complete = read(status, self.failure_cap)
+                    fail_complete = fail_complete and complete and len(part) >= count
+                    weight = 1.0 if len(part) >= count else count / max(len(part), 1)
+                    fail_items += [(i, weight) for i in part]
+        known = self.store.alerted_entries(app.id, [str(i["id"]) for i, _ in fail_items])
+        missing = [str(i["id"]) for i, _ in fail_items if str(i["id"]) not in known][:CHAT_DETAILS]
+        details = run_walk.details(source, missing, source.console.concurrency)
+        failures = _Rows()
+        described: list[tuple[LogEntry, float]] = []
+        for item, weight in fail_items:
+            run_id = str(item["id"])
+            if run_id in known:
+                entry = replace(LogEntry.from_run(item), **_who_and_error(known[run_id]))
+            elif run_id in details:
+                entry = LogEntry.from_run(item, details[run_id])
+            else:
+                continue
+            described.append((entry, weight))
+        # Failures whose error was not read (beyond CHAT_DETAILS) are stood for by the others.
+        scale = sum(w for _, w in fail_items) / sum(w for _, w in described) if described else 1.0
+        for entry, weight in described:
+            failures.add(entry, weight * scale if scale != 1.0 else weight)
+            if entry.log_id in everything.rows:
+                everything.rows[entry.log_id] = entry
+        failures.complete = fail_complete and len(described) == len(fail_items)
+        self._name_slowest(source, everything)
+
+        digest.runs_read = len(everything.rows)
+        digest.runs_sampled = not everything.complete
+        digest.failures_read = len(failures.rows)
+        digest.failures_sampled = not failures.complete
+        digest.hourly_exact = fail_complete
+        hourly = [0.0] * 24
+        for item, weight in fail_items:
+            at = int(item.get("created_at") or 0)
+            if item.get("status") == "failed" and window.start <= at <= window.end:
+                hourly[(at - window.start) // HOUR] += weight
+        digest.hourly = [round(n) for n in hourly]
+        _rank_failures(digest, failures, previous_shapes)
+        _describe_runs(digest, everything)
+
+    def _name_slowest(self, source: ConsoleAppSource, everything: _Rows) -> None:
+        """The slowest runs' end users (the list has none): a detail each, TOP_SLOWEST at most."""
+        finished = [r for r in everything.rows.values() if r.status not in ("running", "paused", None)]
+        finished.sort(key=lambda r: (-(r.elapsed_time or 0.0), r.log_id))
+        unnamed = [r.log_id for r in finished[:TOP_SLOWEST] if not r.who and r.elapsed_time]
+        for run_id, detail in run_walk.details(source, unnamed, source.console.concurrency).items():
+            if detail:
+                everything.rows[run_id] = replace(
+                    everything.rows[run_id], **_who_and_error(_detail_fields(detail))
+                )
 
     # -- posting --------------------------------------------------------------------
 
@@ -543,6 +672,23 @@ class Digester:
             time.perf_counter() - started,
         )
         return png, chart
+
+
+def _detail_fields(detail: dict[str, Any]) -> dict[str, Any]:
+    """A run detail's error and end user, in a stored entry's terms."""
+    end_user = detail.get("created_by_end_user") or {}
+    return {
+        "error": detail.get("error"),
+        "session_id": end_user.get("session_id"),
+        "end_user_type": end_user.get("type"),
+        "created_by_role": detail.get("created_by_role"),
+    }
+
+
+def _who_and_error(stored: dict[str, Any]) -> dict[str, Any]:
+    """What a stored alert entry (or a detail) adds to a run list item: the error and who ran it."""
+    keys = ("error", "session_id", "end_user_type", "created_by_role", "account_email", "account_name")
+    return {k: stored.get(k) for k in keys if stored.get(k) is not None}
 
 
 def _weighted_count(total: float) -> int:

@@ -200,6 +200,7 @@ class AppHits:
     bad_request: bool = False  # Dify refused a value the user typed (e.g. an unknown account)
     console_url: str | None = None
     found: dict[str, str] = field(default_factory=dict)  # log id -> where the text was found
+    note: str | None = None  # why the search is not exact, when the generic note does not fit
 
     def pages(self, page_size: int) -> int:
         """How many pages this app's matches fill."""

@@ -17,7 +17,11 @@ What Dify cannot do is done here, and said in the result:
   Dify (failed and stopped through its status filter) and compared here, then
   merged with Dify's keyword matches (each run once, newest first, each saying
   where the text was found); ``error:`` reads only errors, and ``similar:``
-  compares each error's shape with one run's and counts the matches per day.
+  compares each error's shape with one run's and counts the matches per day;
+- a chatflow writes no log rows: its run list is walked newest first down to
+  ``since`` and filtered here, run details read only for the rows shown, or for
+  session, text and error filters for the newest CHAT_DETAIL_CAP runs at most
+  (the answer then says how many were searched).
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot import run_walk
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.dify import MAX_LIMIT, STATUSES_DIFY_FILTERS, DifyClient
-from bot.errors import DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
+from bot.errors import DifyAuthError, DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable, QueryError
 from bot.query import KEYWORD_CHARS, USAGE, Query, check_run_id
 from bot.records import AppHits, LogEntry, RunDetail, SearchResult, SimilarSource
 from bot.text import normalize_error, one_line
@@ -46,6 +51,8 @@ PAGE_SIZE = 10  # runs per page with one app
 MULTI_APP_PAGE_SIZE = 5  # runs per app per page with several (a Slack message has room for ~10k chars)
 SCAN_PAGES = 10  # pages of 100 read per app when filtering on our side
 DETAIL_CAP = 30  # a session with at most this many runs has its keyword checked against run details
+CHAT_DETAIL_CAP = 200  # chatflow run details read per app and search (session, text and error filters)
+CONVERSATION_PAGES = 10  # pages of a session's conversations read (more: its runs' details are read)
 
 
 class RunNotFound(QueryError):
@@ -343,6 +350,12 @@ def _error_search(
     query: Query, target: Target, page_size: int, keep: Callable[[str | None], bool]
 ) -> tuple[AppHits, list[LogEntry]]:
     """error:TEXT and similar:RUN_ID: runs whose error ``keep`` accepts (and every match, for counts)."""
+    if _is_chatflow(target):
+        found_runs, where, detailed, note = _chatflow_found(query, target, keep)
+        hits = _chatflow_hits(query, target, page_size, found_runs, where, detailed, note)
+        if not query.similar:
+            hits.found = dict.fromkeys((e.log_id for e in hits.entries), "error")
+        return hits, found_runs.entries
     hits = AppHits(name=target.name, console_url=target.app.console_url)
     found = _error_scan(query, target.client, keep) if error_statuses(query) else _Found([])
     _fill(hits, found, (query.page - 1) * page_size, page_size)
@@ -351,7 +364,204 @@ def _error_search(
     return hits, found.entries
 
 
+# -- chatflows: the console's run list ---------------------------------------------------
+
+
+def _is_chatflow(target: Target) -> bool:
+    return target.app.mode == "advanced-chat" and hasattr(target.client, "runs")
+
+
+RUN_LIST_STATUSES = ("running", "succeeded", "failed", "stopped", "partial-succeeded")  # no paused
+
+
+def _chat_statuses(query: Query) -> tuple[list[str | None], set[str] | None]:
+    """The run list walks a chatflow search needs: one per status when Dify filters each, else
+    one of every run; and the statuses then kept on our side (None: all)."""
+    wanted = error_statuses(query) if query.error or query.similar else query.statuses
+    if not wanted:
+        return [None], None
+    if all(status in RUN_LIST_STATUSES for status in wanted):
+        return list(wanted), None
+    return [None], set(wanted)
+
+
+def _inputs_text(value: Any) -> str:
+    value = _decode(value)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _chat_keyword_where(run_id: str, detail: dict[str, Any], session: str | None, keyword: str) -> list[str]:
+    """Where a chatflow run holds the search text: Dify's keyword rule (the first 30 characters in
+    inputs, which hold the user's message as ``sys.query``, outputs or the session; or the run id),
+    and the whole text in the error."""
+    places = []
+    if _contains(keyword)(_opt_text(detail.get("error"))):
+        places.append("error")
+    word = keyword[:KEYWORD_CHARS].casefold()
+    if session and word in session.casefold():
+        places.append("session")
+    elif run_id == keyword:
+        places.append("run id")
+    elif any(word in _inputs_text(detail.get(key)).casefold() for key in ("inputs", "outputs")):
+        places.append("inputs/outputs")
+    return places
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _chat_note(walked: run_walk.Walk, details: int | None) -> str:
+    """Why a chatflow search is not exact: the detail cap (``details``: how many were read), or
+    the walk's page cap."""
+    if details is not None:
+        return (
+            f"this filter needs each chatflow run's details, so only the newest {details:,} "
+            f"runs were searched (at most {CHAT_DETAIL_CAP} per search); narrow with since: "
+            "to search the rest."
+        )
+    return (
+        "a chatflow's runs can only be read newest first (Dify's run list has no time filter): "
+        f"the newest {walked.read:,} were read and older ones not searched."
+    )
+
+
+def _session_conversations(source: Any, session: str) -> set[str] | None:
+    """The conversations of end user ``session`` (exactly), found with the conversation list's
+    keyword (it matches end users' sessions): one request for most users. None when they cannot be
+    listed this way: the bot's role is below editor (403), or more than CONVERSATION_PAGES pages."""
+    if not hasattr(source, "conversations"):
+        return None
+    found: set[str] = set()
+    for page in range(1, CONVERSATION_PAGES + 1):
+        try:
+            body = source.conversations(keyword=session, page=page)
+        except (DifyAuthError, DifyBadRequest, DifyNotFound) as exc:
+            log.info("conversations of a session not listed (%s): reading run details instead", exc)
+            return None
+        for item in body.get("data") or []:
+            if item.get("id") and item.get("from_end_user_session_id") == session:
+                found.add(str(item["id"]))
+        if not body.get("has_more") or not body.get("data"):
+            return found
+    return None
+
+
+def _chatflow_found(
+    query: Query, target: Target, keep_error: Callable[[str | None], bool] | None = None
+) -> tuple[_Found, dict[str, str], bool, str | None]:
+    """The chatflow runs matching ``query`` (or, with ``keep_error``, whose error it accepts):
+    the run list walked down to ``since`` (status filters sent to Dify), details fetched only for
+    the filters that need them (session, text, error), at most CHAT_DETAIL_CAP per search.
+
+    Returns (matches, run id -> where the text was found, whether details were read, why the
+    matches may be incomplete)."""
+    source: Any = target.client
+    workers = getattr(getattr(source, "console", None), "concurrency", 3)
+    # A session's runs are those of its conversations (the list item has the conversation): no
+    # detail per run when its conversations can be listed.
+    conversations = _session_conversations(source, query.session) if query.session else None
+    if conversations is not None and not conversations:
+        return _Found([]), {}, False, None  # the session has no conversation: no run
+    needs_detail = bool(query.keyword or query.error or query.similar or keep_error)
+    detailed = needs_detail or bool(query.session and conversations is None)
+    enough = CHAT_DETAIL_CAP + 1 if detailed else None
+    statuses, keep_statuses = _chat_statuses(query)
+    walked = run_walk.merge(
+        run_walk.walk(source, status=status, since=query.since, until=query.until, enough=enough)
+        for status in statuses
+    )
+    items = walked.items
+    if conversations is not None:
+        items = [
+            i for i in items if not i.get("conversation_id") or str(i["conversation_id"]) in conversations
+        ]
+        # A run without a conversation (no message row) is checked against its detail.
+        detailed = detailed or any(not i.get("conversation_id") for i in items)
+    if keep_statuses is not None:
+        items = [i for i in items if i.get("status") in keep_statuses]
+    if query.account:
+        account = query.account.casefold()
+        items = [
+            i
+            for i in items
+            if account
+            in {str(v).casefold() for v in (i.get("created_by_account") or {}).values() if v is not None}
+        ]
+    found = _Found([], complete=walked.complete, scanned=walked.read)
+    note = None if walked.complete else _chat_note(walked, None)
+    where: dict[str, str] = {}
+    if not detailed:
+        found.entries = [LogEntry.from_run(item) for item in items]
+        return found, where, False, note
+    if len(items) > CHAT_DETAIL_CAP or (enough is not None and len(walked.items) >= enough):
+        items, found.complete = items[:CHAT_DETAIL_CAP], False
+        note = _chat_note(walked, len(items))
+    found.scanned = len(items)
+    read = run_walk.details(source, [str(i["id"]) for i in items], workers)
+    for item in items:
+        detail = read.get(str(item["id"])) or {}
+        entry = LogEntry.from_run(item, detail)
+        if query.session and entry.session_id != query.session:
+            continue
+        if keep_error is not None:
+            if not keep_error(entry.error):
+                continue
+        elif query.error:
+            if not _contains(query.error)(entry.error):
+                continue
+            where[entry.log_id] = "error"
+        elif query.keyword:
+            places = _chat_keyword_where(entry.log_id, detail, entry.session_id, query.keyword)
+            if not places:
+                continue
+            where[entry.log_id] = ", ".join(places)
+        found.entries.append(entry)
+    return found, where, True, note
+
+
+def _chatflow_hits(
+    query: Query,
+    target: Target,
+    page_size: int,
+    found: _Found,
+    where: dict[str, str],
+    detailed: bool,
+    note: str | None,
+) -> AppHits:
+    hits = AppHits(name=target.name, console_url=target.app.console_url)
+    _fill(hits, found, (query.page - 1) * page_size, page_size)
+    hits.dify_total = None
+    if not found.complete:
+        hits.note = note or _chat_note(run_walk.Walk(read=found.scanned), None)
+    if not detailed and hits.entries:
+        # The list has no error and no end user: the runs shown are completed from their details.
+        source: Any = target.client
+        workers = getattr(getattr(source, "console", None), "concurrency", 3)
+        read = run_walk.details(source, [e.log_id for e in hits.entries], workers)
+        hits.entries = [
+            replace(
+                e,
+                error=_opt_text(read[e.log_id].get("error")),
+                session_id=_opt_text((read[e.log_id].get("created_by_end_user") or {}).get("session_id")),
+                end_user_type=_opt_text((read[e.log_id].get("created_by_end_user") or {}).get("type")),
+                created_by_role=_opt_text(read[e.log_id].get("created_by_role")),
+            )
+            if read.get(e.log_id)
+            else e
+            for e in hits.entries
+        ]
+    hits.found = {k: v for k, v in where.items() if any(e.log_id == k for e in hits.entries)}
+    return hits
+
+
+def _chatflow_search(query: Query, target: Target, page_size: int) -> AppHits:
+    return _chatflow_hits(query, target, page_size, *_chatflow_found(query, target))
+
+
 def _search_app(query: Query, target: Target, page_size: int) -> AppHits:
+    if _is_chatflow(target):
+        return _chatflow_search(query, target, page_size)
     if query.keyword:
         return _text_search(query, target, page_size)
     if query.error:

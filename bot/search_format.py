@@ -199,7 +199,9 @@ def results(
             blocks.append(context(f"No more runs here: {plural(app_pages, 'page')}."))
         elif not several:
             blocks.append(section("_No matching runs._"))
-        if not hits.exact:
+        if not hits.exact and hits.note:
+            notes.append(escape(f"{hits.name}: {hits.note}"))
+        elif not hits.exact:
             notes.append(
                 f"{escape(hits.name)}: Dify cannot filter this by itself, so the newest "
                 f"{hits.scanned:,} of {hits.dify_total or 0:,} runs were read; narrow with since: "
@@ -526,7 +528,9 @@ def table(result: SearchResult, *, tz: ZoneInfo | None = None) -> str:
         summary += f"; add page:{query.page + 1} for more)" if query.page < pages else ")"
     lines.append(summary)
     for hits in answered:
-        if not hits.exact:
+        if not hits.exact and hits.note:
+            lines.append(f"note: {_plain(hits.name, 60)}: {_plain(hits.note, 300)}")
+        elif not hits.exact:
             lines.append(
                 f"note: {_plain(hits.name, 60)}: only the newest {hits.scanned:,} "
                 f"of {hits.dify_total or 0:,} "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.config import AppConfig, Settings
-from bot.console import ConsoleAppSource, ConsoleClient
+from bot.console import CONSOLE_PREFIX, ConsoleAppSource, ConsoleClient
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,13 @@ def console_app_key(app_id: str) -> str:
     return f"console:{app_id}"
 
 
+def app_logs_url(console_base: str, app_id: str) -> str:
+    """The app's logs page in Dify's web UI (its "Open in Dify" link): the console API's origin
+    without ``/console/api`` (where Dify's default set-up serves the web UI too)."""
+    origin = console_base.rstrip("/").removesuffix(CONSOLE_PREFIX)
+    return f"{origin}/app/{app_id}/logs"
+
+
 def classify(settings: Settings, console: ConsoleClient, items: list[dict[str, Any]]) -> list[Found]:
     """Each app of the list, watched or not and why (pure but for ``console.base``)."""
     workspace = settings.workspace
@@ -107,6 +114,7 @@ def _config(settings: Settings, console: ConsoleClient, app_id: str, name: str, 
         base,
         api_key=console_app_key(app_id),
         api_url=console.base,
+        console_url=base.console_url or app_logs_url(console.base, app_id),
         name=name,
         app_id=app_id,
         mode=mode,

@@ -278,6 +278,21 @@ class Store:
                 out.append(run_id)
         return out[:limit]
 
+    def alerted_entries(self, app_id: str, log_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored entries (error, session, ...) of those of ``log_ids`` that were alerted;
+        delivered alerts are kept a week."""
+        ids = list(log_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.query(
+                f"select log_id, entry from alerts where app_id = ? and log_id in ({marks})", [app_id, *chunk]
+            ):
+                if row.get("entry"):
+                    out[str(row["log_id"])] = json.loads(row["entry"])
+        return out
+
     def adopt_identity(self, old_id: str, new_id: str) -> dict[str, Any]:
         """``new_id`` takes over ``old_id``'s cursor and what it has seen; returns the new state."""
         with self.transaction():

@@ -80,3 +80,69 @@ def test_check_and_one_poll(tmp_path):
         runtime.close()
     assert first.ok and again.ok, first.problems + again.problems
     assert sum(r.new_alerts for r in again.apps) == 0
+
+
+def test_chatflow_search_digest_and_links(tmp_path):
+    """Searches and digests of every chatflow agree with Dify's own run counts; prints the cost."""
+    if not WORKSPACE:
+        pytest.skip("set WFLOGS_TEST_DIFY_WORKSPACE")
+    import time
+
+    from bot.query import parse
+    from bot.runtime import Runtime
+    from bot.search import search, targets_for
+
+    origin = URL.rstrip("/")
+    env = {"DIFY_API_URL": origin + "/v1", "DIFY_ADMIN_API_KEY": ADMIN_KEY, "DIFY_WORKSPACE_ID": WORKSPACE}
+    runtime = Runtime.build(make_settings(tmp_path, env), stream=io.StringIO())
+    try:
+        runtime.discover()
+        console = runtime.console
+        assert console is not None
+        chats = [a for a in runtime.settings.apps if a.mode == "advanced-chat"]
+        assert chats, "the rig has no published chatflow"
+        for app in chats:
+            assert app.console_url == f"{origin}/app/{app.app_id}/logs"
+            now = time.time()
+            targets = targets_for(
+                runtime.settings, runtime.clients, runtime.poller.app_name, channel=None, wanted=app.name
+            )
+            ever = console.run_counts(app.app_id or "", seconds=None)
+            before = console.requests
+            hits = search(parse("failed", now=now), targets, now=now).apps[0]
+            cost = console.requests - before
+            assert hits.error is None and hits.exact and hits.total == ever["failed"], hits
+            shown = hits.entries
+            assert all(e.run_id and e.status == "failed" and e.error for e in shown)
+            print(f"{app.name}: failed search, {hits.total} runs, {cost} requests")
+            if not shown:
+                continue
+            words = f'"{shown[0].error[:20]}"' if shown[0].error else ""
+            before = console.requests
+            text = search(parse(words, now=now), targets, now=now).apps[0]
+            cost = console.requests - before
+            same = [e for e in shown if (e.error or "").startswith((shown[0].error or "")[:20])]
+            assert text.error is None and text.total >= len(same) and "error" in text.found[shown[0].log_id]
+            print(f"{app.name}: text search {words}, {text.total} runs, {cost} requests")
+            session = shown[0].session_id
+            if session:
+                before = console.requests
+                found = search(parse(f"failed session:{session}", now=now), targets, now=now).apps[0]
+                cost = console.requests - before
+                same_session = [e for e in shown if e.session_id == session]
+                assert found.exact and found.total >= len(same_session)
+                assert all(e.session_id == session for e in found.entries)
+                print(f"{app.name}: failed session:{session}, {found.total} runs, {cost} requests")
+            before = console.requests
+            digest = runtime.digester.compute(app, int(now), now=int(now))
+            cost = console.requests - before
+            day = console.run_counts(app.app_id or "", seconds=86400)
+            assert digest.error is None and digest.current is not None
+            assert (
+                abs(digest.current.total - day["total"]) <= 1 and digest.current.failed <= day["failed"] + 1
+            )
+            if digest.current.failed:
+                assert digest.errors and digest.errors[0].count >= 1
+            print(f"{app.name}: digest, {digest.current.total} runs, {cost} requests")
+    finally:
+        runtime.close()

@@ -5,7 +5,8 @@ and runs it serves) and adds: ``/ping``, ``system-features``, cookie + CSRF logi
 base64 from 1.11.2), single-use refresh tokens, the admin key with ``X-WORKSPACE-ID`` (refused by
 the CSRF check before 1.11.0), the 6-failure lockout (429), roles (403), ``/apps`` with offset
 paging, ``workflow-app-logs`` (workflow apps only), production run lists with the cursor that
-skips ties and breaks when its run no longer matches, run detail (unknown: 200 nulls, 404 in
+skips ties and breaks when its run no longer matches, run counts over a ``time_range`` before
+the fake's clock, run detail (unknown: 200 nulls, 404 in
 1.14.1), node executions. ``X-Version`` on every response.
 """
 
@@ -148,10 +149,12 @@ class FakeConsole:
         session: str = "user-42",
         triggered_from: str = "app-run",
         nodes: list[Node] | None = None,
+        **extra: Any,
     ) -> FakeRun:
-        """A chatflow run (no log row): listed by the run lists only."""
+        """A chatflow run (no log row): listed by the run lists only. ``extra``: ``elapsed``,
+        ``inputs``, ``outputs``, ``account_email``, ... as :meth:`FakeDify.add_log` takes them."""
         run = self.dify.add_log(
-            app, status=status, at=at, error=error, session=session, triggered_from=triggered_from
+            app, status=status, at=at, error=error, session=session, triggered_from=triggered_from, **extra
         )
         run.created_at = at
         if nodes is not None:
@@ -328,6 +331,12 @@ class FakeConsole:
                     404, "app_not_found", "App mode is not in the supported list: {'workflow'}."
                 )
             return self.dify._logs(app, request)
+        if rest in ("workflow-runs/count", "advanced-chat/workflow-runs/count"):
+            if rest.startswith("advanced-chat") and app.mode != "advanced-chat":
+                return self._error(
+                    404, "app_not_found", "App mode is not in the supported list: {'advanced-chat'}."
+                )
+            return self._count(app, request)
         if rest in ("workflow-runs", "advanced-chat/workflow-runs"):
             if rest.startswith("advanced-chat") and app.mode != "advanced-chat":
                 return self._error(
@@ -342,6 +351,10 @@ class FakeConsole:
             return self._nodes(app, parts[3])
         if rest in ("chat-conversations",) and role in ("normal", "dataset_operator"):
             return self._error(403, "forbidden", FORBIDDEN)
+        if rest == "chat-conversations":
+            if app.mode not in ("chat", "agent-chat", "advanced-chat"):
+                return self._error(404, "app_not_found", "App mode is not in the supported list.")
+            return self._conversations(app, request)
         return self._error(404, "not_found", "The requested URL was not found on the server.")
 
     def _login(self, request: httpx.Request) -> httpx.Response:
@@ -460,7 +473,7 @@ class FakeConsole:
         for r in page[:limit]:
             item: dict[str, Any] = {"id": r.run_id}
             if chat:
-                item["conversation_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "conv" + r.run_id))
+                item["conversation_id"] = self.conversation_id(r)
                 item["message_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "msg" + r.run_id))
             item.update(
                 {
@@ -469,7 +482,15 @@ class FakeConsole:
                     "elapsed_time": r.elapsed_time,
                     "total_tokens": r.total_tokens,
                     "total_steps": r.total_steps,
-                    "created_by_account": None,
+                    "created_by_account": (
+                        {
+                            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, r.account_email)),
+                            "name": r.account_email.split("@")[0],
+                            "email": r.account_email,
+                        }
+                        if r.account_email
+                        else None
+                    ),
                     "created_at": r.created_at,
                     "finished_at": r.finished_at,
                     "exceptions_count": r.exceptions_count,
@@ -478,6 +499,79 @@ class FakeConsole:
             )
             data.append(item)
         return self._json(200, {"limit": limit, "has_more": len(page) > limit, "data": data})
+
+    def _count(self, app: FakeApp, request: httpx.Request) -> httpx.Response:
+        """Runs by status started within ``time_range`` of the server's now (all runs without it)."""
+        q = request.url.params
+        triggered = q.get("triggered_from", "debugging")
+        if triggered not in ("debugging", "app-run"):
+            return self._error(400, "invalid_param", "triggered_from")
+        status = q.get("status")
+        floor: float | None = None
+        time_range = q.get("time_range")
+        if time_range is not None:
+            units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+            number, unit = time_range[:-1], time_range[-1:]
+            if not number.isdigit() or unit not in units:
+                return self._error(400, "invalid_param", "Invalid time_range format")
+            floor = self.clock() - int(number) * units[unit]
+        counts = {"total": 0, "running": 0, "succeeded": 0, "failed": 0, "stopped": 0, "partial_succeeded": 0}
+        with self.dify.lock:
+            for r in app.runs:
+                if r.triggered_from != triggered or (status is not None and r.status != status):
+                    continue
+                if floor is not None and r.created_at < floor:
+                    continue
+                counts["total"] += 1
+                key = r.status.replace("-", "_")
+                if key in counts:
+                    counts[key] += 1
+        return self._json(200, counts)
+
+    @staticmethod
+    def conversation_id(run: FakeRun) -> str:
+        """Each production chatflow run is one message of its own conversation here."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "conv" + run.run_id))
+
+    def _conversations(self, app: FakeApp, request: httpx.Request) -> httpx.Response:
+        """``chat-conversations``: ``keyword`` matches the message (``sys.query``), the answer or the
+        end user's session (case-insensitive substring), newest updated first, offset paging."""
+        q = request.url.params
+        page, limit = int(q.get("page", "1")), int(q.get("limit", "20"))
+        if not 1 <= limit <= 100 or page < 1:
+            return self._error(400, "invalid_param", "limit")
+        keyword = (q.get("keyword") or "").lower()
+        with self.dify.lock:
+            runs = [r for r in app.runs if r.triggered_from == "app-run"]
+        rows = []
+        for r in sorted(runs, key=lambda r: (-r.created_at, r.run_id)):
+            message = str(r.inputs.get("sys.query") or "")
+            answer = json.dumps(r.outputs)
+            if keyword and not any(keyword in text.lower() for text in (message, answer, r.session_id or "")):
+                continue
+            rows.append(
+                {
+                    "id": self.conversation_id(r),
+                    "status": "normal",
+                    "from_source": "api",
+                    "from_end_user_session_id": r.session_id,
+                    "name": message[:20] or "New conversation",
+                    "created_at": r.created_at,
+                    "updated_at": r.finished_at or r.created_at,
+                    "message_count": 1,
+                }
+            )
+        chunk = rows[(page - 1) * limit : page * limit]
+        return self._json(
+            200,
+            {
+                "page": page,
+                "limit": limit,
+                "total": len(rows),
+                "has_more": len(rows) > page * limit,
+                "data": chunk,
+            },
+        )
 
     def _find_run(self, app: FakeApp, run_id: str) -> FakeRun | None:
         return next((r for r in app.runs if r.run_id == run_id), None)
