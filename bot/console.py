@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from bot.errors import DifyAuthError, DifyBadRequest, DifyError, DifyNotFound, DifyUnavailable
-from bot.records import LogEntry, LogPage
+from bot.records import LogPage
 
 log = logging.getLogger(__name__)
 
@@ -660,37 +660,18 @@ class ConsoleAppSource:
         page: int = 1,
         limit: int = MAX_LIMIT,
     ) -> LogPage:
-        from bot.dify import iso
+        from bot.dify import log_page, log_params
 
         if self.mode != "workflow":
             # A chatflow writes no log rows: its runs are read from the run list (the poller,
             # bot/run_walk.py for searches and digests).
             return LogPage(page=page, limit=limit, total=0, has_more=False, data=[])
-        params: dict[str, Any] = {"page": page, "limit": limit}
-        if status:
-            params["status"] = status
-        if keyword:
-            params["keyword"] = keyword
-        if after is not None:
-            params["created_at__after"] = iso(after)
-        if before is not None:
-            params["created_at__before"] = iso(before)
-        if session_id:
-            params["created_by_end_user_session_id"] = session_id
-        if account:
-            params["created_by_account"] = account
+        params = log_params(
+            status=status, keyword=keyword, after=after, before=before, session_id=session_id, account=account
+        )
         self._count()
-        body = self.console.workflow_logs(self.app_id, params)
-        try:
-            return LogPage(
-                page=int(body.get("page", page)),
-                limit=int(body.get("limit", limit)),
-                total=int(body["total"]),
-                has_more=bool(body.get("has_more")),
-                data=[LogEntry.from_api(item) for item in body.get("data") or []],
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise DifyUnavailable("the Dify console answered workflow-app-logs with an unexpected body")
+        body = self.console.workflow_logs(self.app_id, {"page": page, "limit": limit, **params})
+        return log_page(body, page, limit, "the Dify console answered workflow-app-logs")
 
     def run(self, run_id: str) -> dict[str, Any]:
         self._count()

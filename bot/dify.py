@@ -37,6 +37,46 @@ def iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def log_params(
+    *,
+    status: str | None,
+    keyword: str | None,
+    after: int | None,
+    before: int | None,
+    session_id: str | None,
+    account: str | None,
+) -> dict[str, Any]:
+    """The workflow log endpoint's filters (the Service API's and the console's are the same)."""
+    params: dict[str, Any] = {}
+    if status:
+        params["status"] = status
+    if keyword:
+        params["keyword"] = keyword
+    if after is not None:
+        params["created_at__after"] = iso(after)
+    if before is not None:
+        params["created_at__before"] = iso(before)
+    if session_id:
+        params["created_by_end_user_session_id"] = session_id
+    if account:
+        params["created_by_account"] = account
+    return params
+
+
+def log_page(body: Any, page: int, limit: int, who: str) -> LogPage:
+    """A page of workflow logs from the endpoint's body; ``who`` names the answer if it is not one."""
+    try:
+        return LogPage(
+            page=int(body.get("page", page)),
+            limit=int(body.get("limit", limit)),
+            total=int(body["total"]),
+            has_more=bool(body.get("has_more")),
+            data=[LogEntry.from_api(item) for item in body.get("data") or []],
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise DifyUnavailable(f"{who} with an unexpected body") from None
+
+
 class DifyClient:
     """Talks to one Dify app through its API key.
 
@@ -190,30 +230,11 @@ class DifyClient:
         limit: int = MAX_LIMIT,
     ) -> LogPage:
         """One page of ``/workflows/logs``; bounds are epoch seconds, inclusive."""
-        params: dict[str, Any] = {"page": page, "limit": limit}
-        if status:
-            params["status"] = status
-        if keyword:
-            params["keyword"] = keyword
-        if after is not None:
-            params["created_at__after"] = iso(after)
-        if before is not None:
-            params["created_at__before"] = iso(before)
-        if session_id:
-            params["created_by_end_user_session_id"] = session_id
-        if account:
-            params["created_by_account"] = account
-        body = self._get("/workflows/logs", params)
-        try:
-            return LogPage(
-                page=int(body.get("page", page)),
-                limit=int(body.get("limit", limit)),
-                total=int(body["total"]),
-                has_more=bool(body.get("has_more")),
-                data=[LogEntry.from_api(item) for item in body.get("data") or []],
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):
-            raise DifyUnavailable(f"Dify at {self._base} answered /workflows/logs with an unexpected body")
+        params = log_params(
+            status=status, keyword=keyword, after=after, before=before, session_id=session_id, account=account
+        )
+        body = self._get("/workflows/logs", {"page": page, "limit": limit, **params})
+        return log_page(body, page, limit, f"Dify at {self._base} answered /workflows/logs")
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run in full from ``/workflows/run/{id}``; raises :class:`DifyNotFound`."""

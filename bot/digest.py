@@ -130,6 +130,16 @@ class _Rows:
         return [(row, self.weights[key]) for key, row in self.rows.items()]
 
 
+def _compare(digest: AppDigest, before: Counts, history: list[dict[str, Any]]) -> set[str]:
+    """The figures the digest is compared with: the window before, the usual runs of recent digests,
+    whether it is the first; returns the error shapes of the previous digest."""
+    digest.before = before
+    runs = [int(h["runs"]) for h in history if h.get("runs") is not None]
+    digest.usual_runs = int(statistics.median([before.total, *runs]))
+    digest.first_digest = not history
+    return set(history[0]["shapes"]) if history else set()
+
+
 class _Reader:
     """Reads rows of one app for one window, within a request budget."""
 
@@ -373,11 +383,7 @@ class Digester:
             )
 
         current = digest.current = counts(window)
-        digest.before = counts(digest.previous)
-        runs = [int(h["runs"]) for h in history if h.get("runs") is not None]
-        digest.usual_runs = int(statistics.median([digest.before.total, *runs]))
-        digest.first_digest = not history
-        previous_shapes: set[str] = set(history[0]["shapes"]) if history else set()
+        previous_shapes = _compare(digest, counts(digest.previous), history)
 
         if current.total == 0:
             digest.hourly = [0] * 24
@@ -459,11 +465,7 @@ class Digester:
             )
 
         current = digest.current = between(window.start, window.end + 1)
-        digest.before = between(digest.previous.start, digest.previous.end + 1)
-        runs = [int(h["runs"]) for h in history if h.get("runs") is not None]
-        digest.usual_runs = int(statistics.median([digest.before.total, *runs]))
-        digest.first_digest = not history
-        previous_shapes: set[str] = set(history[0]["shapes"]) if history else set()
+        previous_shapes = _compare(digest, between(digest.previous.start, digest.previous.end + 1), history)
         if current.total == 0:
             digest.hourly = [0] * 24
             return
