@@ -34,6 +34,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -135,8 +136,29 @@ def open_db(path: str, *, timeout: float = 30.0) -> sqlite_utils.Database:
         migrations.apply(db)
         return db
     precheck(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _open_once(path, timeout)
+        except sqlite3.OperationalError as exc:
+            # Processes starting together on one file: switching it to WAL and the first reads
+            # after the switch can be refused at once ("database is locked") without SQLite's busy
+            # wait; a moment later they succeed. Only a lock held for the whole timeout is an error.
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise describe(path, exc) from None
+            time.sleep(0.05)
+        except STORAGE_ERRORS as exc:
+            raise describe(path, exc) from None
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _open_once(path: str, timeout: float) -> sqlite_utils.Database:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
     try:
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout)
         db = sqlite_utils.Database(conn)
         with db.ensure_autocommit_on():
             # Two processes starting on a new file at once (a standby and its twin): the write lock
@@ -146,8 +168,9 @@ def open_db(path: str, *, timeout: float = 30.0) -> sqlite_utils.Database:
             db.execute("PRAGMA journal_mode=WAL")
         migrate(db)
         probe_write(db)
-    except STORAGE_ERRORS as exc:
-        raise describe(path, exc) from None
+    except BaseException:
+        conn.close()
+        raise
     return db
 
 
