@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot import run_walk
 from bot import watch_format as fmt
 from bot.config import (
     AppConfig,
@@ -95,6 +96,11 @@ class WatchReport:
 
     apps: list[WatchResult] = field(default_factory=list)
     error: str | None = None
+
+
+def _chatflow(client: object) -> bool:
+    """Whether ``client`` reads a chatflow through the console (its runs write no log rows)."""
+    return getattr(client, "mode", None) == "advanced-chat" and hasattr(client, "counts")
 
 
 def dify_logs_at_start(version: str | None) -> bool:
@@ -178,7 +184,7 @@ class Watcher:
         watch = self.settings.watch
         threshold = rate_threshold_for(self.settings, app)
         start = now - watch.rate_window + 1
-        runs = client.logs(after=start, before=now, limit=1).total
+        runs = self._runs_started(client, start, now)
         failures = min(self.db.failures_between(app.id, start, now), runs)
         rate = failures / runs if runs else 0.0
         result.rate, result.runs, result.failures = rate, runs, failures
@@ -204,6 +210,14 @@ class Watcher:
         if "opened" in previous:
             detail["opened"] = previous["opened"]
         self.db.update_signal(current["id"], detail, now, resolve=rate < threshold)
+
+    @staticmethod
+    def _runs_started(client: DifyClient, start: int, end: int) -> int:
+        """Runs started in [start, end]: the log total; a chatflow (no log rows) asks the console's
+        run count for the last ``end - start + 1`` seconds, one request (relative to Dify's clock)."""
+        if _chatflow(client):
+            return int(client.counts(end - start + 1).get("total") or 0)  # type: ignore[attr-defined]
+        return client.logs(after=start, before=end, limit=1).total
 
     def _shapes(self, app: AppConfig, start: int, end: int) -> list[dict[str, Any]]:
         out = []
@@ -272,7 +286,11 @@ class Watcher:
         return max(self.settings.poll_interval, min(3600, stuck_for // 10))
 
     def _running_between(self, client: DifyClient, a: int, b: int) -> list[LogEntry]:
-        """The rows of [a, b] still running: one page when it holds them all, else counted first."""
+        """The rows of [a, b] still running: one page when it holds them all, else counted first. A
+        chatflow's come from its run list filtered on running (newest first: one page, usually)."""
+        if _chatflow(client):
+            found = run_walk.walk(client, status="running", since=a, until=b)  # type: ignore[arg-type]
+            return [LogEntry.from_run(item) for item in found.items]
         page = client.logs(after=a, before=b, limit=MAX_LIMIT)
         if page.total <= len(page.data):
             return [r for r in page.data if r.status == "running"]

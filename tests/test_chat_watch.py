@@ -1,0 +1,72 @@
+"""Failure rate and stuck runs of a chatflow (workspace mode), the console faked at the wire: a
+chatflow writes no log rows, so its runs are counted with the run count endpoint and its running
+runs read from the run list."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import build_runtime, make_settings, slack_env
+from tests.fakes.console import FakeConsole
+
+ADMIN = {
+    "DIFY_ADMIN_API_KEY": "wflogs-admin-key",
+    "DIFY_WORKSPACE_ID": "7d1ec3b5-5b5b-4c8a-9b1c-2f0b0c0e0a11",
+}
+
+
+@pytest.fixture
+def console(dify, clock) -> FakeConsole:
+    return FakeConsole(dify, clock=clock)
+
+
+def _runtime(tmp_path, console, clock, slack, **env: str):
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), **env})
+    return build_runtime(settings, console, clock)  # type: ignore[arg-type]
+
+
+def _parents(slack, needle: str) -> list[dict]:
+    return [m for m in slack.posts() if not m["thread_ts"] and needle in json.dumps(m["blocks"][:1])]
+
+
+def test_a_chatflows_failure_rate_opens_an_incident_and_resolves(tmp_path, console, clock, slack):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    for n in range(12):
+        console.add_chat_run(app, status="succeeded", at=now - 600 + n)
+    for n in range(8):
+        console.add_chat_run(app, at=now - 300 + n, error=f"Timeout after {n + 10}s")
+    console.add_chat_run(app, at=now - 100, triggered_from="debugging")  # the debugger: never counted
+    rt = _runtime(tmp_path, console, clock, slack, WFLOGS_RATE_THRESHOLD="0.2")
+    rt.cycle()
+    (parent,) = _parents(slack, "failure rate")
+    assert "8 of 20 runs" in parent["text"], parent["text"]
+    assert "Timeout after" in json.dumps(parent["blocks"])  # the top error, from the alerts stored
+    for n in range(60):  # many successes: below the threshold, resolved in place
+        console.add_chat_run(app, status="succeeded", at=int(clock.now) - 30 + n % 30)
+    clock.advance(60)
+    rt.cycle()
+    (parent,) = _parents(slack, "failure rate")
+    assert "Resolved" in json.dumps(parent["blocks"][0])
+
+
+def test_a_chatflow_run_stuck_in_running_opens_an_incident_that_resolves_when_it_ends(
+    tmp_path, console, clock, slack
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    stuck = console.add_chat_run(app, status="running", at=now - 1500, session="user_stuck")
+    console.add_chat_run(app, status="running", at=now - 100)  # running, not for long
+    console.add_chat_run(app, status="succeeded", at=now - 1400)
+    rt = _runtime(tmp_path, console, clock, slack, WFLOGS_STUCK_AFTER="1200")
+    rt.cycle()
+    (parent,) = _parents(slack, "stuck")
+    assert "1 run stuck in running" in parent["text"] and stuck.run_id in json.dumps(parent["blocks"])
+    console.dify.finish_run(stuck, status="succeeded", at=int(clock.now) - 5)
+    clock.advance(60)
+    rt.cycle()
+    (parent,) = _parents(slack, "stuck")
+    assert "Resolved" in json.dumps(parent["blocks"][0])
+    assert [m for m in slack.posts() if m["thread_ts"] == parent["ts"] and "No stuck runs" in m["text"]]
