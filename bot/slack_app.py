@@ -261,6 +261,14 @@ def control_refusal(settings: Settings, *, user: str | None, channel: str | None
     return None
 
 
+GONE = "That incident is not known to wflogs any more; nothing was changed."
+
+
+def _user_refused(settings: Settings, user: str | None) -> bool:
+    """Whether ``user`` is left out by allowed_users (wherever they act)."""
+    return settings.allowed_users is not None and user not in settings.allowed_users
+
+
 def _note(text: str) -> tuple[str, list[Block]]:
     return text, [section(text)]
 
@@ -289,6 +297,9 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             # The Home tab is no conversation: the click acts where the incident lives.
             channel = _incident_channel(runtime, action)
         refused = control_refusal(settings, user=user, channel=channel)
+        if channel is None and _from_home(body) and not _user_refused(settings, user):
+            # No channel to check: the incident is gone (pruned since the view was drawn).
+            refused = GONE
         if refused:
             ack()
             answer_click(body, respond, refused)
@@ -334,6 +345,8 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             return
         mute = runtime.actions.incidents.mute(mute_id) or {}
         refused = control_refusal(settings, user=user, channel=mute.get("channel"))
+        if not mute and not _user_refused(settings, user):
+            refused = f"There is no mute number {mute_id} in force any more; nothing was changed."
         if refused:
             answer_click(body, respond, refused)
             return
