@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.errors import QueryError
-from bot.text import escape, escape_cut
+from bot.text import escape, escape_cut, truncate
 from storage import Store
 from storage import subscriptions as subs
 
@@ -62,7 +62,8 @@ def parse_subscription_command(text: str) -> SubscriptionCommand | None:
         elif verb == "subscribe" and not needle and word in quoted_texts and word.strip():
             needle = word.strip()[:MAX_TEXT]
         else:
-            raise QueryError(f"`{escape_cut(word, 60)}` is not understood here", usage=USAGE)
+            # Plain: the answer (search_format.error) escapes the whole message once.
+            raise QueryError(f"`{truncate(word, 60)}` is not understood here", usage=USAGE)
     if not app:
         raise QueryError(f"say which app: `/wflogs {verb} app:NAME`", usage=USAGE)
     if verb == "unsubscribe" and (status or needle):

@@ -324,3 +324,11 @@ def test_a_search_without_app_in_a_subscribed_channel_searches_the_apps_routed_t
         b.command("failed since:1h", channel=TEAM)
         answer = json.dumps(b.answers(1)[-1])
         assert "support failure here" in answer and "other failure there" not in answer
+
+
+def test_a_malformed_subscription_is_answered_with_what_was_typed_escaped_once(b: Bench):
+    answer = said(b.command("subscribe app:support-bot <!channel>&co", channel=TEAM))
+    text = answer["text"] + json.dumps(answer["blocks"])
+    assert "`&lt;!channel&gt;&amp;co` is not understood here" in text
+    assert "&amp;lt;" not in text and "<!channel>" not in text
+    assert not subscriptions.of_channel(b.rt.store, TEAM)
