@@ -153,6 +153,7 @@ class Runtime:
     _discovered_at: float | None = None
     _console_error: str | None = None
     _login_stopped: bool = False
+    _discovery_tried: bool = False  # the app list was asked for (answered or not) in this process
 
     @classmethod
     def build(
@@ -290,6 +291,8 @@ class Runtime:
                 self._discovered_at = now
                 self._console_error = None
                 self._apply(found.watched)
+            finally:
+                self._discovery_tried = True
         if self._console_error is not None:
             return [self._workspace_result(self._console_error)]
         return []
@@ -326,6 +329,11 @@ class Runtime:
     def deliver(self) -> DeliveryResult:
         """Evaluate incidents and deliver everything pending (safe from another thread than
         :meth:`poll`; one pass at a time)."""
+        if self.workspace is not None and not self._discovery_tried:
+            # Workspace mode: until the app list was asked for once, a discovered app's channel,
+            # mention list and escalation are unknown here; runs stored by the last process would
+            # go out calling nobody. The poll's first cycle asks, then wakes delivery.
+            return DeliveryResult()
         waiting = pending_by_status(self.store)
         result = self.deliverer.deliver_all()
         still_waiting = pending_by_status(self.store)

@@ -279,3 +279,22 @@ def test_wflogs_search_run_lists_the_runs_nodes_in_order(tmp_path, console, cloc
     text = out.getvalue()
     assert "1. Start (start) succeeded" in text
     assert "2. Call billing API (http-request) failed" in text and "Connection refused" in text
+
+
+def test_runs_waiting_from_the_last_process_page_the_mention_list_even_before_the_first_discovery(
+    tmp_path, console, clock, slack
+):
+    # `wflogs run` delivers in its own thread from the start: a run the last process read but
+    # could not post is posted with the mention list, not only once the app list was read again.
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="boom")
+    env = {"WFLOGS_MENTION": "U0ONCALL1"}
+    rt = _runtime(tmp_path, console, clock, slack, env)
+    rt.poll()  # read and stored; the process stops before delivering
+    rt.close()
+    rt = _runtime(tmp_path, console, clock, slack, env)
+    rt.deliver()  # the delivery thread's first pass, before the poll thread's first discovery
+    rt.cycle()  # the poll's first cycle reads the app list, then delivers
+    assert messages_mentioning(slack, run.run_id) == 1
+    assert messages_mentioning(slack, "<@U0ONCALL1>") == 1
+    rt.close()
