@@ -206,7 +206,8 @@ class Runtime:
             keeper=keeper,
             controls=settings.interactive,
             mentions=mentions,
-            signals=SignalMessages(store, mentions=lambda app_id: mentions.get(app_id, ())),
+            # The deliverer's own map, which workspace discovery extends with the apps it finds.
+            signals=SignalMessages(store, mentions=lambda app_id: deliverer.mentions.get(app_id, ())),
             escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
