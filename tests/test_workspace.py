@@ -298,3 +298,28 @@ def test_runs_waiting_from_the_last_process_page_the_mention_list_even_before_th
     assert messages_mentioning(slack, run.run_id) == 1
     assert messages_mentioning(slack, "<@U0ONCALL1>") == 1
     rt.close()
+
+
+def test_wflogs_searches_the_apps_discovered_after_the_slack_app_was_built(
+    tmp_path, console, clock, slack, web
+):
+    # `wflogs run` builds the Slack app at start, before the first read of the app list.
+    from bot.ops_http import EVENTS_PATH, OpsServer
+    from bot.slack_app import build_app, events_handler
+    from tests.test_incident_controls import SECRET, Bench
+
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="quota exceeded")
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET})
+    rt = build_runtime(settings, console, clock, web=web)
+    server = OpsServer(events_handler(build_app(rt, now=clock)), "127.0.0.1", 0)
+    try:
+        rt.cycle()
+        bench = Bench(rt, slack, console.dify, app, clock, f"http://127.0.0.1:{server.port}{EVENTS_PATH}")
+        answer = bench.command("failed since:1h")
+        assert answer.status_code == 200
+        assert "no Dify app can be searched" not in answer.text
+        assert run.run_id[:8] in str(bench.answers(1)[-1])
+    finally:
+        server.close()
+        rt.close()
