@@ -114,6 +114,19 @@ class Subscriptions:
         asked = escape_cut(wanted, 80)
         return None, f"No single app is called `{asked}`; the apps are (closest first): {listed}{more}."
 
+    def _stored(self, channel: str, wanted: str) -> tuple[str, str] | None:
+        """The (app id, stored name) of this channel's one subscription to an app no longer watched
+        called ``wanted``; None when there is none (or several)."""
+        watched = {a.id for a in self.settings.apps}
+        found = {
+            row["app_id"]: row.get("app_name") or row["app_id"]
+            for row in subs.of_channel(self.store, channel)
+            if row["app_id"] not in watched
+            and row["app_id"] != subs.EVERY_APP
+            and _norm(row.get("app_name") or row["app_id"]) == _norm(wanted)
+        }
+        return next(iter(found.items())) if len(found) == 1 else None
+
     def run(self, command: SubscriptionCommand, *, channel: str, user: str, now: int) -> tuple[str, bool]:
         """What to say, and whether the whole channel should see it (a change of routing)."""
         if command.kind == "list":
@@ -127,7 +140,14 @@ class Subscriptions:
         else:
             app, problem = self._find(command.app or "")
             if app is None:
-                return problem or "", False
+                gone = self._stored(channel, command.app or "") if command.kind == "unsubscribe" else None
+                if gone is None:
+                    return problem or "", False
+                # An app no longer watched (left the configuration or the workspace): its
+                # subscriptions are listed by their stored name and end by it too.
+                app_id, name = gone
+                ended = subs.unsubscribe(self.store, channel=channel, app_id=app_id)
+                return f"{escape(user)} unsubscribed this channel from {escape(name)}.", bool(ended)
             app_id, name = app.id, self.names().get(app.id, app.label)
             if command.kind == "subscribe" and app.channels is not None and channel not in app.channels:
                 return f"{escape(name)} is limited to its own channels; it cannot be routed here.", False

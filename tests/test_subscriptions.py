@@ -332,3 +332,21 @@ def test_a_malformed_subscription_is_answered_with_what_was_typed_escaped_once(b
     assert "`&lt;!channel&gt;&amp;co` is not understood here" in text
     assert "&amp;lt;" not in text and "<!channel>" not in text
     assert not subscriptions.of_channel(b.rt.store, TEAM)
+
+
+def test_a_subscription_to_an_app_no_longer_watched_can_still_be_ended(b: Bench):
+    # Listed by its stored name; the app left the configuration (or the workspace) since.
+    subscriptions.subscribe(
+        b.rt.store,
+        channel=TEAM,
+        app_id="0123456789abcdef",
+        app_name="Old Bot",
+        status="",
+        text="",
+        user="bob",
+        now=0,
+    )
+    assert "Old Bot" in said(b.command("subscriptions", channel=TEAM))["text"]
+    answer = said(b.command("unsubscribe app:old-bot", user="U0BOB", channel=TEAM))
+    assert "bob unsubscribed this channel from Old Bot" in answer["text"], answer["text"]
+    assert not subscriptions.of_channel(b.rt.store, TEAM)
