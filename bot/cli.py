@@ -425,6 +425,21 @@ def _search_text(words: Sequence[str]) -> str:
     return " ".join(f'"{w}"' if any(c.isspace() for c in w) and '"' not in w else w for w in words)
 
 
+def _slack_command(text: str) -> str | None:
+    """The Slack-only command ``text`` starts with (mutes, subscriptions), if any; None for a search."""
+    from bot.query import parse_mute_command
+    from bot.subscriptions import parse_subscription_command
+
+    for parser in (parse_mute_command, parse_subscription_command):
+        try:
+            if parser(text) is None:
+                continue
+        except QueryError:
+            pass  # a malformed one is still that command
+        return text.split()[0].lower()
+    return None
+
+
 def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Search every app's workflow runs with the /wflogs grammar and print a table.
 
@@ -436,8 +451,16 @@ def cmd_search(settings: Settings, args: argparse.Namespace, out: TextIO, err: T
 
     # The error first, on its own line; the usage below it.
     usage = f"{search_format.CLI_USAGE}\n(wflogs search help: statuses, times, examples)"
+    text = _search_text(args.words)
+    slack_only = _slack_command(text)
+    if slack_only:
+        err.write(
+            f"wflogs: `{slack_only}` is a Slack command, about a channel: type `/wflogs {slack_only} ...` "
+            f"in the channel (mutes and subscriptions are per channel; this terminal has none)\n{usage}\n"
+        )
+        return 2
     try:
-        query = parse(_search_text(args.words), now=time.time(), tz=settings.tz)
+        query = parse(text, now=time.time(), tz=settings.tz)
     except QueryError as exc:
         err.write(f"wflogs: {strip_controls(str(exc))}\n{usage}\n")
         return 2

@@ -414,6 +414,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         if not key.strip():
             raise ConfigError(
                 "no Dify app configured: export DIFY_API_KEY=app-... (the app's API key), "
+                "or DIFY_ADMIN_API_KEY and DIFY_WORKSPACE_ID to watch every app of the workspace, "
                 "or list apps in wflogs.toml (see README)"
             )
         apps = [

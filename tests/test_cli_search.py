@@ -166,3 +166,13 @@ def test_a_run_looked_up_while_dify_is_unreachable_is_not_called_missing(served,
     code, out, err = run("run", "00000000-0000-4000-8000-000000000000")
     assert (code, out) == (1, "")
     assert "could not look for run 00000000-0000-4000-8000-000000000000 in" in err and "no run" not in err
+
+
+@pytest.mark.parametrize(
+    "text", ["mutes", "subscriptions", "subscribe app:x", "mute app:support 2h x", "unmute 3"]
+)
+def test_slack_only_commands_are_named_as_such_on_the_terminal(served, text):
+    code, out, err = run(*text.split())
+    assert code == 2 and not out
+    first = err.splitlines()[0]
+    assert f"`{text.split()[0]}` is a Slack command" in first and f"/wflogs {text.split()[0]}" in first

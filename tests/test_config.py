@@ -120,3 +120,11 @@ def test_a_number_that_is_not_one_says_what_kind_of_number(tmp_path, name, value
     with pytest.raises(ConfigError) as caught:
         make_settings(tmp_path, {"DIFY_API_KEY": KEY, name: value})
     assert message in str(caught.value)
+
+
+def test_no_app_names_every_way_to_configure_one(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"WFLOGS_DB": str(tmp_path / "w.db")})
+    text = str(caught.value)
+    assert "DIFY_API_KEY=app-" in text and "DIFY_ADMIN_API_KEY and DIFY_WORKSPACE_ID" in text
+    assert "wflogs.toml" in text
