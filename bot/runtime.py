@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -154,6 +155,7 @@ class Runtime:
     _console_error: str | None = None
     _login_stopped: bool = False
     _discovery_tried: bool = False  # the app list was asked for (answered or not) in this process
+    _discover_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(
@@ -269,7 +271,18 @@ class Runtime:
             for problem in self._discover():
                 log.warning("%s: %s", problem.name, problem.error)
 
+    def discover_as_standby(self) -> None:
+        """Workspace mode, standby: keep the app list current (when due) for the /wflogs commands,
+        clicks and Home tabs this instance serves too; the active instance tells of problems."""
+        if self.workspace is not None:
+            self._discover()
+
     def _discover(self) -> list[AppResult]:
+        # One at a time: a standby promoted while it reads the list polls right away.
+        with self._discover_lock:
+            return self._discover_now()
+
+    def _discover_now(self) -> list[AppResult]:
         """Re-read the workspace's apps when due; a result for the workspace itself when it
         cannot be read (so the channel hears of it, once, like an app that cannot be read)."""
         assert self.workspace is not None

@@ -247,6 +247,12 @@ class Operations:
     def cycle(self) -> CycleReport | None:
         """One poll cycle when this instance is active (None when standby or the database failed)."""
         if not self.active:
+            # Workspace mode: a standby serves /wflogs too, so it keeps the app list current
+            # (reading it writes nothing but what a rejected login must remember).
+            try:
+                self.runtime.discover_as_standby()
+            except Exception:
+                log.exception("a standby cannot read the Dify workspace's apps")
             return None
         started = time.monotonic()
         store = self.runtime.store

@@ -323,3 +323,34 @@ def test_wflogs_searches_the_apps_discovered_after_the_slack_app_was_built(
     finally:
         server.close()
         rt.close()
+
+
+def test_a_standby_serves_wflogs_over_the_discovered_apps_too(tmp_path, console, clock, slack, web):
+    # Two instances on one database: Slack sends a slash command to either one.
+    from bot.ops_http import EVENTS_PATH, OpsServer
+    from bot.service import Operations
+    from bot.slack_app import build_app, events_handler
+    from tests.test_incident_controls import SECRET, Bench
+
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="quota exceeded")
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET})
+    active = build_runtime(settings, console, clock, web=web)
+    standby = build_runtime(settings, console, clock, web=web)
+    server = OpsServer(events_handler(build_app(standby, now=clock)), "127.0.0.1", 0)
+    try:
+        assert Operations(active, now=clock).tick()
+        ops = Operations(standby, now=clock)
+        assert not ops.tick()
+        assert ops.cycle() is None  # the poll job on a standby: no poll, the app list only
+        bench = Bench(
+            standby, slack, console.dify, app, clock, f"http://127.0.0.1:{server.port}{EVENTS_PATH}"
+        )
+        answer = bench.command("failed since:1h")
+        assert "no Dify app can be searched" not in answer.text
+        assert run.run_id[:8] in str(bench.answers(1)[-1])
+        assert not slack.messages  # the standby posts nothing
+    finally:
+        server.close()
+        active.close()
+        standby.close()
