@@ -233,7 +233,8 @@ class Operations:
     def _check_unwatched(self, active: bool) -> None:
         """A standby whose apps the active instance does not watch (the configs differ) says so."""
         watched = self.lease.holder_apps
-        apps = self.runtime.settings.apps
+        # Discovered apps (workspace mode) are not in the lease: every copy finds the same ones.
+        apps = [a for a in self.runtime.settings.apps if not a.via_console]
         unwatched = [] if active or not watched else [a.label for a in apps if a.id not in watched]
         if unwatched and unwatched != self.health.unwatched_apps:
             log.error(

@@ -334,7 +334,9 @@ def test_a_standby_serves_wflogs_over_the_discovered_apps_too(tmp_path, console,
 
     app = console.add_app("support-bot")
     run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="quota exceeded")
-    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET})
+    keyed = console.dify.add_app("keyed-bot")  # and one app read with its own key
+    toml = f'[[apps]]\napi_key = "{keyed.key}"\napi_url = "http://dify.test/v1"\n'
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET}, toml)
     active = build_runtime(settings, console, clock, web=web)
     standby = build_runtime(settings, console, clock, web=web)
     server = OpsServer(events_handler(build_app(standby, now=clock)), "127.0.0.1", 0)
@@ -350,6 +352,8 @@ def test_a_standby_serves_wflogs_over_the_discovered_apps_too(tmp_path, console,
         assert "no Dify app can be searched" not in answer.text
         assert run.run_id[:8] in str(bench.answers(1)[-1])
         assert not slack.messages  # the standby posts nothing
+        assert not ops.tick()
+        assert ops.health.unwatched_apps == []  # discovered apps are in no lease: not "unwatched"
     finally:
         server.close()
         active.close()
