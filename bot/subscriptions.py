@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import difflib
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.errors import QueryError
+from bot.query import tokenize
 from bot.text import escape, escape_cut, truncate
 from storage import Store
 from storage import subscriptions as subs
@@ -41,25 +41,24 @@ def parse_subscription_command(text: str) -> SubscriptionCommand | None:
         return None
     verb = head[0].lower()
     try:
-        words = shlex.split(text.strip())[1:]
-    except ValueError:
-        raise QueryError("a quote is not closed", usage=USAGE) from None
+        # Straight and curly quotes (Slack clients on macOS type “...”), as searches take them.
+        tokens = tokenize(text.strip())[1:]
+    except QueryError as exc:
+        raise QueryError(str(exc), usage=USAGE) from None
     if verb == "subscriptions":
-        if words:
+        if tokens:
             raise QueryError("`/wflogs subscriptions` takes nothing more", usage=USAGE)
         return SubscriptionCommand("list")
     app: str | None = None
     status = ""
     needle = ""
-    quoted = re.findall(r'"([^"]*)"|\'([^\']*)\'', text)
-    quoted_texts = {a or b for a, b in quoted}
-    for word in words:
-        low = word.lower()
-        if low.startswith("app:") and app is None and word not in quoted_texts:
-            app = word[4:].strip()
-        elif low in ("failed", "stopped") and not status and word not in quoted_texts:
-            status = low
-        elif verb == "subscribe" and not needle and word in quoted_texts and word.strip():
+    for token in tokens:
+        word = f"{token.key}:{token.text}" if token.key is not None else token.text
+        if token.key == "app" and app is None:
+            app = token.text.strip()
+        elif token.key is None and not token.quoted and word.lower() in ("failed", "stopped") and not status:
+            status = word.lower()
+        elif verb == "subscribe" and token.quoted and not needle and word.strip():
             needle = word.strip()[:MAX_TEXT]
         else:
             # Plain: the answer (search_format.error) escapes the whole message once.

@@ -350,3 +350,14 @@ def test_a_subscription_to_an_app_no_longer_watched_can_still_be_ended(b: Bench)
     answer = said(b.command("unsubscribe app:old-bot", user="U0BOB", channel=TEAM))
     assert "bob unsubscribed this channel from Old Bot" in answer["text"], answer["text"]
     assert not subscriptions.of_channel(b.rt.store, TEAM)
+
+
+def test_curly_quotes_from_slack_clients_are_quotes_here_too(b: Bench):
+    # macOS turns "..." into “...” as people type; searches already take both.
+    answer = said(b.command("subscribe app:“Support Bot” failed “quota”", channel=TEAM))
+    assert (
+        "subscribed this channel to Support Bot, failed runs only, errors containing “quota”"
+        in answer["text"]
+    )
+    (row,) = subscriptions.of_channel(b.rt.store, TEAM)
+    assert (row["status"], row["text"]) == ("failed", "quota")
