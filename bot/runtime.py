@@ -291,7 +291,10 @@ class Runtime:
         due = self._discovered_at is None or now - self._discovered_at >= interval
         if (due and self._console_error is None) or (due and self.workspace.discoveries == 0):
             try:
-                found = self.workspace.discover()
+                # An app read with its own key and no name in the configuration is known by the
+                # name Dify gives it (asked once per process): its discovered twin is left out.
+                keyed = [a for a in self.settings.apps if not a.via_console and not a.name]
+                found = self.workspace.discover(keyed=[self.poller.app_name(a) for a in keyed])
             except ConsoleLoginError as exc:
                 # Said once (by the client); wflogs waits for a restart with new settings.
                 self._console_error = str(exc)

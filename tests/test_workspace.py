@@ -358,3 +358,19 @@ def test_a_standby_serves_wflogs_over_the_discovered_apps_too(tmp_path, console,
         server.close()
         active.close()
         standby.close()
+
+
+def test_an_app_read_with_its_own_key_and_no_name_set_is_not_watched_twice(tmp_path, console, clock, slack):
+    # DIFY_API_KEY kept from before workspace mode: its app's name comes from Dify, not the config.
+    app = console.add_app("support-bot")
+    now = int(clock.now)
+    for i in range(10):
+        console.dify.add_log(app, status="succeeded", at=now - 600 + i, error="")
+        console.dify.add_log(app, status="failed", at=now - 300 + i, error=f"node llm timed out after {i}s")
+    rt = _runtime(tmp_path, console, clock, slack, {"DIFY_API_KEY": app.key, "WFLOGS_RATE_THRESHOLD": "0.2"})
+    rt.cycle()
+    assert [a.source for a in rt.settings.apps] == ["environment"]
+    (found,) = rt.workspace.last.apps
+    assert not found.watched and found.reason == "read with its own API key ([[apps]])"
+    kinds = [r["kind"] for r in rt.store.query("select kind from incidents order by id")]
+    assert kinds.count("failure_rate") == 1, kinds
