@@ -124,6 +124,7 @@ class Home:
                 reason=m.get("reason"),
                 incident_id=m.get("incident_id"),
                 incident_error=m.get("incident_error"),
+                private=m.get("app_id") in private,
             )
             for m in mutes
         ]

@@ -51,6 +51,8 @@ class HomeMute:
     reason: str | None = None
     incident_id: int | None = None
     incident_error: str | None = None
+    # The app may be searched only from some channels (``channels``): its error stays there.
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ def _mute_block(m: HomeMute, controls: bool, tz: ZoneInfo | None) -> Block:
         if m.incident_id
         else "the whole app"
     )
+    if m.incident_id and m.private:
+        shape = "an error shown in its channel only"
     until = clock(m.until, tz) if m.until else "the incident resolves"
     why = f" ({escape_cut(one_line(m.reason), 100)})" if m.reason else ""
     block = section(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -153,6 +154,8 @@ class Runtime:
     _discovered_at: float | None = None
     _console_error: str | None = None
     _login_stopped: bool = False
+    _discovery_tried: bool = False  # the app list was asked for (answered or not) in this process
+    _discover_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(
@@ -205,7 +208,8 @@ class Runtime:
             keeper=keeper,
             controls=settings.interactive,
             mentions=mentions,
-            signals=SignalMessages(store, mentions=lambda app_id: mentions.get(app_id, ())),
+            # The deliverer's own map, which workspace discovery extends with the apps it finds.
+            signals=SignalMessages(store, mentions=lambda app_id: deliverer.mentions.get(app_id, ())),
             escalator=Escalator(settings=settings, store=store),
         )
         actions = IncidentActions(store, successes=successes)
@@ -267,7 +271,18 @@ class Runtime:
             for problem in self._discover():
                 log.warning("%s: %s", problem.name, problem.error)
 
+    def discover_as_standby(self) -> None:
+        """Workspace mode, standby: keep the app list current (when due) for the /wflogs commands,
+        clicks and Home tabs this instance serves too; the active instance tells of problems."""
+        if self.workspace is not None:
+            self._discover()
+
     def _discover(self) -> list[AppResult]:
+        # One at a time: a standby promoted while it reads the list polls right away.
+        with self._discover_lock:
+            return self._discover_now()
+
+    def _discover_now(self) -> list[AppResult]:
         """Re-read the workspace's apps when due; a result for the workspace itself when it
         cannot be read (so the channel hears of it, once, like an app that cannot be read)."""
         assert self.workspace is not None
@@ -276,7 +291,10 @@ class Runtime:
         due = self._discovered_at is None or now - self._discovered_at >= interval
         if (due and self._console_error is None) or (due and self.workspace.discoveries == 0):
             try:
-                found = self.workspace.discover()
+                # An app read with its own key and no name in the configuration is known by the
+                # name Dify gives it (asked once per process): its discovered twin is left out.
+                keyed = [a for a in self.settings.apps if not a.via_console and not a.name]
+                found = self.workspace.discover(keyed=[self.poller.app_name(a) for a in keyed])
             except ConsoleLoginError as exc:
                 # Said once (by the client); wflogs waits for a restart with new settings.
                 self._console_error = str(exc)
@@ -290,6 +308,8 @@ class Runtime:
                 self._discovered_at = now
                 self._console_error = None
                 self._apply(found.watched)
+            finally:
+                self._discovery_tried = True
         if self._console_error is not None:
             return [self._workspace_result(self._console_error)]
         return []
@@ -326,6 +346,11 @@ class Runtime:
     def deliver(self) -> DeliveryResult:
         """Evaluate incidents and deliver everything pending (safe from another thread than
         :meth:`poll`; one pass at a time)."""
+        if self.workspace is not None and not self._discovery_tried:
+            # Workspace mode: until the app list was asked for once, a discovered app's channel,
+            # mention list and escalation are unknown here; runs stored by the last process would
+            # go out calling nobody. The poll's first cycle asks, then wakes delivery.
+            return DeliveryResult()
         waiting = pending_by_status(self.store)
         result = self.deliverer.deliver_all()
         still_waiting = pending_by_status(self.store)

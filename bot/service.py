@@ -233,7 +233,8 @@ class Operations:
     def _check_unwatched(self, active: bool) -> None:
         """A standby whose apps the active instance does not watch (the configs differ) says so."""
         watched = self.lease.holder_apps
-        apps = self.runtime.settings.apps
+        # Discovered apps (workspace mode) are not in the lease: every copy finds the same ones.
+        apps = [a for a in self.runtime.settings.apps if not a.via_console]
         unwatched = [] if active or not watched else [a.label for a in apps if a.id not in watched]
         if unwatched and unwatched != self.health.unwatched_apps:
             log.error(
@@ -247,6 +248,12 @@ class Operations:
     def cycle(self) -> CycleReport | None:
         """One poll cycle when this instance is active (None when standby or the database failed)."""
         if not self.active:
+            # Workspace mode: a standby serves /wflogs too, so it keeps the app list current
+            # (reading it writes nothing but what a rejected login must remember).
+            try:
+                self.runtime.discover_as_standby()
+            except Exception:
+                log.exception("a standby cannot read the Dify workspace's apps")
             return None
         started = time.monotonic()
         store = self.runtime.store

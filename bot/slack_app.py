@@ -138,7 +138,7 @@ def _respond(respond: Any, text: str, blocks: list[Block], **kwargs: Any) -> Non
 
 def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time) -> None:
     """Attach the /wflogs command, the search buttons and the alert link buttons to ``app``."""
-    settings = runtime.settings
+    # runtime.settings is read at each use: workspace discovery replaces it with the apps it finds.
     searcher = Searcher(runtime, now=now)
 
     @app.command(COMMAND)
@@ -146,13 +146,13 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
         if subscription_command(ack, body, runtime, now=now) or mute_command(ack, body, runtime, now=now):
             return
         channel, user = _channel_of(body), _user_of(body)
-        refused = refusal_reason(settings, user=user, channel=channel)
+        refused = refusal_reason(runtime.settings, user=user, channel=channel)
         if refused:
             text, blocks = fmt.refusal(*refused)
             ack(text=text, blocks=blocks)
             return
         try:
-            query = parse(str(body.get("text") or ""), now=now(), tz=settings.tz)
+            query = parse(str(body.get("text") or ""), now=now(), tz=runtime.settings.tz)
         except QueryError as exc:
             text, blocks = fmt.error(str(exc), exc.usage)
             ack(text=text, blocks=blocks)
@@ -161,7 +161,7 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
             text, blocks = fmt.help_message()
             ack(text=text, blocks=blocks)
             return
-        ack(text=fmt.searching(query, settings.tz), response_type="ephemeral")
+        ack(text=fmt.searching(query, runtime.settings.tz), response_type="ephemeral")
         text, blocks = searcher.answer(query, channel=channel)
         _respond(respond, text, blocks, response_type="ephemeral", replace_original=True)
 
@@ -171,7 +171,7 @@ def register(app: App, runtime: Runtime, *, now: Callable[[], float] = time.time
         """The query a button carries, with the clicker's channel and user; None when the click was
         refused or its value is not one wflogs wrote (the clicker is told why)."""
         channel, user = _channel_of(body), _user_of(body)
-        refused = refusal_reason(settings, user=user, channel=channel)
+        refused = refusal_reason(runtime.settings, user=user, channel=channel)
         if refused:
             _respond(respond, *fmt.refusal(*refused), replace_original=False)
             return None
@@ -261,6 +261,14 @@ def control_refusal(settings: Settings, *, user: str | None, channel: str | None
     return None
 
 
+GONE = "That incident is not known to wflogs any more; nothing was changed."
+
+
+def _user_refused(settings: Settings, user: str | None) -> bool:
+    """Whether ``user`` is left out by allowed_users (wherever they act)."""
+    return settings.allowed_users is not None and user not in settings.allowed_users
+
+
 def _note(text: str) -> tuple[str, list[Block]]:
     return text, [section(text)]
 
@@ -289,6 +297,9 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             # The Home tab is no conversation: the click acts where the incident lives.
             channel = _incident_channel(runtime, action)
         refused = control_refusal(settings, user=user, channel=channel)
+        if channel is None and _from_home(body) and not _user_refused(settings, user):
+            # No channel to check: the incident is gone (pruned since the view was drawn).
+            refused = GONE
         if refused:
             ack()
             answer_click(body, respond, refused)
@@ -334,6 +345,8 @@ def register_incident_controls(app: App, runtime: Runtime, *, now: Callable[[], 
             return
         mute = runtime.actions.incidents.mute(mute_id) or {}
         refused = control_refusal(settings, user=user, channel=mute.get("channel"))
+        if not mute and not _user_refused(settings, user):
+            refused = f"There is no mute number {mute_id} in force any more; nothing was changed."
         if refused:
             answer_click(body, respond, refused)
             return

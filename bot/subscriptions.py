@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import difflib
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bot.config import AppConfig, Settings, alert_channel_for
 from bot.errors import QueryError
-from bot.text import escape, escape_cut
+from bot.query import tokenize
+from bot.text import escape, escape_cut, truncate
 from storage import Store
 from storage import subscriptions as subs
 
@@ -41,28 +41,28 @@ def parse_subscription_command(text: str) -> SubscriptionCommand | None:
         return None
     verb = head[0].lower()
     try:
-        words = shlex.split(text.strip())[1:]
-    except ValueError:
-        raise QueryError("a quote is not closed", usage=USAGE) from None
+        # Straight and curly quotes (Slack clients on macOS type “...”), as searches take them.
+        tokens = tokenize(text.strip())[1:]
+    except QueryError as exc:
+        raise QueryError(str(exc), usage=USAGE) from None
     if verb == "subscriptions":
-        if words:
+        if tokens:
             raise QueryError("`/wflogs subscriptions` takes nothing more", usage=USAGE)
         return SubscriptionCommand("list")
     app: str | None = None
     status = ""
     needle = ""
-    quoted = re.findall(r'"([^"]*)"|\'([^\']*)\'', text)
-    quoted_texts = {a or b for a, b in quoted}
-    for word in words:
-        low = word.lower()
-        if low.startswith("app:") and app is None and word not in quoted_texts:
-            app = word[4:].strip()
-        elif low in ("failed", "stopped") and not status and word not in quoted_texts:
-            status = low
-        elif verb == "subscribe" and not needle and word in quoted_texts and word.strip():
+    for token in tokens:
+        word = f"{token.key}:{token.text}" if token.key is not None else token.text
+        if token.key == "app" and app is None:
+            app = token.text.strip()
+        elif token.key is None and not token.quoted and word.lower() in ("failed", "stopped") and not status:
+            status = word.lower()
+        elif verb == "subscribe" and token.quoted and not needle and word.strip():
             needle = word.strip()[:MAX_TEXT]
         else:
-            raise QueryError(f"`{escape_cut(word, 60)}` is not understood here", usage=USAGE)
+            # Plain: the answer (search_format.error) escapes the whole message once.
+            raise QueryError(f"`{truncate(word, 60)}` is not understood here", usage=USAGE)
     if not app:
         raise QueryError(f"say which app: `/wflogs {verb} app:NAME`", usage=USAGE)
     if verb == "unsubscribe" and (status or needle):
@@ -113,6 +113,19 @@ class Subscriptions:
         asked = escape_cut(wanted, 80)
         return None, f"No single app is called `{asked}`; the apps are (closest first): {listed}{more}."
 
+    def _stored(self, channel: str, wanted: str) -> tuple[str, str] | None:
+        """The (app id, stored name) of this channel's one subscription to an app no longer watched
+        called ``wanted``; None when there is none (or several)."""
+        watched = {a.id for a in self.settings.apps}
+        found = {
+            row["app_id"]: row.get("app_name") or row["app_id"]
+            for row in subs.of_channel(self.store, channel)
+            if row["app_id"] not in watched
+            and row["app_id"] != subs.EVERY_APP
+            and _norm(row.get("app_name") or row["app_id"]) == _norm(wanted)
+        }
+        return next(iter(found.items())) if len(found) == 1 else None
+
     def run(self, command: SubscriptionCommand, *, channel: str, user: str, now: int) -> tuple[str, bool]:
         """What to say, and whether the whole channel should see it (a change of routing)."""
         if command.kind == "list":
@@ -126,7 +139,14 @@ class Subscriptions:
         else:
             app, problem = self._find(command.app or "")
             if app is None:
-                return problem or "", False
+                gone = self._stored(channel, command.app or "") if command.kind == "unsubscribe" else None
+                if gone is None:
+                    return problem or "", False
+                # An app no longer watched (left the configuration or the workspace): its
+                # subscriptions are listed by their stored name and end by it too.
+                app_id, name = gone
+                ended = subs.unsubscribe(self.store, channel=channel, app_id=app_id)
+                return f"{escape(user)} unsubscribed this channel from {escape(name)}.", bool(ended)
             app_id, name = app.id, self.names().get(app.id, app.label)
             if command.kind == "subscribe" and app.channels is not None and channel not in app.channels:
                 return f"{escape(name)} is limited to its own channels; it cannot be routed here.", False

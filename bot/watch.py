@@ -419,12 +419,15 @@ class Watcher:
     def _subscribed(self, app: AppConfig, kind: str) -> list[str]:
         """Channels subscribed to ``app`` that take this signal: subscriptions without a text
         filter (a rate or a stuck run has no one error to match), and for a failure rate those
-        not limited to stopped runs; never the configured channel itself."""
+        not limited to stopped runs; never the configured channel itself, nor a channel outside
+        the app's own ``channels``."""
         configured = alert_channel_for(self.settings, app) or "terminal"
         channels: list[str] = []
         for sub in subscriptions.for_app(self.store, app.id):
             if sub.get("text") or sub["channel"] in channels or sub["channel"] == configured:
                 continue
+            if app.channels is not None and sub["channel"] not in app.channels:
+                continue  # an app searchable only from its own channels goes nowhere else (as its runs)
             if (sub.get("status") or "") not in (("", "failed") if kind == FAILURE_RATE else ("",)):
                 continue
             channels.append(sub["channel"])

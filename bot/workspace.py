@@ -15,7 +15,7 @@ history is not alerted. A deleted app is dropped with a line in the log.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,10 +76,14 @@ def app_logs_url(console_base: str, app_id: str) -> str:
     return f"{origin}/app/{app_id}/logs"
 
 
-def classify(settings: Settings, console: ConsoleClient, items: list[dict[str, Any]]) -> list[Found]:
-    """Each app of the list, watched or not and why (pure but for ``console.base``)."""
+def classify(
+    settings: Settings, console: ConsoleClient, items: list[dict[str, Any]], keyed: Collection[str] = ()
+) -> list[Found]:
+    """Each app of the list, watched or not and why (pure but for ``console.base``). ``keyed``: the
+    names Dify gave apps read with their own key and no ``name`` set (they are left to that key)."""
     workspace = settings.workspace
-    keyed_names = {(a.name or "").casefold() for a in settings.apps if a.name}
+    keyed_names = {(a.name or "").casefold() for a in settings.apps if a.name and not a.via_console}
+    keyed_names |= {name.casefold() for name in keyed}
     found = []
     for item in sorted(items, key=lambda i: (str(i.get("name") or "").casefold(), str(i["id"]))):
         app_id, name, mode = str(item["id"]), str(item.get("name") or item["id"]), str(item.get("mode") or "")
@@ -140,10 +144,11 @@ class Workspace:
         self.discoveries = 0
         self.last: Discovery | None = None
 
-    def discover(self) -> Discovery:
-        """Read the app list; raises :class:`DifyError` (the watched set is then unchanged)."""
+    def discover(self, keyed: Collection[str] = ()) -> Discovery:
+        """Read the app list; raises :class:`DifyError` (the watched set is then unchanged).
+        ``keyed``: see :func:`classify`."""
         items = self.console.apps()
-        found = classify(self.settings, self.console, items)
+        found = classify(self.settings, self.console, items, keyed)
         result = Discovery(apps=found)
         watched = {c.id: c for c in result.watched}
         for app_id, config in watched.items():

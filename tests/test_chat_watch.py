@@ -70,3 +70,22 @@ def test_a_chatflow_run_stuck_in_running_opens_an_incident_that_resolves_when_it
     (parent,) = _parents(slack, "stuck")
     assert "Resolved" in json.dumps(parent["blocks"][0])
     assert [m for m in slack.posts() if m["thread_ts"] == parent["ts"] and "No stuck runs" in m["text"]]
+
+
+def test_a_discovered_apps_failure_rate_calls_the_mention_list_like_its_failures(
+    tmp_path, console, clock, slack
+):
+    app = console.add_app("support-chat", mode="advanced-chat")
+    now = int(clock.now)
+    for n in range(10):
+        console.add_chat_run(app, status="succeeded", at=now - 600 + n)
+    for n in range(10):
+        console.add_chat_run(app, at=now - 300 + n, error=f"Timeout after {n + 10}s")
+    rt = _runtime(tmp_path, console, clock, slack, WFLOGS_RATE_THRESHOLD="0.2", WFLOGS_MENTION="U0ONCALL1")
+    rt.cycle()
+    (rate,) = _parents(slack, "failure rate")
+    (failures,) = [m for m in slack.posts() if not m["thread_ts"] and m["ts"] != rate["ts"]]
+    assert "<@U0ONCALL1>" in failures["text"] + json.dumps(failures["blocks"])
+    posted = [c.params for c in slack.calls_to("chat.postMessage")]
+    (first,) = [p for p in posted if "failure rate" in p["text"]]  # as posted (edits drop the call)
+    assert "<@U0ONCALL1>" in first["text"] + json.dumps(first["blocks"])

@@ -314,3 +314,38 @@ def test_the_manifest_enables_the_home_tab_and_its_event():
     assert "  app_home:\n    home_tab_enabled: true\n" in features
     settings = manifest[manifest.index("settings:") :]
     assert "  event_subscriptions:\n" in settings and "    bot_events:\n      - app_home_opened\n" in settings
+
+
+def test_a_muted_incident_of_an_app_limited_to_its_channels_keeps_its_error_there(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    with serving(tmp_path, dify, slack, web, clock, toml=f'channels = ["{CHANNEL}"]\n') as b:
+        b.dify.add_log(b.app, at=int(clock.now) - 30, error="salary table unreadable")
+        b.rt.cycle()
+        b.rt.actions.mute(int(b.incident()["id"]), "3600", "alice", int(clock.now))
+        b.signed(json.dumps(home_opened("U0ALICE")))
+        text = hfmt.home_text(wait_home(b, 1))
+        assert "Mutes in force* (1)" in text
+        assert "salary table" not in text and "shown in its channel only" in text
+
+
+def test_a_home_click_on_an_incident_that_is_gone_says_so(
+    tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
+):
+    # With controls limited to some channels, the Home tab (no channel) still acts where the
+    # incident lives; one pruned since the view was drawn is named as gone, not as a refusal.
+    toml = f'\n[slack]\nallowed_channels = ["{CHANNEL}"]\n'
+    with serving(tmp_path, dify, slack, web, clock, toml=toml) as b:
+        b.signed(json.dumps(home_opened("U0ALICE")))
+        wait_home(b, 1)
+        for count, action in enumerate(
+            (
+                {"type": "button", "action_id": "incident_ack", "value": "999"},
+                {"type": "button", "action_id": "home_unmute", "value": "999"},
+            ),
+            start=2,
+        ):
+            b.signed("payload=" + json.dumps(home_click(action, "U0ALICE")))
+            text = hfmt.home_text(wait_home(b, count))
+            assert "not known to wflogs any more" in text or "no mute number 999" in text, action
+            assert "not enabled in this conversation" not in text

@@ -324,3 +324,40 @@ def test_a_search_without_app_in_a_subscribed_channel_searches_the_apps_routed_t
         b.command("failed since:1h", channel=TEAM)
         answer = json.dumps(b.answers(1)[-1])
         assert "support failure here" in answer and "other failure there" not in answer
+
+
+def test_a_malformed_subscription_is_answered_with_what_was_typed_escaped_once(b: Bench):
+    answer = said(b.command("subscribe app:support-bot <!channel>&co", channel=TEAM))
+    text = answer["text"] + json.dumps(answer["blocks"])
+    assert "`&lt;!channel&gt;&amp;co` is not understood here" in text
+    assert "&amp;lt;" not in text and "<!channel>" not in text
+    assert not subscriptions.of_channel(b.rt.store, TEAM)
+
+
+def test_a_subscription_to_an_app_no_longer_watched_can_still_be_ended(b: Bench):
+    # Listed by its stored name; the app left the configuration (or the workspace) since.
+    subscriptions.subscribe(
+        b.rt.store,
+        channel=TEAM,
+        app_id="0123456789abcdef",
+        app_name="Old Bot",
+        status="",
+        text="",
+        user="bob",
+        now=0,
+    )
+    assert "Old Bot" in said(b.command("subscriptions", channel=TEAM))["text"]
+    answer = said(b.command("unsubscribe app:old-bot", user="U0BOB", channel=TEAM))
+    assert "bob unsubscribed this channel from Old Bot" in answer["text"], answer["text"]
+    assert not subscriptions.of_channel(b.rt.store, TEAM)
+
+
+def test_curly_quotes_from_slack_clients_are_quotes_here_too(b: Bench):
+    # macOS turns "..." into “...” as people type; searches already take both.
+    answer = said(b.command("subscribe app:“Support Bot” failed “quota”", channel=TEAM))
+    assert (
+        "subscribed this channel to Support Bot, failed runs only, errors containing “quota”"
+        in answer["text"]
+    )
+    (row,) = subscriptions.of_channel(b.rt.store, TEAM)
+    assert (row["status"], row["text"]) == ("failed", "quota")

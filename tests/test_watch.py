@@ -619,3 +619,24 @@ def test_stuck_runs_resolved_by_hand_in_the_configured_channel_end_the_copies_to
     clock.advance(60)
     rt.cycle()
     assert len([m for m in thread(slack, team["ts"]) if "Resolved by hand" in m["text"]]) == 1
+
+
+def test_an_app_limited_to_its_channels_sends_no_rate_or_stuck_copy_to_every_app_subscribers(
+    tmp_path, dify, clock, slack
+):
+    # Like its runs, an app searchable only from its own channels never reaches a channel that
+    # subscribed to `app:*`: neither its failure rate nor its stuck runs.
+    app = _rate_app(dify, clock, ok=10, failed=10)
+    dify.start_run(app, at=int(clock.now) - 1500)
+    toml = f'[[apps]]\napi_key = "{app.key}"\nchannels = ["C0ALERTS"]\n'
+    settings = make_settings(
+        tmp_path,
+        {**slack_env(slack), "WFLOGS_RATE_THRESHOLD": "0.2", "WFLOGS_STUCK_AFTER": "1200"},
+        toml=toml,
+    )
+    rt = build_runtime(settings, dify, clock)
+    _subscribe(rt, "C0TEAM", "*")
+    rt.cycle()
+    assert _in(slack, "C0ALERTS", "failure rate") and _in(slack, "C0ALERTS", "stuck")
+    assert not slack.posts("C0TEAM")
+    assert not rt.store.query("select id from incidents where channel = 'C0TEAM'")

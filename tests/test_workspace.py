@@ -279,3 +279,98 @@ def test_wflogs_search_run_lists_the_runs_nodes_in_order(tmp_path, console, cloc
     text = out.getvalue()
     assert "1. Start (start) succeeded" in text
     assert "2. Call billing API (http-request) failed" in text and "Connection refused" in text
+
+
+def test_runs_waiting_from_the_last_process_page_the_mention_list_even_before_the_first_discovery(
+    tmp_path, console, clock, slack
+):
+    # `wflogs run` delivers in its own thread from the start: a run the last process read but
+    # could not post is posted with the mention list, not only once the app list was read again.
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="boom")
+    env = {"WFLOGS_MENTION": "U0ONCALL1"}
+    rt = _runtime(tmp_path, console, clock, slack, env)
+    rt.poll()  # read and stored; the process stops before delivering
+    rt.close()
+    rt = _runtime(tmp_path, console, clock, slack, env)
+    rt.deliver()  # the delivery thread's first pass, before the poll thread's first discovery
+    rt.cycle()  # the poll's first cycle reads the app list, then delivers
+    assert messages_mentioning(slack, run.run_id) == 1
+    assert messages_mentioning(slack, "<@U0ONCALL1>") == 1
+    rt.close()
+
+
+def test_wflogs_searches_the_apps_discovered_after_the_slack_app_was_built(
+    tmp_path, console, clock, slack, web
+):
+    # `wflogs run` builds the Slack app at start, before the first read of the app list.
+    from bot.ops_http import EVENTS_PATH, OpsServer
+    from bot.slack_app import build_app, events_handler
+    from tests.test_incident_controls import SECRET, Bench
+
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="quota exceeded")
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET})
+    rt = build_runtime(settings, console, clock, web=web)
+    server = OpsServer(events_handler(build_app(rt, now=clock)), "127.0.0.1", 0)
+    try:
+        rt.cycle()
+        bench = Bench(rt, slack, console.dify, app, clock, f"http://127.0.0.1:{server.port}{EVENTS_PATH}")
+        answer = bench.command("failed since:1h")
+        assert answer.status_code == 200
+        assert "no Dify app can be searched" not in answer.text
+        assert run.run_id[:8] in str(bench.answers(1)[-1])
+    finally:
+        server.close()
+        rt.close()
+
+
+def test_a_standby_serves_wflogs_over_the_discovered_apps_too(tmp_path, console, clock, slack, web):
+    # Two instances on one database: Slack sends a slash command to either one.
+    from bot.ops_http import EVENTS_PATH, OpsServer
+    from bot.service import Operations
+    from bot.slack_app import build_app, events_handler
+    from tests.test_incident_controls import SECRET, Bench
+
+    app = console.add_app("support-bot")
+    run = console.dify.add_log(app, status="failed", at=int(clock.now) - 60, error="quota exceeded")
+    keyed = console.dify.add_app("keyed-bot")  # and one app read with its own key
+    toml = f'[[apps]]\napi_key = "{keyed.key}"\napi_url = "http://dify.test/v1"\n'
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "SLACK_SIGNING_SECRET": SECRET}, toml)
+    active = build_runtime(settings, console, clock, web=web)
+    standby = build_runtime(settings, console, clock, web=web)
+    server = OpsServer(events_handler(build_app(standby, now=clock)), "127.0.0.1", 0)
+    try:
+        assert Operations(active, now=clock).tick()
+        ops = Operations(standby, now=clock)
+        assert not ops.tick()
+        assert ops.cycle() is None  # the poll job on a standby: no poll, the app list only
+        bench = Bench(
+            standby, slack, console.dify, app, clock, f"http://127.0.0.1:{server.port}{EVENTS_PATH}"
+        )
+        answer = bench.command("failed since:1h")
+        assert "no Dify app can be searched" not in answer.text
+        assert run.run_id[:8] in str(bench.answers(1)[-1])
+        assert not slack.messages  # the standby posts nothing
+        assert not ops.tick()
+        assert ops.health.unwatched_apps == []  # discovered apps are in no lease: not "unwatched"
+    finally:
+        server.close()
+        active.close()
+        standby.close()
+
+
+def test_an_app_read_with_its_own_key_and_no_name_set_is_not_watched_twice(tmp_path, console, clock, slack):
+    # DIFY_API_KEY kept from before workspace mode: its app's name comes from Dify, not the config.
+    app = console.add_app("support-bot")
+    now = int(clock.now)
+    for i in range(10):
+        console.dify.add_log(app, status="succeeded", at=now - 600 + i, error="")
+        console.dify.add_log(app, status="failed", at=now - 300 + i, error=f"node llm timed out after {i}s")
+    rt = _runtime(tmp_path, console, clock, slack, {"DIFY_API_KEY": app.key, "WFLOGS_RATE_THRESHOLD": "0.2"})
+    rt.cycle()
+    assert [a.source for a in rt.settings.apps] == ["environment"]
+    (found,) = rt.workspace.last.apps
+    assert not found.watched and found.reason == "read with its own API key ([[apps]])"
+    kinds = [r["kind"] for r in rt.store.query("select kind from incidents order by id")]
+    assert kinds.count("failure_rate") == 1, kinds
