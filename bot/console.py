@@ -538,6 +538,10 @@ class ConsoleClient:
         while True:
             body = self.get("/apps", {"page": page, "limit": MAX_LIMIT})
             for item in body.get("data") or []:
+                if not isinstance(item, dict) or not item.get("id"):
+                    # Not an app as the contract has it: leave it out rather than watch nothing.
+                    log.warning("the Dify console listed an app without an id; left out")
+                    continue
                 found.setdefault(str(item["id"]), item)
             if not body.get("has_more") or page >= 99999:
                 break

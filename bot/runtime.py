@@ -22,9 +22,10 @@ from bot.errors import DatabaseError, DifyError
 from bot.health import check_health
 from bot.incidents import IncidentActions, IncidentKeeper
 from bot.journal import Fence, Journal
+from bot.logs import Reminder
 from bot.metrics import MeteredTransport, MeteredWebClient, Metrics
 from bot.notifier import Sink, SlackSink, TerminalSink
-from bot.poller import AppResult, Poller
+from bot.poller import REMIND_EVERY, AppResult, Poller
 from bot.text import plural
 from bot.watch import Escalator, SignalMessages, Watcher, WatchReport
 from bot.workspace import Workspace
@@ -156,6 +157,8 @@ class Runtime:
     _login_stopped: bool = False
     _discovery_tried: bool = False  # the app list was asked for (answered or not) in this process
     _discover_lock: threading.Lock = field(default_factory=threading.Lock)
+    # A workspace whose app list keeps failing is logged once, then every REMIND_EVERY seconds.
+    _discover_remind: Reminder = field(default_factory=lambda: Reminder(REMIND_EVERY))
 
     @classmethod
     def build(
@@ -301,10 +304,17 @@ class Runtime:
                 self._login_stopped = True
                 self._apply([])
             except DifyError as exc:
-                log.warning("cannot read the Dify workspace's apps: %s", exc)
+                if self._discover_remind.due("apps"):
+                    log.warning(
+                        "cannot read the Dify workspace's apps: %s (said again every %ds while it lasts)",
+                        exc,
+                        REMIND_EVERY,
+                    )
                 if self.workspace.discoveries == 0:
                     return [self._workspace_result(str(exc))]
             else:
+                if self._discover_remind.clear("apps"):
+                    log.info("the Dify workspace's apps can be read again")
                 self._discovered_at = now
                 self._console_error = None
                 self._apply(found.watched)

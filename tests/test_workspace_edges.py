@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from tests.conftest import build_runtime, make_settings, messages_mentioning, slack_env
@@ -94,3 +95,62 @@ def test_a_rejected_password_is_not_tried_again_after_a_restart_but_a_new_one_is
     assert rt.cycle().ok
     assert console.login_attempts == 2
     assert "stale-password" not in str(rt.store.query("select * from app_state"))
+
+
+class _Wire:
+    """The console fake behind a hook that can change its app list's answer (at the wire)."""
+
+    def __init__(self, console: FakeConsole) -> None:
+        self.console = console
+        self.apps_down = False
+        self.ghost = False
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/console/api/apps"):
+            if self.apps_down:
+                return httpx.Response(500, json={"code": "internal_server_error", "message": "boom"})
+            if self.ghost:
+                answer = self.console.handler(request)
+                body = answer.json()
+                body["data"].insert(0, {"name": "ghost", "mode": "workflow"})  # no id
+                return httpx.Response(answer.status_code, json=body)
+        return self.console.handler(request)
+
+
+def test_an_app_list_item_without_an_id_is_left_out_and_the_others_watched(
+    tmp_path, dify, clock, slack, caplog
+):
+    console = FakeConsole(dify, clock=clock)
+    app = console.add_app("support-flow")
+    run = console.dify.add_log(app, at=int(clock.now) - 5, error="model overloaded")
+    wire = _Wire(console)
+    wire.ghost = True
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack)})
+    rt = build_runtime(settings, wire, clock)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        rt.cycle()
+    assert [a.name for a in rt.settings.apps] == ["support-flow"]
+    assert messages_mentioning(slack, run.run_id) == 1
+    assert "listed an app without an id" in caplog.text
+
+
+def test_an_app_list_that_keeps_failing_is_logged_once_then_as_a_reminder(
+    tmp_path, dify, clock, slack, caplog
+):
+    console = FakeConsole(dify, clock=clock)
+    console.add_app("support-flow")
+    wire = _Wire(console)
+    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), "WFLOGS_DISCOVER_INTERVAL": "60"})
+    rt = build_runtime(settings, wire, clock)  # type: ignore[arg-type]
+    rt.cycle()
+    wire.apps_down = True
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            clock.advance(61)
+            rt.cycle()
+        said = [r for r in caplog.records if "cannot read the Dify workspace's apps" in r.getMessage()]
+        assert len(said) == 1 and "said again every" in said[0].getMessage()
+        wire.apps_down = False
+        clock.advance(61)
+        rt.cycle()
+    assert "the Dify workspace's apps can be read again" in caplog.text
