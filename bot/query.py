@@ -494,6 +494,9 @@ class MuteCommand:
     reason: str | None = None
 
 
+_MUTE_APP = re.compile(r'(?i)(?:^|(?<=\s))app:(?:"([^"]*)"|\u201c([^\u201d]*)\u201d|(\S+))')
+
+
 def parse_mute_command(text: str) -> MuteCommand | None:
     """The mute command in ``text``, or None when it is not one (then it is a search)."""
     words = text.strip().split()
@@ -508,12 +511,16 @@ def parse_mute_command(text: str) -> MuteCommand | None:
         if len(rest) != 1 or not rest[0].isdigit():
             raise QueryError("say which mute to end by its number, e.g. `unmute 3`", usage=MUTE_USAGE)
         return MuteCommand("unmute", number=int(rest[0]))
-    app = next((w.split(":", 1)[1] for w in rest if w.lower().startswith("app:")), None)
-    if not app:
+    # app:NAME, or app:"Two words" (straight or curly quotes, as Slack clients type them).
+    found = _MUTE_APP.search(" ".join(rest))
+    app = next((g for g in found.groups() if g is not None), "") if found else ""
+    if not app.strip():
         raise QueryError(
             "say which app to mute with app:NAME, e.g. `mute app:support-bot 2h`", usage=MUTE_USAGE
         )
-    others = [w for w in rest if not w.lower().startswith("app:")]
+    assert found is not None
+    joined = " ".join(rest)
+    others = (joined[: found.start()] + " " + joined[found.end() :]).split()
     if not others or not _DURATION.match(others[0].lower()):
         raise QueryError("say for how long, e.g. `2h`, `30m` or `1d`", usage=MUTE_USAGE)
     seconds = sum(int(n) * _UNIT[u] for n, u in _DURATION_PART.findall(others[0].lower()))

@@ -330,6 +330,14 @@ def test_mute_commands_list_end_and_mute_a_whole_app_telling_its_channel_once(b:
     assert "no mute number 999" in b.command("unmute 999").text
 
 
+def test_an_app_name_in_quotes_curly_ones_too_is_muted(b: Bench):
+    # Slack clients on macOS turn "..." into curly quotes; an app's name may have spaces.
+    answer = b.command("mute app:\u201cSupport Bot\u201d 2h planned work")
+    assert answer.status_code == 200 and "Muted Support Bot for 2h" in answer.text
+    assert "planned work" in b.command("mutes").text
+    assert "Muted Support Bot for 1h" in b.command('mute 1h app:"support bot"').text
+
+
 def test_mutes_of_an_app_limited_to_other_channels_are_neither_listed_nor_ended_elsewhere(
     tmp_path: Path, dify: FakeDify, slack: FakeSlack, web: WebClient, clock: Clock
 ):
