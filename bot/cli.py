@@ -158,7 +158,9 @@ def _check_workspace(runtime: Runtime, out: TextIO) -> int:
         return 1
     try:
         role = console.role()
-        found = workspace.discover()
+        # As the poller does: an app read with its own key and no name set is known by Dify's name.
+        keyed = [a for a in runtime.settings.apps if not a.via_console and not a.name]
+        found = workspace.discover(keyed=[runtime.poller.app_name(a) for a in keyed])
     except DifyError as exc:
         out.write(f"✗ {console.way_in}: {exc}\n")
         return 1

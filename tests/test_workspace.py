@@ -246,6 +246,29 @@ def test_check_prints_the_version_the_way_in_the_role_and_apps_by_mode(
     assert "Secret-pass1" not in text
 
 
+def test_check_names_an_app_read_with_its_own_key_as_such(tmp_path, console, clock, monkeypatch):
+    import io
+
+    import httpx
+
+    from bot import cli
+
+    app = console.add_app("support-bot")
+    console.add_app("billing-flow")
+    settings = make_settings(tmp_path, {**LOGIN, "DIFY_API_KEY": app.key})  # no name set for it
+    real_build = cli.Runtime.build
+
+    def build(settings, **kw):
+        return real_build(settings, transport=httpx.MockTransport(console.handler), **kw)
+
+    monkeypatch.setattr(cli.Runtime, "build", build)
+    out = io.StringIO()
+    cli.cmd_check(settings, None, out, io.StringIO())  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "support-bot: not watched, read with its own API key" in text, text
+    assert "✓ billing-flow" in text and "1 of 2 apps watched" in text
+
+
 def test_wflogs_search_run_lists_the_runs_nodes_in_order(tmp_path, console, clock, monkeypatch):
     import io
 
