@@ -155,13 +155,22 @@ def test_an_instance_frozen_inside_its_post_past_its_lease_leaves_one_live_paren
 
     def freeze_a_in_its_post(method: str, params: dict[str, Any]) -> None:
         if method == "chat.postMessage" and params.get("_by") == TOKENS["a"] and not frozen.is_set():
-            a.freeze()  # Slack has the message; A does not hear back until it is thawed
+            # Slack has the message; A does not hear back until it is thawed. A moment first, with
+            # the post still in flight: A's poll thread ends the cycle's writes, so the freeze does
+            # not land inside one of its SQLite transactions (a process frozen holding the write
+            # lock stops every instance on the file; that is not what this test is about).
+            time.sleep(0.5)
+            a.freeze()
             frozen.set()
 
     slack.on_call = freeze_a_in_its_post
     run = server.fake.add_log(app, at=int(time.time()) - 5, error="model overloaded")
     wait_until(frozen.is_set, what="a posting")
-    wait_until(lambda: b.role() == "active", timeout=3 * LEASE, what="b taking over")
+    try:
+        wait_until(lambda: b.role() == "active", timeout=3 * LEASE, what="b taking over")
+    except AssertionError:
+        print("=== A LOGS\n" + a.logs()[-6000:] + "\n=== B LOGS\n" + b.logs()[-6000:])
+        raise
     wait_until(lambda: len(live(slack)) == 2, what="b posting the incident")  # A's copy and B's
     a.thaw()
     wait_until(lambda: len(live(slack)) == 1, what="a deleting its copy")
