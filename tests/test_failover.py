@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -155,12 +156,17 @@ def test_an_instance_frozen_inside_its_post_past_its_lease_leaves_one_live_paren
 
     def freeze_a_in_its_post(method: str, params: dict[str, Any]) -> None:
         if method == "chat.postMessage" and params.get("_by") == TOKENS["a"] and not frozen.is_set():
-            # Slack has the message; A does not hear back until it is thawed. A moment first, with
-            # the post still in flight: A's poll thread ends the cycle's writes, so the freeze does
-            # not land inside one of its SQLite transactions (a process frozen holding the write
-            # lock stops every instance on the file; that is not what this test is about).
-            time.sleep(0.5)
-            a.freeze()
+            # Slack has the message; A does not hear back until it is thawed. A is frozen while this
+            # test holds the database's write lock, so that none of A's other threads (the lease
+            # job) is frozen inside a write: a process frozen holding SQLite's write lock stops
+            # every instance on the file, which is not what this test is about.
+            probe = sqlite3.connect(a.tmp_path / "wflogs.db", timeout=30, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                a.freeze()
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
             frozen.set()
 
     slack.on_call = freeze_a_in_its_post
