@@ -85,7 +85,17 @@ class Instance:
         return self.health().get("role")
 
     def freeze(self) -> None:
+        """SIGSTOP, and wait until the process IS stopped (the signal is delivered asynchronously:
+        until then its threads run on, and may take a lock)."""
         os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # /proc/PID/stat: "pid (comm) STATE ..."; T is stopped by a signal.
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"process {self.pid} did not stop")
 
     def thaw(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
