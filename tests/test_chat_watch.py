@@ -8,13 +8,8 @@ import json
 
 import pytest
 
-from tests.conftest import build_runtime, make_settings, slack_env
 from tests.fakes.console import FakeConsole
-
-ADMIN = {
-    "DIFY_ADMIN_API_KEY": "wflogs-admin-key",
-    "DIFY_WORKSPACE_ID": "7d1ec3b5-5b5b-4c8a-9b1c-2f0b0c0e0a11",
-}
+from tests.test_chat_digest import _runtime as _digest_runtime
 
 
 @pytest.fixture
@@ -23,8 +18,7 @@ def console(dify, clock) -> FakeConsole:
 
 
 def _runtime(tmp_path, console, clock, slack, **env: str):
-    settings = make_settings(tmp_path, {**ADMIN, **slack_env(slack), **env})
-    return build_runtime(settings, console, clock)  # type: ignore[arg-type]
+    return _digest_runtime(tmp_path, console, clock, slack, env)
 
 
 def _parents(slack, needle: str) -> list[dict]:

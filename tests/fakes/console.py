@@ -425,17 +425,13 @@ class FakeConsole:
             return self._error(400, "invalid_param", "page or limit out of range")
         with self.lock:
             items = sorted(self.app_ids.items(), key=lambda kv: -self.created[kv[0]])
-        chunk = items[(page - 1) * limit : page * limit]
-        return self._json(
-            200,
-            {
-                "page": page,
-                "limit": limit,
-                "total": len(items),
-                "has_more": len(items) > page * limit,
-                "data": [self._app_item(i, a) for i, a in chunk],
-            },
-        )
+        return self._offset_page([self._app_item(i, a) for i, a in items], page, limit)
+
+    def _offset_page(self, rows: list[Any], page: int, limit: int) -> httpx.Response:
+        """One page of ``rows`` as the console's offset-paged lists answer it."""
+        chunk = rows[(page - 1) * limit : page * limit]
+        body = {"page": page, "limit": limit, "total": len(rows), "has_more": len(rows) > page * limit}
+        return self._json(200, {**body, "data": chunk})
 
     def _runs(self, app: FakeApp, request: httpx.Request, *, chat: bool) -> httpx.Response:
         q = request.url.params
@@ -561,17 +557,7 @@ class FakeConsole:
                     "message_count": 1,
                 }
             )
-        chunk = rows[(page - 1) * limit : page * limit]
-        return self._json(
-            200,
-            {
-                "page": page,
-                "limit": limit,
-                "total": len(rows),
-                "has_more": len(rows) > page * limit,
-                "data": chunk,
-            },
-        )
+        return self._offset_page(rows, page, limit)
 
     def _find_run(self, app: FakeApp, run_id: str) -> FakeRun | None:
         return next((r for r in app.runs if r.run_id == run_id), None)
